@@ -1,0 +1,45 @@
+# The two commands a newcomer runs on a fresh machine:  make demo  and  make test.
+# Each sets up everything it needs: the virtual environment (torch first, pinned by constraints.txt
+# so that no later install can swap in a CUDA build), the package, and for the tests the Debian
+# programs the integration tests start.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo-output
+
+.PHONY: demo test lint bench system-deps clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(BIN)/medmap demo-data $(DEMO)/data
+	$(BIN)/medmap info $(DEMO)/data
+	$(BIN)/medmap convert $(DEMO)/data/chest_ct $(DEMO)/chest_ct.nii.gz
+	$(BIN)/medmap anonymize $(DEMO)/data $(DEMO)/deidentified --date-shift-days -365
+	$(BIN)/medmap info $(DEMO)/deidentified
+	@echo "demo outputs are in $(DEMO)/"
+
+test: $(STAMP) system-deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP) system-deps
+	$(BIN)/python benchmarks/dicom_load.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -1,0 +1,242 @@
+"""The ``medmap`` command line. Thin: parses arguments, calls the library, prints results.
+
+Errors the user can cause (`MedmapError`) are printed as one line, ``error: ...``, with exit status 1;
+problems that do not stop the work (`MedmapWarning`) as ``warning: ...``. No tracebacks for those.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medmap import __version__
+from medmap.errors import MedmapError, MedmapWarning, OutputError, SeriesError
+
+app = typer.Typer(
+    name="medmap",
+    help="Medical images in, trained and evaluated models out, DICOM answers back to the PACS.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, MedmapWarning):
+        sys.stderr.write(f"warning: {_one_line(message)}\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"medmap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """medmap: deep learning that maps medical images to answers."""
+
+
+def _fmt(values, digits: int = 3) -> str:
+    return "x".join(f"{v:.{digits}g}" for v in values)
+
+
+def _short_uid(uid: str) -> str:
+    """Enough of a UID to tell series apart in a table (``--json`` prints it whole)."""
+    return uid if len(uid) <= 20 else f"...{uid[-17:]}"
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="A DICOM folder or file, or a NIfTI/NRRD/MHA/PNG file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the image series found (no patient identifiers): modality, size, spacing, orientation, problems.
+
+    Sizes and spacings are shown x (columns) by y (rows) by z (slices).
+    """
+    from medmap.io.dicom import scan
+    from medmap.io.dicom.reader import plan_series
+    from medmap.io.formats import suffix_of
+    from medmap.io.image import orientation_label
+    from medmap.io.load import _READERS, load
+
+    rows = []
+    if path.is_file() and suffix_of(path) in _READERS:
+        img = load(path)
+        rows.append(
+            {
+                "series": path.name,
+                "modality": img.meta.modality or "-",
+                "body_part": "-",
+                "size": list(img.shape[::-1]),
+                "spacing_mm": list(img.spacing[::-1]),
+                "orientation": img.orientation_label(),
+                "instances": 1,
+                "problems": list(img.meta.notes),
+            }
+        )
+    else:
+        result = scan(path, progress=not as_json)
+        for s in result.series:
+            problems: list[str] = []
+            size, spacing, orientation = None, None, "-"
+            try:
+                lay = plan_series(s)
+                ds = s.first
+                size = [int(ds.Columns), int(ds.Rows), len(lay.frames)]
+                spacing = list(lay.spacing[::-1])
+                orientation = orientation_label(lay.direction)
+                problems += lay.notes
+            except SeriesError as exc:
+                problems.append(str(exc).split(": ", 1)[-1])
+            rows.append(
+                {
+                    "series": s.uid,
+                    "modality": s.modality,
+                    "body_part": str(s.first.get("BodyPartExamined", "")),
+                    "size": size,
+                    "spacing_mm": spacing,
+                    "orientation": orientation,
+                    "instances": len(s.files),
+                    "problems": problems,
+                }
+            )
+        if not rows:
+            raise MedmapError(f"{path}: no DICOM image series found")
+        if result.skipped:
+            rows.append(
+                {
+                    "series": f"({len(result.skipped)} non-image files ignored)",
+                    "modality": "",
+                    "body_part": "",
+                    "size": None,
+                    "spacing_mm": None,
+                    "orientation": "",
+                    "instances": 0,
+                    "problems": [],
+                }
+            )
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=str(path), show_lines=False)
+    for col in ("#", "series", "modality", "body part", "size x*y*z", "spacing mm", "orientation", "files", "problems"):
+        table.add_column(col, overflow="fold", no_wrap=col != "problems")
+    for i, r in enumerate(rows, 1):
+        table.add_row(
+            str(i),
+            _short_uid(r["series"]),
+            r["modality"],
+            r["body_part"] or "-",
+            _fmt(r["size"], 6) if r["size"] else "-",
+            _fmt(r["spacing_mm"]) if r["spacing_mm"] else "-",
+            r["orientation"],
+            str(r["instances"]),
+            "; ".join(r["problems"]) or "-",
+        )
+    out.print(table)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="DICOM folder/file, NIfTI, NRRD, MHA or PNG.")],
+    target: Annotated[Path, typer.Argument(help="Output file; the suffix picks the format (.nii.gz, .nrrd, .mha).")],
+    series: Annotated[
+        str | None, typer.Option("--series", help="SeriesInstanceUID, when SOURCE holds several.")
+    ] = None,
+) -> None:
+    """Convert an image (a DICOM series included) to NIfTI/NRRD/MHA with its geometry."""
+    from medmap.io.load import load, save
+
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise OutputError(f"{target}: output would overwrite the input")
+    img = load(source, series, progress=True)
+    save(img, target)
+    out.print(f"wrote {target}: {img!r}")
+
+
+@app.command()
+def anonymize(
+    source: Annotated[Path, typer.Argument(help="A DICOM file or folder tree (never modified).")],
+    target: Annotated[Path, typer.Argument(help="New or empty output folder, outside SOURCE.")],
+    date_shift_days: Annotated[
+        int | None, typer.Option(help="Shift every date by this many days instead of removing dates.")
+    ] = None,
+    keep_private: Annotated[bool, typer.Option(help="Keep private attributes (removed by default).")] = False,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="File with a secret key: the same key gives the same new UIDs and pseudonyms across runs."),
+    ] = None,
+) -> None:
+    """De-identify DICOM files (PS3.15 Basic Application Level Confidentiality Profile)."""
+    from medmap.io.anonymize import anonymize_tree
+
+    secret = None
+    if key_file is not None:
+        if not key_file.is_file():
+            raise MedmapError(f"{key_file}: key file not found")
+        secret = key_file.read_bytes()
+        if len(secret) < 16:
+            raise MedmapError(f"{key_file}: key must hold at least 16 bytes")
+    report = anonymize_tree(
+        source, target, secret=secret, date_shift_days=date_shift_days, keep_private=keep_private, progress=True
+    )
+    out.print(
+        f"de-identified {len(report.written)} file(s) into {target}"
+        + (f"; left out {len(report.skipped)} non-DICOM file(s)" if report.skipped else "")
+    )
+    if report.failed:
+        path, why = report.failed[0]
+        raise MedmapError(f"{len(report.failed)} file(s) could not be de-identified, e.g. {path}: {why}")
+
+
+@app.command("demo-data")
+def demo_data(
+    target: Annotated[Path, typer.Argument(help="New or empty folder for the generated data.")],
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 0,
+) -> None:
+    """Generate the built-in demo data: a chest CT series written as real DICOM files."""
+    from medmap.data.phantoms import chest_ct
+    from medmap.io.dicom.writer import SeriesInfo, write_series
+
+    img = chest_ct(seed=seed)
+    info = SeriesInfo(
+        series_description="medmap phantom chest CT", body_part="CHEST", window_center=-600, window_width=1500
+    )
+    paths = write_series(img, target / "chest_ct", info=info, progress=True)
+    out.print(f"wrote {len(paths)} CT slices to {target / 'chest_ct'}")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one line and a non-zero exit."""
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("default", MedmapWarning)
+    try:
+        app()
+    except MedmapError as exc:
+        sys.stderr.write(f"error: {_one_line(str(exc))}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

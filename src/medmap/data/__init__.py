@@ -1,0 +1,1 @@
+"""Cases and datasets: layouts, fingerprints, preprocessing, and the generated demo data."""

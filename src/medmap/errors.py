@@ -1,0 +1,47 @@
+"""The errors a user can cause, and the warning class for problems that loading can survive.
+
+Every message names the file, series or case and says what is wrong, in one line, so that the CLI can
+print it as it is (``error: <message>``) and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class MedmapError(Exception):
+    """Base class of every error caused by the user's input or configuration."""
+
+
+class InputNotFoundError(MedmapError):
+    """A path the user named does not exist or holds nothing usable."""
+
+
+class NotDicomError(MedmapError):
+    """A file expected to be DICOM is not (no DICM preamble, unreadable header)."""
+
+
+class CorruptFileError(MedmapError):
+    """A file is readable as far as its header but its content is damaged (truncated, undecodable)."""
+
+
+class NotAnImageError(MedmapError):
+    """A DICOM object without pixel data (SR, RT structure set, ...) was given where an image is needed."""
+
+
+class SeriesError(MedmapError):
+    """The instances of a series cannot be assembled into one volume (mixed sizes, gaps, duplicates)."""
+
+
+class UnsupportedFormatError(MedmapError):
+    """A file format, transfer syntax or pixel layout medmap does not read or write."""
+
+
+class OutputError(MedmapError):
+    """An output location is unsafe (inside the input, would overwrite the input) or cannot be written."""
+
+
+class ConfigError(MedmapError):
+    """A configuration value is invalid."""
+
+
+class MedmapWarning(UserWarning):
+    """A problem the user should know about that does not stop the work (e.g. gantry tilt)."""
