@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, InputNotFoundError, MedmapWarning, NotDicomError
 from medmap.progress import track
@@ -27,11 +28,8 @@ class DicomFile:
 
     path: Path
     ds: Dataset
-    pixel_offset: int | None  # offset of the pixel data element's tag in the file, None if there is none
-
-    @property
-    def has_pixels(self) -> bool:
-        return self.pixel_offset is not None
+    has_pixels: bool
+    pixel_offset: int | None  # file offset of the pixel data element's tag; None if absent or not addressable
 
     @property
     def series_uid(self) -> str:
@@ -76,6 +74,11 @@ def read_header(path: str | os.PathLike) -> DicomFile:
             if little is None:  # pydicom 3 keeps the encoding on the dataset's original_encoding
                 little = ds.original_encoding[1] if ds.original_encoding else True
             tag = _pixel_tag_at(fp, bool(little))
+            has_pixels = tag is not None
+            if str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
+                # The whole dataset is deflated: offsets in the file mean nothing; look for pixels by reading it.
+                fp.seek(0)
+                has_pixels, tag = bool(PIXEL_DATA_TAGS & set(pydicom.dcmread(fp).keys())), None
     except InvalidDicomError as exc:
         raise NotDicomError(f"{path}: not a DICOM file ({exc})") from None
     except FileNotFoundError:
@@ -84,7 +87,10 @@ def read_header(path: str | os.PathLike) -> DicomFile:
         raise NotDicomError(f"{path}: is a folder, not a DICOM file") from None
     except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError, AttributeError) as exc:
         raise CorruptFileError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-    return DicomFile(path, ds, offset if tag is not None else None)
+    sop_class = getattr(ds.get("SOPClassUID"), "name", "")
+    if not has_pixels and (("Rows" in ds and "Columns" in ds) or "Image Storage" in str(sop_class)):
+        raise CorruptFileError(f"{path}: truncated or damaged, the header describes an image but pixel data is missing")
+    return DicomFile(path, ds, has_pixels, offset if tag is not None else None)
 
 
 @dataclass

@@ -78,8 +78,11 @@ def _safe_dtype(frames: list[Frame]) -> np.dtype:
     ds = frames[0].file.ds
     if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
         return np.dtype(np.float32 if "FloatPixelData" in ds else np.float64)
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])
+        return np.dtype(np.uint8 if int(descriptor[2]) <= 8 else np.uint16)
     if is_colour(ds):
-        return np.dtype(np.uint16 if _int(ds, "BitsAllocated", 8) > 8 else np.uint8)
+        return np.dtype({8: np.uint8, 16: np.uint16}.get(_int(ds, "BitsAllocated", 8), np.uint32))
     if any(_has_modality_lut(fr.file.ds) for fr in frames):
         return np.dtype(np.float32)
     lo, hi = stored_range(ds)

@@ -83,6 +83,8 @@ def _base_dataset(image: Image, modality: str, info: SeriesInfo, stored: np.ndar
         ds.SeriesDescription = info.series_description
     if info.body_part:
         ds.BodyPartExamined = info.body_part
+    else:
+        ds.Laterality = ""  # Type 2C: without a body part nobody can tell whether it is paired; "unknown"
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID = info.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""

@@ -1,0 +1,79 @@
+"""Volumes and DICOM objects the tests build: known geometry, so loaders can be checked against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from medmap.io.dicom.writer import SeriesInfo, write_series
+from medmap.io.image import Image, ImageMeta
+
+AXIAL = np.column_stack([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])  # [normal, down a column, along a row]
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """An oblique direction matrix with DICOM handedness (slice normal = row x column), like AXIAL."""
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx @ AXIAL
+
+
+def volume(shape=(9, 24, 20), spacing=(2.5, 0.7, 0.8), origin=(-10.0, 20.0, 30.0), direction=AXIAL, seed=0) -> Image:
+    """Random HU-like voxels: every voxel differs from its neighbours, so any misplaced slice shows."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(-1000, 2000, size=shape).astype(np.int16)
+    return Image(arr, spacing, origin, direction, ImageMeta(modality="CT"))
+
+
+def write_ct(image: Image, folder: Path, **info) -> list[Path]:
+    return write_series(image, folder, info=SeriesInfo(**info) if info else None)
+
+
+def write_enhanced_ct(image: Image, path: Path, *, frame_order=None) -> Path:
+    """The same volume as one Enhanced CT multi-frame object (frames optionally stored out of order)."""
+    n = image.shape[0]
+    order = list(range(n)) if frame_order is None else list(frame_order)
+    ds = Dataset()
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName, ds.PatientID = "MULTI^FRAME", "MF1"
+    ds.NumberOfFrames = n
+    ds.Rows, ds.Columns = image.shape[1], image.shape[2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = [f"{image.spacing[1]:.10g}", f"{image.spacing[2]:.10g}"]
+    measures.SliceThickness = f"{image.spacing[0]:.10g}"
+    shared.PixelMeasuresSequence = Sequence([measures])
+    orient = Dataset()
+    orient.ImageOrientationPatient = [f"{v:.10g}" for v in (*image.direction[:, 2], *image.direction[:, 1])]
+    shared.PlaneOrientationSequence = Sequence([orient])
+    rescale = Dataset()
+    rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = "-1024", "1", "HU"
+    shared.PixelValueTransformationSequence = Sequence([rescale])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for k in order:
+        item, plane = Dataset(), Dataset()
+        pos = np.asarray(image.origin) + k * image.spacing[0] * image.direction[:, 0]
+        plane.ImagePositionPatient = [f"{v:.10g}" for v in pos]
+        item.PlanePositionSequence = Sequence([plane])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    stored = (image.array[order].astype(np.int32) + 1024).astype(np.uint16)
+    ds.PixelData = stored.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
