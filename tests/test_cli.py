@@ -29,6 +29,12 @@ def assert_one_line_error(result, *fragments):
         assert fragment in errors[0], errors[0]
 
 
+def test_version_matches_the_installed_distribution():
+    from importlib.metadata import version
+
+    assert medmap.__version__ == version("medmap")
+
+
 def test_version_and_help():
     r = medmap_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"medmap {medmap.__version__}"

@@ -11,7 +11,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def track(items: Sequence[T] | Iterable[T], description: str, *, enabled: bool = True) -> Iterable[T]:
+def track(
+    items: Sequence[T] | Iterable[T], description: str, *, enabled: bool = True, total: int | None = None
+) -> Iterable[T]:
     """Iterate over ``items``, showing a transient progress bar on stderr when ``enabled``."""
     if not enabled:
         yield from items
@@ -19,7 +21,8 @@ def track(items: Sequence[T] | Iterable[T], description: str, *, enabled: bool =
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    total = len(items) if isinstance(items, Sequence) else None
+    if total is None and isinstance(items, Sequence):
+        total = len(items)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=total)
