@@ -14,6 +14,7 @@ Ratios are against medmap. Results are printed as a table and written as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -97,10 +98,8 @@ def _watch_children(stop: threading.Event, peaks: dict) -> None:
     me = os.getpid()
     while not stop.is_set():
         for child in Path(f"/proc/{me}/task/{me}/children").read_text().split():
-            try:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 peaks[child] = max(peaks.get(child, 0), high_water_kb(child))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
         time.sleep(0.002)
 
 

@@ -208,3 +208,36 @@ def test_monochrome1_is_inverted_to_higher_is_brighter(tmp_path):
     m1 = medmap.load(tmp_path / "m1.dcm").array.astype(np.int64)
     lo, hi = -(2**15), 2**15 - 1  # MR_small: 16 bits stored, signed
     assert np.array_equal(m1, lo + hi - m2)
+
+
+def test_float_pixel_data_keeps_float_values(tmp_path):
+    paths = write_ct(volume(shape=(1, 6, 5)), tmp_path / "s")
+    ds = pydicom.dcmread(paths[0])
+    del ds.PixelData
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(ds, keyword)
+    values = np.linspace(-1.5, 2.75, 30, dtype=np.float32).reshape(6, 5)
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = values.tobytes()
+    ds.save_as(tmp_path / "float.dcm")
+    img = medmap.load(tmp_path / "float.dcm")
+    assert img.array.dtype == np.float32
+    np.testing.assert_array_equal(img.array[0], values)
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept", "stored_dtype"), [(2, -3000, np.uint16), (1, 100, np.uint16), (3, 7, np.int16)]
+)
+def test_integer_rescale_is_exact(tmp_path, slope, intercept, stored_dtype):
+    paths = write_ct(volume(), tmp_path / "s")
+    rng = np.random.default_rng(0)
+    stored = rng.integers(1600, 3000, size=(9, 24, 20)).astype(stored_dtype)
+    for k, p in enumerate(sorted(paths)):
+        ds = pydicom.dcmread(p)
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ds.PixelRepresentation = 1 if stored_dtype == np.int16 else 0
+        ds.PixelData = stored[k].tobytes()
+        ds.save_as(p)
+    img = medmap.load(tmp_path / "s")
+    assert np.issubdtype(img.array.dtype, np.integer)
+    assert np.array_equal(img.array.astype(np.int64), stored.astype(np.int64) * slope + intercept)

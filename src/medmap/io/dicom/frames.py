@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medmap.errors import SeriesError
-from medmap.io.dicom.files import DicomFile
+from medmap.io.dicom.files import DicomFile, header_value
 
 ORIENTATION_TOL = 1e-3  # direction cosines that differ by less are the same orientation
 TILT_TOL_DEG = 0.05
@@ -47,22 +47,6 @@ class Layout:
     notes: list[str] = field(default_factory=list)
 
 
-def _raw(ds: Dataset | None, keyword: str):
-    """The value of a numeric string attribute without pydicom's DS/IS conversion and validation.
-
-    Converting DS strings through pydicom is the largest single cost of assembling a 300-slice series
-    (about half of it); the geometry needs only plain floats, so parse the raw bytes directly.
-    """
-    if ds is None or keyword not in ds:
-        return None
-    elem = ds.get_item(keyword)
-    value = getattr(elem, "value", None)
-    if isinstance(value, bytes):
-        text = value.decode("ascii", "replace").strip(" \x00")
-        return text.split("\\") if "\\" in text else text
-    return value
-
-
 def _floats(value, n: int) -> np.ndarray | None:
     try:
         arr = np.asarray([float(v) for v in value], dtype=np.float64)
@@ -90,16 +74,17 @@ def _spacing_of(ds: Dataset | None) -> tuple[float, float] | None:
         return None
     for keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         if keyword in ds:
-            ps = _floats(_raw(ds, keyword), 2)
+            ps = _floats(header_value(ds, keyword), 2)
             if ps is not None and np.all(ps > 0):
                 return float(ps[0]), float(ps[1])
     return None
 
 
 def _rescale_of(ds: Dataset | None) -> tuple[float, float] | None:
-    if ds is None or ("RescaleSlope" not in ds and "RescaleIntercept" not in ds):
+    slope, intercept = header_value(ds, "RescaleSlope"), header_value(ds, "RescaleIntercept")
+    if slope is None and intercept is None:
         return None
-    return _float(_raw(ds, "RescaleSlope"), 1.0) or 1.0, _float(_raw(ds, "RescaleIntercept"), 0.0) or 0.0
+    return _float(slope, 1.0) or 1.0, _float(intercept, 0.0) or 0.0
 
 
 def _enhanced_frames(f: DicomFile) -> list[Frame]:
@@ -176,12 +161,12 @@ def frames_of(f: DicomFile) -> list[Frame]:
         Frame(
             f,
             None,
-            _floats(_raw(source, "ImagePositionPatient"), 3),
-            _floats(_raw(source, "ImageOrientationPatient"), 6),
+            _floats(header_value(source, "ImagePositionPatient"), 3),
+            _floats(header_value(source, "ImageOrientationPatient"), 6),
             _spacing_of(ds),
             slope,
             intercept,
-            _float(_raw(ds, "SliceThickness")),
+            _float(header_value(ds, "SliceThickness")),
         )
     ]
 
@@ -189,7 +174,8 @@ def frames_of(f: DicomFile) -> list[Frame]:
 def _check_same(frames: list[Frame], label: str) -> None:
     sizes: dict[tuple[int, int], Frame] = {}
     for fr in frames:
-        sizes.setdefault((int(fr.file.ds.Rows), int(fr.file.ds.Columns)), fr)
+        fmt = fr.file.pixel_format
+        sizes.setdefault((fmt.rows, fmt.columns), fr)
     if len(sizes) > 1:
         (s1, f1), (s2, f2) = list(sizes.items())[:2]
         raise SeriesError(

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, UnsupportedFormatError
-from medmap.io.dicom.files import DicomFile
+from medmap.io.dicom.files import DicomFile, PixelFormat
 from medmap.io.dicom.frames import Frame
 from medmap.progress import track
 
@@ -33,27 +33,12 @@ _RAW_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
-def _int(ds: Dataset, keyword: str, default: int) -> int:
-    try:
-        return int(ds.get(keyword, default))
-    except (TypeError, ValueError):
-        return default
-
-
-def stored_range(ds: Dataset) -> tuple[int, int]:
+def stored_range(fmt: PixelFormat) -> tuple[int, int]:
     """Smallest and largest stored value the header allows (BitsStored, PixelRepresentation)."""
-    bits = _int(ds, "BitsStored", _int(ds, "BitsAllocated", 16))
-    if _int(ds, "PixelRepresentation", 0) == 1:
+    bits = fmt.bits_stored
+    if fmt.signed:
         return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return 0, (1 << bits) - 1
-
-
-def is_colour(ds: Dataset) -> bool:
-    return _int(ds, "SamplesPerPixel", 1) > 1 or str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
-
-
-def _has_modality_lut(ds: Dataset) -> bool:
-    return "ModalityLUTSequence" in ds
 
 
 class DoesNotFit(Exception):
@@ -75,17 +60,17 @@ def output_dtypes(frames: list[Frame]) -> list[np.dtype]:
 
 def _safe_dtype(frames: list[Frame]) -> np.dtype:
     """The narrowest dtype that holds every value the header allows, after rescale."""
-    ds = frames[0].file.ds
-    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-        return np.dtype(np.float32 if "FloatPixelData" in ds else np.float64)
-    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
-        descriptor = ds.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])
+    fmt = frames[0].file.pixel_format
+    if fmt.float_bits:
+        return np.dtype(np.float32 if fmt.float_bits == 32 else np.float64)
+    if fmt.photometric == "PALETTE COLOR":
+        descriptor = frames[0].file.ds.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])
         return np.dtype(np.uint8 if int(descriptor[2]) <= 8 else np.uint16)
-    if is_colour(ds):
-        return np.dtype({8: np.uint8, 16: np.uint16}.get(_int(ds, "BitsAllocated", 8), np.uint32))
-    if any(_has_modality_lut(fr.file.ds) for fr in frames):
+    if fmt.colour:
+        return np.dtype({8: np.uint8, 16: np.uint16}.get(fmt.bits_allocated, np.uint32))
+    if any(fr.file.pixel_format.modality_lut for fr in frames):
         return np.dtype(np.float32)
-    lo, hi = stored_range(ds)
+    lo, hi = stored_range(fmt)
     rescales = {(fr.slope, fr.intercept) for fr in frames}
     if all(float(s).is_integer() and float(i).is_integer() for s, i in rescales):
         values = [v for s, i in rescales for v in (lo * s + i, hi * s + i)]
@@ -97,42 +82,42 @@ def _safe_dtype(frames: list[Frame]) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _raw_layout(f: DicomFile) -> tuple[int, np.dtype, int] | None:
-    """(value offset, stored dtype, bytes per frame) when the frame bytes can be read directly, else None."""
-    ds = f.ds
-    if f.transfer_syntax not in _RAW_SYNTAXES or f.pixel_offset is None or is_colour(ds):
+def _raw_layout(f: DicomFile, fp) -> tuple[int, np.dtype, int] | None:
+    """(value offset, stored dtype, bytes per frame) when the frame bytes can be read directly, else None.
+
+    ``fp`` is the open file; it is left positioned anywhere.
+    """
+    fmt = f.pixel_format
+    if f.transfer_syntax not in _RAW_SYNTAXES or f.pixel_offset is None or f.pixel_tag != 0x7FE00010:
         return None
-    bits = _int(ds, "BitsAllocated", 0)
-    if bits not in (8, 16, 32) or _int(ds, "SamplesPerPixel", 1) != 1:
+    if fmt.colour or fmt.samples != 1 or fmt.bits_allocated not in (8, 16, 32):
         return None
-    with open(f.path, "rb") as fp:
-        fp.seek(f.pixel_offset)
-        head = fp.read(12)
+    fp.seek(f.pixel_offset)
+    head = fp.read(12)
     if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
         return None
     if f.transfer_syntax == ExplicitVRLittleEndian:
         length, start = struct.unpack("<I", head[8:12])[0], f.pixel_offset + 12
     else:
         length, start = struct.unpack("<I", head[4:8])[0], f.pixel_offset + 8
-    kind = "i" if _int(ds, "PixelRepresentation", 0) == 1 else "u"
-    dtype = np.dtype(f"<{kind}{bits // 8}")
-    frame_bytes = _int(ds, "Rows", 0) * _int(ds, "Columns", 0) * dtype.itemsize
+    dtype = np.dtype(f"<{'i' if fmt.signed else 'u'}{fmt.bits_allocated // 8}")
+    frame_bytes = fmt.rows * fmt.columns * dtype.itemsize
     if length == _UNDEFINED_LENGTH or frame_bytes == 0:
         return None
-    needed = frame_bytes * f.n_frames
-    available = os.path.getsize(f.path) - start
+    needed = frame_bytes * fmt.frames
+    available = os.fstat(fp.fileno()).st_size - start
     if min(length, available) < needed:
         raise CorruptFileError(
-            f"{f.path}: pixel data truncated, {needed} bytes needed for {f.n_frames} frame(s) of "
-            f"{ds.Columns}x{ds.Rows} but only {min(length, available)} present"
+            f"{f.path}: pixel data truncated, {needed} bytes needed for {fmt.frames} frame(s) of "
+            f"{fmt.columns}x{fmt.rows} but only {min(length, available)} present"
         )
     return start, dtype, frame_bytes
 
 
-def _unused_bits(buf: np.ndarray, ds: Dataset) -> None:
+def _unused_bits(buf: np.ndarray, fmt: PixelFormat) -> None:
     """Clear (unsigned) or sign-extend (signed) the bits above BitsStored, as pydicom does."""
-    shift = buf.dtype.itemsize * 8 - _int(ds, "BitsStored", buf.dtype.itemsize * 8)
-    if shift > 0:
+    shift = buf.dtype.itemsize * 8 - fmt.bits_stored
+    if 0 < shift < buf.dtype.itemsize * 8:
         np.left_shift(buf, shift, out=buf)
         np.right_shift(buf, shift, out=buf)
 
@@ -151,9 +136,9 @@ def _decode_with_pydicom(f: DicomFile) -> tuple[np.ndarray, Dataset]:
                 f"{f.path}: cannot decode transfer syntax {f.transfer_syntax} ({reason})"
             ) from None
         raise CorruptFileError(f"{f.path}: pixel data cannot be decoded ({reason})") from None
-    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+    if f.pixel_format.photometric == "PALETTE COLOR":
         arr = pydicom.pixels.apply_color_lut(arr, ds)
-    frame_dims = 3 if is_colour(ds) else 2
+    frame_dims = 3 if f.pixel_format.colour else 2
     if arr.ndim == frame_dims:
         arr = arr[np.newaxis]
     return arr, ds
@@ -161,7 +146,7 @@ def _decode_with_pydicom(f: DicomFile) -> tuple[np.ndarray, Dataset]:
 
 def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -> None:
     """out = stored * slope + intercept (or the modality LUT), in out's dtype without overflow."""
-    if _has_modality_lut(ds):
+    if fr.file.pixel_format.modality_lut:
         out[...] = pydicom.pixels.apply_modality_lut(stored, ds)
     elif fr.slope == 1 and fr.intercept == 0:
         out[...] = stored
@@ -187,9 +172,9 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -
         out[...] = stored * np.float64(fr.slope) + np.float64(fr.intercept)
 
 
-def _invert_monochrome1(out: np.ndarray, fr: Frame, ds: Dataset) -> None:
+def _invert_monochrome1(out: np.ndarray, fr: Frame) -> None:
     """MONOCHROME1 stores 'higher = darker'; flip within the rescaled value range."""
-    lo, hi = stored_range(ds)
+    lo, hi = stored_range(fr.file.pixel_format)
     edge = (lo + hi) * fr.slope + 2 * fr.intercept
     if np.issubdtype(out.dtype, np.integer):
         out[...] = (int(edge) - out.astype(np.int64)).astype(out.dtype)
@@ -199,33 +184,34 @@ def _invert_monochrome1(out: np.ndarray, fr: Frame, ds: Dataset) -> None:
 
 def _decode_file(f: DicomFile, targets: list[tuple[int, Frame]], out: np.ndarray) -> None:
     """Decode one instance's frames into their slots of ``out``."""
-    ds = f.ds
-    monochrome1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-    raw = _raw_layout(f)
-    if raw is not None:
-        start, dtype, frame_bytes = raw
-        buf = np.empty((int(ds.Rows), int(ds.Columns)), dtype=dtype)
-        with open(f.path, "rb", buffering=0) as fp:
+    fmt = f.pixel_format
+    monochrome1 = fmt.photometric == "MONOCHROME1"
+    with open(f.path, "rb", buffering=0) as fp:
+        raw = _raw_layout(f, fp)
+        if raw is not None:
+            start, dtype, frame_bytes = raw
+            buf = np.empty((fmt.rows, fmt.columns), dtype=dtype)
+            view = memoryview(buf).cast("B")
             for k, fr in targets:
                 fp.seek(start + (fr.index or 0) * frame_bytes)
-                if fp.readinto(memoryview(buf).cast("B")) != frame_bytes:
+                if fp.readinto(view) != frame_bytes:
                     raise CorruptFileError(f"{f.path}: pixel data ends early in frame {(fr.index or 0) + 1}")
-                _unused_bits(buf, ds)
-                _rescale_into(out[k], buf, fr, ds)
+                _unused_bits(buf, fmt)
+                _rescale_into(out[k], buf, fr, f.ds)
                 if monochrome1:
-                    _invert_monochrome1(out[k], fr, ds)
-        return
+                    _invert_monochrome1(out[k], fr)
+            return
     decoded, full = _decode_with_pydicom(f)
     for k, fr in targets:
         idx = fr.index or 0
         if idx >= decoded.shape[0]:
             raise CorruptFileError(f"{f.path}: header declares more frames than the pixel data holds")
-        if is_colour(full) or "FloatPixelData" in full or "DoubleFloatPixelData" in full:
+        if fmt.colour or fmt.float_bits:
             out[k] = decoded[idx]
             continue
         _rescale_into(out[k], decoded[idx], fr, full)
         if monochrome1:
-            _invert_monochrome1(out[k], fr, full)
+            _invert_monochrome1(out[k], fr)
 
 
 def fill(out: np.ndarray, frames: list[Frame], *, progress: bool = False) -> None:

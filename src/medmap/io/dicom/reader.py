@@ -12,7 +12,7 @@ from pydicom.multival import MultiValue
 from medmap.errors import MedmapError, MedmapWarning, NotAnImageError, SeriesError
 from medmap.io.dicom.files import DicomFile, Series, read_header, scan
 from medmap.io.dicom.frames import Frame, Layout, frames_of, layout
-from medmap.io.dicom.pixels import DoesNotFit, fill, is_colour, output_dtypes, stored_range
+from medmap.io.dicom.pixels import DoesNotFit, fill, output_dtypes, stored_range
 from medmap.io.image import Image, ImageMeta, SliceRef
 
 
@@ -47,9 +47,10 @@ def _meta(series: Series, lay: Layout) -> ImageMeta:
     ds = series.first
     fr0 = lay.frames[0]
     center, width = _window(ds)
-    photometric = str(ds.get("PhotometricInterpretation", ""))
+    fmt = series.files[0].pixel_format
+    photometric = fmt.photometric
     if photometric == "MONOCHROME1" and center is not None:
-        lo, hi = stored_range(ds)
+        lo, hi = stored_range(fmt)
         center = (lo + hi) * fr0.slope + 2 * fr0.intercept - center
     return ImageMeta(
         modality=str(ds.get("Modality", "")),
@@ -75,9 +76,9 @@ def load_series(series: Series, *, progress: bool = False) -> Image:
     lay = plan_series(series)
     for note in lay.notes:
         warnings.warn(MedmapWarning(f"series {series.label}: {note}"), stacklevel=2)
-    ds = series.first
-    shape: tuple[int, ...] = (len(lay.frames), int(ds.Rows), int(ds.Columns))
-    if is_colour(ds):
+    fmt = series.files[0].pixel_format
+    shape: tuple[int, ...] = (len(lay.frames), fmt.rows, fmt.columns)
+    if fmt.colour:
         shape = (*shape, 3)
     for dtype in output_dtypes(lay.frames):
         out = np.empty(shape, dtype=dtype)
