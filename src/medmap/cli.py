@@ -73,12 +73,11 @@ def info(
     """
     from medmap.io.dicom import scan
     from medmap.io.dicom.reader import plan_series
-    from medmap.io.formats import suffix_of
     from medmap.io.image import orientation_label
-    from medmap.io.load import _READERS, load
+    from medmap.io.load import is_image_file, load
 
     rows = []
-    if path.is_file() and suffix_of(path) in _READERS:
+    if is_image_file(path):
         img = load(path)
         rows.append(
             {

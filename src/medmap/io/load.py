@@ -21,6 +21,12 @@ _WRITERS = {
 }
 
 
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a file whose suffix names a non-DICOM image format medmap reads (.nii.gz, .png, ...)."""
+    path = Path(path)
+    return path.is_file() and formats.suffix_of(path) in _READERS
+
+
 def load(path: str | os.PathLike, series_uid: str | None = None, *, progress: bool = False) -> Image:
     """Load a NIfTI/NRRD/MHA/PNG/JPEG file, a DICOM file, or the image series under a DICOM folder.
 
