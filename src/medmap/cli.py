@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes: do not squeeze tables to 80
 
 
 def _one_line(text: str) -> str:
