@@ -39,6 +39,10 @@ class OutputError(MedmapError):
     """An output location is unsafe (inside the input, would overwrite the input) or cannot be written."""
 
 
+class DatasetError(MedmapError):
+    """A dataset's layout or content is wrong (missing files, bad dataset.json, bad manifest)."""
+
+
 class ConfigError(MedmapError):
     """A configuration value is invalid."""
 

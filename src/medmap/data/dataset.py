@@ -1,0 +1,104 @@
+"""`Case` and `Dataset`: what a model learns from, independent of how it was laid out on disk.
+
+A case is one training example: an image (one or more channels), and its target: a whole-image class,
+a mask, or one lesion (world position + class) for lesion-centred classification. Several lesion cases
+may share one image; preprocessing then handles the image once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medmap.io.image import Image, ImageMeta
+
+Task = Literal["classification", "segmentation"]
+
+
+@dataclass(frozen=True)
+class NpzSlot:
+    """One image inside a MedMNIST-style npz file: ``file[key][index]``."""
+
+    file: Path
+    key: str
+    index: int
+
+
+ImageSource = Path | NpzSlot
+
+
+def load_source(source: ImageSource, series_uid: str | None = None) -> Image:
+    if isinstance(source, NpzSlot):
+        with np.load(source.file, mmap_mode="r") as npz:
+            arr = np.asarray(npz[source.key][source.index])
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:  # 2-D RGB: (H, W, C)
+            arr = arr[np.newaxis]
+        return Image(arr, meta=ImageMeta(source_path=source.file))
+    from medmap.io.load import load
+
+    return load(source, series_uid)
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A finding at a world position (LPS mm), for lesion-centred classification."""
+
+    position: tuple[float, float, float]
+    diameter_mm: float | None = None
+
+
+@dataclass
+class Case:
+    case_id: str
+    images: list[ImageSource]  # one per channel
+    patient_id: str
+    label: int | None = None  # classification target (class index)
+    mask: ImageSource | None = None  # segmentation target
+    lesion: Lesion | None = None  # lesion-centred classification: where to look
+    split: str | None = None  # "train" / "val" / "test" when the layout fixes it
+    series_uid: str | None = None  # for a DICOM folder holding several series
+
+    @property
+    def image_key(self) -> str:
+        """Identifies the image (cases of lesions in the same image share it)."""
+        return "|".join(str(s) for s in self.images)
+
+    def load_image(self) -> Image:
+        """All channels on one grid; more than one channel becomes a trailing channel axis."""
+        first = load_source(self.images[0], self.series_uid)
+        if len(self.images) == 1:
+            return first
+        arrays = [first.array]
+        for source in self.images[1:]:
+            other = load_source(source, self.series_uid)
+            if not other.same_geometry(first, tol=1e-3):
+                from medmap.errors import MedmapError
+
+                raise MedmapError(f"case {self.case_id}: channel {source} is not on the grid of {self.images[0]}")
+            arrays.append(other.array)
+        return Image(np.stack(arrays, axis=-1), first.spacing, first.origin, first.direction, first.meta)
+
+    def load_mask(self) -> Image | None:
+        return None if self.mask is None else load_source(self.mask)
+
+
+@dataclass
+class Dataset:
+    name: str
+    root: Path
+    task: Task
+    layout: str  # "msd", "nnunet", "medmnist", "csv"
+    labels: dict[int, str]  # segmentation: value -> name (0 = background); classification: index -> class
+    cases: list[Case]
+    modality: str = ""
+    channel_names: list[str] = field(default_factory=list)
+
+    def split(self, name: str) -> list[Case]:
+        return [c for c in self.cases if c.split == name]
+
+    @property
+    def patients(self) -> list[str]:
+        return sorted({c.patient_id for c in self.cases})
