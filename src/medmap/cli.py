@@ -210,17 +210,47 @@ def anonymize(
 def demo_data(
     target: Annotated[Path, typer.Argument(help="New or empty folder for the generated data.")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same data.")] = 0,
+    small: Annotated[bool, typer.Option(help="A few cases of each kind, for a quick look or a test.")] = False,
 ) -> None:
-    """Generate the built-in demo data: a chest CT series written as real DICOM files."""
-    from medmap.data.phantoms import chest_ct
-    from medmap.io.dicom.writer import SeriesInfo, write_series
+    """Generate the built-in demo data: chest CT with nodules, abdominal CT with liver tumours, radiographs."""
+    from medmap.data.baseline import size_baseline
+    from medmap.data.demo import SMALL, DemoSize, write_demo_data
 
-    img = chest_ct(seed=seed)
-    info = SeriesInfo(
-        series_description="medmap phantom chest CT", body_part="CHEST", window_center=-600, window_width=1500
+    summary = write_demo_data(target, seed=seed, size=SMALL if small else DemoSize(), progress=True)
+    out.print(f"wrote demo data to {target}:")
+    out.print(f"  chest_ct/ + nodules.csv   {summary.nodules} lung nodules ({summary.malignant} malignant)")
+    out.print(f"  liver/ (MSD) + liver_dicom/   {summary.liver_cases} abdominal CT volumes")
+    out.print(f"  radiographs/ + radiographs.csv   {summary.radiographs} chest radiographs")
+    out.print(f"  {size_baseline(target / 'nodules.csv')}")
+
+
+dataset_app = typer.Typer(
+    help="Inspect and validate datasets (MSD, nnU-Net raw, MedMNIST npz, CSV manifest).", no_args_is_help=True
+)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("check")
+def dataset_check(
+    path: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
+) -> None:
+    """List every problem in a dataset with the case named; exit status 1 if there is any."""
+    from medmap.data.check import check_dataset
+    from medmap.data.layouts import read_dataset
+
+    dataset = read_dataset(path)
+    problems = check_dataset(dataset, progress=True)
+    kinds = {"segmentation": "masks", "classification": "labels"}
+    out.print(
+        f"{dataset.name}: {dataset.layout} layout, {dataset.task}, {len(dataset.cases)} cases, "
+        f"{len(dataset.patients)} patients, {kinds[dataset.task]}: {dataset.labels}"
     )
-    paths = write_series(img, target / "chest_ct", info=info, progress=True)
-    out.print(f"wrote {len(paths)} CT slices to {target / 'chest_ct'}")
+    if not problems:
+        out.print("no problems found")
+        return
+    for problem in problems:
+        out.print(f"  {problem}", markup=False, highlight=False)
+    raise MedmapError(f"{path}: {len(problems)} problem(s) found")
 
 
 def main() -> None:

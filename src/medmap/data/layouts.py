@@ -195,14 +195,16 @@ def read_csv_manifest(path: Path) -> Dataset:
     lesions = {"x", "y", "z"} <= columns
     if not segmentation and "label" not in columns:
         raise DatasetError(f"{path}: manifest needs a 'label' column, or a 'mask' column for segmentation")
-    labels, to_index = {}, {}
+    sidecar = path.with_name("labels.json")  # {"0": "normal", "1": "consolidation"}: fixes the order
+    declared = {int(k): str(v) for k, v in _read_json(sidecar).items()} if sidecar.is_file() else {}
+    labels, to_index = declared, {}
     if not segmentation:
-        names = sorted({r["label"] for r in rows if r["label"] != ""}, key=_natural)
-        to_index = {n: i for i, n in enumerate(names)}
-        labels = dict(enumerate(names))
-    else:
-        sidecar = path.with_name("labels.json")
-        labels = {int(k): v for k, v in _read_json(sidecar).items()} if sidecar.is_file() else {}
+        names = sorted({r["label"] for r in rows if r["label"] != ""}, key=_class_order)
+        labels = declared or dict(enumerate(names))
+        to_index = {name: index for index, name in labels.items()}
+        unknown = sorted(set(names) - set(to_index))
+        if unknown:
+            raise DatasetError(f"{path}: labels {unknown} are not declared in {sidecar.name}")
     base = path.parent
     cases = []
     for n, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
@@ -240,5 +242,12 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
-def _natural(text: str):
-    return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
+NEGATIVE_CLASSES = ("normal", "benign", "negative", "healthy", "absent", "no")
+
+
+def _class_order(text: str):
+    """Class index order: a 'negative' class name first (so binary tasks predict the finding as class 1),
+    then numbers in numeric order, then names alphabetically."""
+    if text.lower() in NEGATIVE_CLASSES:
+        return (0, 0, "")
+    return (1, int(text), "") if text.lstrip("-").isdigit() else (2, 0, text)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
@@ -53,6 +54,12 @@ class SeriesInfo:
     rescale_slope: float = 1.0
     window_center: float | None = None
     window_width: float | None = None
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
 
 
 def _ds(v: float) -> str:
@@ -172,3 +179,77 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_radiograph(
+    image: Image,
+    path: str | os.PathLike,
+    *,
+    info: SeriesInfo | None = None,
+    monochrome1: bool = False,
+    view_position: str = "PA",
+) -> Path:
+    """Write a 2-D image as Digital X-Ray Image Storage - For Presentation (12-bit, unsigned).
+
+    ``monochrome1`` stores the inverted values with PhotometricInterpretation MONOCHROME1, as many
+    detectors do; a reader that honours the photometric interpretation gets the same picture back.
+    """
+    if not image.is_2d or image.channels != 1:
+        raise OutputError("a radiograph must be a single-channel 2-D image")
+    path = Path(path)
+    if path.exists():
+        raise OutputError(f"{path}: exists; refusing to overwrite")
+    info = info or SeriesInfo()
+    values = np.rint(image.array[0]).astype(np.int64)
+    if values.min() < 0 or values.max() > 4095:
+        raise OutputError(f"radiograph values must lie in 0..4095 (12 bits), got {values.min()}..{values.max()}")
+    stored = (4095 - values if monochrome1 else values).astype(np.uint16)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    ds.SOPInstanceUID = sop_uid = generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PatientName, ds.PatientID = info.patient_name, info.patient_id
+    ds.PatientBirthDate, ds.PatientSex = info.patient_birth_date, info.patient_sex
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = info.study_uid, info.series_uid
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = info.study_date
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = info.study_time
+    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", info.study_id, info.accession_number
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "DX", info.series_number, 1
+    if info.series_description:
+        ds.SeriesDescription = info.series_description
+    ds.BodyPartExamined = info.body_part or "CHEST"
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.Manufacturer = info.manufacturer
+    ds.PatientOrientation = ["L", "F"] if view_position == "PA" else ["R", "F"]
+    ds.ViewPosition = view_position
+    ds.ImageLaterality = "U"
+    ds.PositionerType = ""
+    ds.AcquisitionContextSequence = Sequence()
+    ds.AnatomicRegionSequence = Sequence([_code("51185008", "SCT", "Chest")])
+    if view_position == "PA":
+        ds.ViewCodeSequence = Sequence([_code("399348003", "SCT", "postero-anterior")])
+    ds.ImagerPixelSpacing = [_ds(image.spacing[1]), _ds(image.spacing[2])]
+    ds.DetectorType = "DIRECT"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape[1], image.shape[2]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelIntensityRelationship = "LIN"
+    ds.PixelIntensityRelationshipSign = -1 if monochrome1 else 1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.PresentationLUTShape = "INVERSE" if monochrome1 else "IDENTITY"
+    ds.LossyImageCompression = "00"
+    ds.BurnedInAnnotation = "NO"
+    # DX "for presentation" must say how to display it: the given window, or the full 12-bit range
+    center, width = info.window_center or 2048.0, info.window_width or 4096.0
+    ds.WindowCenter, ds.WindowWidth = _ds(4095 - center if monochrome1 else center), _ds(width)
+    ds.PixelData = stored.tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
