@@ -54,9 +54,8 @@ def _check_case(case: Case, dataset: Dataset, image: Image | None, load_error: s
                 values = {int(v) for v in np.unique(mask.array)}
                 undeclared = sorted(values - set(dataset.labels)) if dataset.labels else []
                 if undeclared:
-                    say(
-                        f"mask has label values {undeclared} not declared in the dataset's labels {sorted(dataset.labels)}"
-                    )
+                    declared = sorted(dataset.labels)
+                    say(f"mask has label values {undeclared} not declared in the dataset's labels {declared}")
     if case.lesion is not None and image is not None:
         idx = image.world_to_index(np.asarray(case.lesion.position))
         if np.any(idx < -0.5) or np.any(idx > np.asarray(image.shape) - 0.5):

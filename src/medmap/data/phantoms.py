@@ -281,7 +281,7 @@ def abdomen_ct(
     return AbdomenCase(image, image.with_array(label, modality=""), diameters)
 
 
-# --- chest radiographs ---------------------------------------------------------------------------------------------------
+# --- chest radiographs ------------------------------------------------------------------------------------------
 def chest_radiograph(size: int = 256, pixel_mm: float = 1.4, *, seed: int = 0, consolidation: bool = False) -> Image:
     """A frontal chest radiograph (12-bit, higher = denser), optionally with a lobar consolidation.
 
