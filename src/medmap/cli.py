@@ -253,6 +253,33 @@ def dataset_check(
     raise MedmapError(f"{path}: {len(problems)} problem(s) found")
 
 
+@app.command()
+def plan(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to save the plan (JSON).")] = Path("plan.json"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value (repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="Plan for 'cpu' or 'cuda'.")] = "cpu",
+    budget_mb: Annotated[int | None, typer.Option(help="Memory budget for a training step, MB.")] = None,
+) -> None:
+    """Fingerprint a dataset and derive its training plan (every decision explained); print and save it."""
+    from medmap.data.fingerprint import compute_fingerprint
+    from medmap.data.layouts import read_dataset
+    from medmap.training.planner import plan_dataset
+
+    if device not in ("cpu", "cuda"):
+        raise MedmapError(f"--device {device}: choose cpu or cuda")
+    dataset = read_dataset(data)
+    fingerprint = compute_fingerprint(dataset, progress=True)
+    result = plan_dataset(dataset, fingerprint, device=device, budget_mb=budget_mb)
+    if set_:
+        result = result.with_overrides(set_)
+    out.print_json(result.model_dump_json(exclude={"notes"}))
+    for note in result.notes:
+        out.print(f"  - {note}", markup=False, highlight=False)
+    result.save(output)
+    out.print(f"saved {output}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and a non-zero exit."""
     warnings.showwarning = _show_warning

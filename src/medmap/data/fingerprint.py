@@ -1,0 +1,131 @@
+"""A dataset's fingerprint: the facts the planner decides from (as nnU-Net does), computed once.
+
+Intensity statistics are taken inside the foreground (mask > 0 for segmentation; a sphere around each
+lesion for lesion classification; the whole image otherwise), from a bounded random sample per image so
+that memory stays flat however large the dataset is.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from pydantic import BaseModel
+
+from medmap.data.dataset import Dataset
+from medmap.io.image import Image
+from medmap.progress import track
+
+SAMPLES_PER_IMAGE = 20_000
+
+
+class IntensityStats(BaseModel):
+    mean: float
+    std: float
+    p00_5: float
+    p99_5: float
+    min: float
+    max: float
+
+
+class Fingerprint(BaseModel):
+    dataset: str
+    task: str
+    modality: str
+    channels: int
+    n_cases: int
+    n_images: int
+    spacings: list[tuple[float, float, float]]
+    shapes: list[tuple[int, int, int]]
+    intensity: IntensityStats
+    class_frequencies: dict[int, float]  # segmentation: voxel share per label; classification: case share
+    lesion_diameters_mm: list[float] = []
+    lesion_cases: bool = False
+
+    @property
+    def median_spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.median(np.asarray(self.spacings), axis=0))
+
+    @property
+    def median_shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in np.median(np.asarray(self.shapes), axis=0))
+
+    @property
+    def is_2d(self) -> bool:
+        return all(s[0] == 1 for s in self.shapes)
+
+
+def _lesion_mask(image: Image, centres: list[tuple[float, float, float]], radius_mm: list[float]) -> np.ndarray:
+    mask = np.zeros(image.shape, bool)
+    for centre, radius in zip(centres, radius_mm, strict=True):
+        c = image.world_to_index(np.asarray(centre))
+        reach = np.ceil(radius / np.asarray(image.spacing)).astype(int)
+        lo = np.maximum(np.floor(c).astype(int) - reach, 0)
+        hi = np.minimum(np.ceil(c).astype(int) + reach + 1, image.shape)
+        if np.any(hi <= lo):
+            continue
+        grids = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij")
+        dist = np.sqrt(sum(((g - ci) * s) ** 2 for g, ci, s in zip(grids, c, image.spacing, strict=True)))
+        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= dist <= radius
+    return mask
+
+
+def compute_fingerprint(dataset: Dataset, *, progress: bool = False, seed: int = 0) -> Fingerprint:
+    rng = np.random.default_rng(seed)
+    training = [c for c in dataset.cases if c.split != "test"]
+    by_image: dict[str, list] = {}
+    for case in training:
+        by_image.setdefault(case.image_key, []).append(case)
+    spacings, shapes, samples, channels, modality = [], [], [], 1, dataset.modality
+    voxel_counts: Counter = Counter()
+    for cases in track(list(by_image.values()), "fingerprinting", enabled=progress):
+        image = cases[0].load_image()
+        modality = modality or image.meta.modality
+        channels = image.channels
+        spacings.append(image.spacing)
+        shapes.append(image.shape)
+        values = image.array if image.channels == 1 else image.array[..., 0]
+        if dataset.task == "segmentation" and cases[0].mask is not None:
+            mask = cases[0].load_mask().array
+            labels, counts = np.unique(mask, return_counts=True)
+            voxel_counts.update(dict(zip(labels.tolist(), counts.tolist(), strict=True)))
+            foreground = values[mask > 0]
+        elif any(c.lesion for c in cases):
+            lesions = [c.lesion for c in cases if c.lesion]
+            radii = [max((lesion.diameter_mm or 10.0) / 2, 2.0) for lesion in lesions]
+            foreground = values[_lesion_mask(image, [lesion.position for lesion in lesions], radii)]
+        else:
+            foreground = values.ravel()
+        if foreground.size:
+            take = min(SAMPLES_PER_IMAGE, foreground.size)
+            samples.append(rng.choice(foreground, take, replace=False).astype(np.float64))
+    pooled = np.concatenate(samples) if samples else np.zeros(1)
+    intensity = IntensityStats(
+        mean=float(pooled.mean()),
+        std=float(pooled.std()),
+        p00_5=float(np.percentile(pooled, 0.5)),
+        p99_5=float(np.percentile(pooled, 99.5)),
+        min=float(pooled.min()),
+        max=float(pooled.max()),
+    )
+    if dataset.task == "segmentation":
+        total = sum(voxel_counts.values()) or 1
+        frequencies = {int(k): v / total for k, v in sorted(voxel_counts.items())}
+    else:
+        counts = Counter(c.label for c in training if c.label is not None)
+        frequencies = {int(k): v / max(sum(counts.values()), 1) for k, v in sorted(counts.items())}
+    diameters = [c.lesion.diameter_mm for c in training if c.lesion and c.lesion.diameter_mm]
+    return Fingerprint(
+        dataset=dataset.name,
+        task=dataset.task,
+        modality=modality or "",
+        channels=channels,
+        n_cases=len(training),
+        n_images=len(by_image),
+        spacings=spacings,
+        shapes=shapes,
+        intensity=intensity,
+        class_frequencies=frequencies,
+        lesion_diameters_mm=diameters,
+        lesion_cases=any(c.lesion for c in training),
+    )

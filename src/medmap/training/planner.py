@@ -1,0 +1,179 @@
+"""Fingerprint + compute budget -> `Plan`. One small function per decision, each saying why.
+
+Read top to bottom, this file is the whole of medmap's automatic configuration (in the spirit of
+nnU-Net's experiment planner, without environment variables or global state). Every number it picks
+can be overridden afterwards with ``Plan.with_overrides`` / ``medmap plan --set``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medmap.data.dataset import Dataset
+from medmap.data.fingerprint import Fingerprint
+from medmap.plan import Augmentation, Normalization, Plan
+
+XRAY_MODALITIES = {"CR", "DX", "MG", "RF", "XA", "IO", "PX"}
+CPU_BUDGET_MB, GPU_BUDGET_MB = 2_000, 12_000
+# Compute caps on voxels per patch: memory is rarely the limit on a CPU, time is.
+MAX_PATCH_VOXELS = {"cpu": 2**19, "cuda": 2**22}
+LIVE_MAPS = {"segmentation": 24, "classification": 12}  # feature maps alive per voxel per base feature
+
+
+def sample_mb(patch, width: int, task: str) -> float:
+    """Rough training memory of one sample: float32 activations, ``LIVE_MAPS`` maps per base feature."""
+    return float(np.prod(patch)) * width * 4 * LIVE_MAPS[task] / 1e6
+
+
+ANISOTROPY_RATIO = 3.0  # nnU-Net's threshold: beyond it the coarse axis keeps a coarser target spacing
+
+
+def decide_target_spacing(fp: Fingerprint, input_mode: str, device: str) -> tuple[tuple[float, float, float], str]:
+    median = np.asarray(fp.median_spacing)
+    spacings = np.asarray(fp.spacings)
+    if fp.is_2d:
+        # Whole 2-D pictures: keep the median pixel size, coarsened so the median image fits the input
+        # size the device can afford (128 px on CPU, 256 on GPU).
+        limit = 128 if device == "cpu" else 256
+        factor = max(1.0, max(fp.median_shape[1:]) / limit)
+        target = (1.0, median[1] * factor, median[2] * factor)
+        return (
+            target,
+            f"2-D images: median pixel {median[1]:.3g} mm x {factor:.3g} so the median image is <= {limit} px",
+        )
+    if fp.lesion_cases:
+        iso = float(min(median[1:]))
+        return (iso, iso, iso), (
+            f"lesion patches: isotropic {iso:.3g} mm (median in-plane spacing), so the three "
+            "orthogonal views of a lesion are alike"
+        )
+    target = median.copy()
+    coarse = int(np.argmax(median))
+    if median[coarse] > ANISOTROPY_RATIO * median.min():
+        target[coarse] = float(np.percentile(spacings[:, coarse], 10))
+        return tuple(target), (
+            f"anisotropic (axis {coarse}: {median[coarse]:.3g} mm vs {median.min():.3g} mm): median "
+            "spacing, 10th percentile on the coarse axis (nnU-Net rule)"
+        )
+    return tuple(median), "median spacing of the training images"
+
+
+def decide_normalization(fp: Fingerprint) -> tuple[Normalization, str]:
+    modality = fp.modality.upper()
+    if modality == "CT":
+        low, high = fp.intensity.p00_5, fp.intensity.p99_5
+        return (
+            Normalization(
+                scheme="ct", clip_low=low, clip_high=high, mean=fp.intensity.mean, std=max(fp.intensity.std, 1e-3)
+            ),
+            f"CT: clip to foreground 0.5/99.5 percentiles [{low:.0f}, {high:.0f}] HU, then z-score with the "
+            f"dataset's foreground mean {fp.intensity.mean:.1f} / std {fp.intensity.std:.1f}",
+        )
+    if modality in XRAY_MODALITIES or (fp.is_2d and not modality):
+        return Normalization(scheme="per_image"), "projection images: per-image min-max to [0, 1]"
+    return Normalization(scheme="zscore"), f"{modality or 'unknown modality'}: per-image z-score over the foreground"
+
+
+def decide_input_mode(fp: Fingerprint) -> tuple[str, str]:
+    if fp.is_2d:
+        return "2d", "every image has one slice"
+    if fp.task == "classification" and not fp.lesion_cases:
+        return "3d", "whole-volume classification"
+    return "3d", "volumes: 3-D patches"
+
+
+def _multiple(value: float, step: int, low: int, high: int) -> int:
+    return int(min(max(step * round(value / step), low), high))
+
+
+def decide_patch_size(
+    fp: Fingerprint, spacing, input_mode: str, budget_mb: int, device: str
+) -> tuple[tuple[int, int, int], str]:
+    if fp.is_2d:
+        shape = np.asarray(fp.median_shape[1:]) * np.asarray(fp.median_spacing[1:]) / np.asarray(spacing[1:])
+        side = [_multiple(s, 16, 32, 512) for s in shape]
+        return (1, side[0], side[1]), "the median image at target spacing (multiple of 16)"
+    if fp.lesion_cases:
+        diameters = fp.lesion_diameters_mm or [10.0]
+        extent_mm = 2.5 * float(np.percentile(diameters, 90))
+        side = _multiple(extent_mm / spacing[0], 8, 24, 96)
+        return (side, side, side), f"2.5 x the 90th-percentile lesion diameter ({extent_mm:.0f} mm of context)"
+    shape = np.asarray(fp.median_shape) * np.asarray(fp.median_spacing) / np.asarray(spacing)
+    patch = np.array([_multiple(s, 16, 16, 256) for s in shape])
+    width = 16 if device == "cpu" else 32
+    # at least two samples per batch within the budget, and within the device's compute cap
+    while (
+        2 * sample_mb(patch, width, fp.task) > budget_mb or patch.prod() > MAX_PATCH_VOXELS[device]
+    ) and patch.max() > 16:
+        axis = int(np.argmax(patch * np.asarray(spacing)))  # shrink the axis covering the most mm
+        patch[axis] -= 16
+    return tuple(int(v) for v in patch), (
+        f"the median image at target spacing, shrunk (largest extent in mm first) "
+        f"to fit 2 samples in {budget_mb} MB and {MAX_PATCH_VOXELS[device]} voxels"
+    )
+
+
+def decide_network(fp: Fingerprint, patch, device: str) -> tuple[str, int, int, str]:
+    if fp.task == "segmentation":
+        depth = int(min(5, max(2, math.log2(max(min(p for p in patch if p > 1), 8) / 4) + 1)))
+        width = 16 if device == "cpu" else 32
+        return "unet", width, depth, f"U-Net, {depth} levels (coarsest >= 4 voxels), {width} base features"
+    width = 32 if device == "cpu" else 64
+    return "resnet18", width, 4, f"ResNet-18 ({width} base features on {device})"
+
+
+def decide_batch_size(patch, width: int, budget_mb: int, task: str) -> tuple[int, str]:
+    per_sample_mb = sample_mb(patch, width, task)
+    batch = int(min(64, max(2, budget_mb // max(per_sample_mb, 1e-3))))
+    return batch, f"{budget_mb} MB budget / ~{per_sample_mb:.0f} MB per sample"
+
+
+def decide_augmentation(fp: Fingerprint, input_mode: str, spacing) -> tuple[Augmentation, str]:
+    anisotropic = max(spacing) > ANISOTROPY_RATIO * min(spacing)
+    strength = 1.0 if fp.n_cases >= 50 else 1.3
+    axes = (1, 2) if input_mode == "2d" or anisotropic else (0, 1, 2)
+    aug = Augmentation(strength=strength, flip_axes=axes)
+    return aug, (
+        f"strength {strength} ({fp.n_cases} training cases); mirroring on axes {axes}"
+        + ("; in-plane only (anisotropic)" if anisotropic else "")
+    )
+
+
+def plan_dataset(dataset: Dataset, fp: Fingerprint, *, device: str = "cpu", budget_mb: int | None = None) -> Plan:
+    budget = budget_mb or (CPU_BUDGET_MB if device == "cpu" else GPU_BUDGET_MB)
+    notes = []
+    input_mode, why = decide_input_mode(fp)
+    notes.append(f"input_mode: {why}")
+    spacing, why = decide_target_spacing(fp, input_mode, device)
+    notes.append(f"target_spacing: {why}")
+    normalization, why = decide_normalization(fp)
+    notes.append(f"normalization: {why}")
+    patch, why = decide_patch_size(fp, spacing, input_mode, budget, device)
+    notes.append(f"patch_size: {why}")
+    network, width, depth, why = decide_network(fp, patch, device)
+    notes.append(f"network: {why}")
+    batch, why = decide_batch_size(patch, width, budget, fp.task)
+    notes.append(f"batch_size: {why}")
+    augmentation, why = decide_augmentation(fp, input_mode, spacing)
+    notes.append(f"augmentation: {why}")
+    return Plan(
+        dataset=dataset.name,
+        task=dataset.task,
+        modality=fp.modality,
+        channels=fp.channels,
+        labels=dataset.labels,
+        input_mode=input_mode,
+        target_spacing=tuple(float(s) for s in spacing),
+        normalization=normalization,
+        patch_size=patch,
+        batch_size=batch,
+        network=network,
+        network_width=width,
+        network_depth=depth,
+        augmentation=augmentation,
+        device=device,
+        memory_budget_mb=budget,
+        notes=notes,
+    )
