@@ -43,3 +43,14 @@ def test_deidentified_files_stay_valid(tmp_path):
         assert dciodvfy_errors(path) == []
         dump = subprocess.run([require("dcmdump"), str(path)], capture_output=True, text=True, timeout=60)
         assert dump.returncode == 0 and "DOE^JOHN" not in dump.stdout and "PatientIdentityRemoved" in dump.stdout
+
+
+def test_demo_radiographs_are_valid_dx(tmp_path):
+    from medmap.data.phantoms import chest_radiograph
+    from medmap.io.dicom.writer import write_radiograph
+
+    for monochrome1 in (False, True):
+        path = write_radiograph(
+            chest_radiograph(seed=3, consolidation=True), tmp_path / f"dx{monochrome1}.dcm", monochrome1=monochrome1
+        )
+        assert dciodvfy_errors(path) == []

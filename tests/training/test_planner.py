@@ -1,0 +1,121 @@
+"""The planner's decisions, each checked on a fingerprint built to provoke it; Plan overrides."""
+
+import numpy as np
+import pytest
+
+from medmap.data.dataset import Dataset
+from medmap.data.fingerprint import Fingerprint, IntensityStats, compute_fingerprint
+from medmap.data.layouts import write_msd
+from medmap.errors import ConfigError
+from medmap.plan import Plan
+from medmap.training.planner import MAX_PATCH_VOXELS, plan_dataset, sample_mb
+from tests.builders import volume
+
+
+def fingerprint(**kw) -> Fingerprint:
+    base = dict(
+        dataset="d",
+        task="segmentation",
+        modality="CT",
+        channels=1,
+        n_cases=20,
+        n_images=20,
+        spacings=[(1.0, 0.8, 0.8)] * 20,
+        shapes=[(100, 256, 256)] * 20,
+        intensity=IntensityStats(mean=50, std=20, p00_5=-20, p99_5=180, min=-1000, max=2000),
+        class_frequencies={0: 0.9, 1: 0.1},
+    )
+    base.update(kw)
+    return Fingerprint(**base)
+
+
+def dataset(task="segmentation") -> Dataset:
+    return Dataset("d", None, task, "msd", {0: "background", 1: "organ"}, [])
+
+
+def test_anisotropic_data_keep_a_coarse_axis_at_its_10th_percentile():
+    spacings = [(5.0, 0.8, 0.8)] * 15 + [(2.0, 0.8, 0.8)] * 5
+    plan = plan_dataset(dataset(), fingerprint(spacings=spacings))
+    assert plan.target_spacing == pytest.approx((2.0, 0.8, 0.8))
+    assert any("anisotropic" in n for n in plan.notes)
+    thick = plan_dataset(dataset(), fingerprint(spacings=[(5.0, 0.8, 0.8)] * 20))
+    assert thick.target_spacing == pytest.approx((5.0, 0.8, 0.8))
+    assert thick.augmentation.flip_axes == (1, 2)  # no mirroring across thick slices
+
+
+def test_ct_normalisation_from_foreground_percentiles():
+    plan = plan_dataset(dataset(), fingerprint())
+    n = plan.normalization
+    assert (n.scheme, n.clip_low, n.clip_high, n.mean, n.std) == ("ct", -20, 180, 50, 20)
+    assert plan_dataset(dataset(), fingerprint(modality="MR")).normalization.scheme == "zscore"
+
+
+def test_patch_fits_memory_and_compute_budget_and_pools_cleanly():
+    plan = plan_dataset(dataset(), fingerprint(), budget_mb=1000)
+    assert all(p % 16 == 0 for p in plan.patch_size)
+    assert np.prod(plan.patch_size) <= MAX_PATCH_VOXELS["cpu"]
+    assert 2 * sample_mb(plan.patch_size, plan.network_width, "segmentation") <= 1000
+    assert plan.batch_size >= 2 and plan.network == "unet"
+    bigger = plan_dataset(dataset(), fingerprint(), device="cuda")
+    assert np.prod(bigger.patch_size) > np.prod(plan.patch_size) and bigger.network_width == 32
+
+
+def test_two_d_pictures_and_lesion_patches():
+    xray = plan_dataset(
+        dataset("classification"),
+        fingerprint(task="classification", modality="DX", spacings=[(1.0, 0.5, 0.5)] * 5, shapes=[(1, 512, 512)] * 5),
+    )
+    assert xray.input_mode == "2d" and xray.patch_size == (1, 128, 128) and xray.target_spacing[1] == pytest.approx(2.0)
+    assert xray.normalization.scheme == "per_image"
+    lesions = plan_dataset(
+        dataset("classification"),
+        fingerprint(
+            task="classification",
+            lesion_cases=True,
+            lesion_diameters_mm=[4.0, 8.0, 20.0],
+            spacings=[(2.5, 0.7, 0.7)] * 5,
+        ),
+    )
+    assert lesions.target_spacing == pytest.approx((0.7, 0.7, 0.7))
+    side = lesions.patch_size[0]
+    assert lesions.patch_size == (side, side, side) and side % 8 == 0 and side * 0.7 >= 2.5 * 17
+
+
+def test_fingerprint_of_a_real_dataset(tmp_path):
+    cases = []
+    for i in range(3):
+        img = volume(shape=(5, 16, 12), seed=i)
+        mask = img.with_array((img.array > 1500).astype(np.uint8))
+        cases.append((f"c{i}", img, mask))
+    from medmap.data.layouts import read_dataset
+
+    write_msd(tmp_path / "T", "T", {0: "background", 1: "bright"}, "CT", cases)
+    fp = compute_fingerprint(read_dataset(tmp_path / "T"))
+    assert fp.n_cases == 3 and fp.median_shape == (5, 16, 12) and fp.modality == "CT"
+    assert sum(fp.class_frequencies.values()) == pytest.approx(1.0)
+    assert fp.intensity.min > 1500  # statistics come from the foreground only
+
+
+def test_overrides_and_json_round_trip(tmp_path):
+    plan = plan_dataset(dataset(), fingerprint())
+    changed = plan.with_overrides(
+        ["batch_size=7", "patch_size=[16,32,32]", "augmentation.elastic=true", "network=dynunet"]
+    )
+    assert (changed.batch_size, changed.patch_size, changed.augmentation.elastic, changed.network) == (
+        7,
+        (16, 32, 32),
+        True,
+        "dynunet",
+    )
+    assert changed.overrides[-1] == "network=dynunet"
+    assert Plan.load(changed.save(tmp_path / "p.json")) == changed
+    for bad, message in (
+        ("nope=1", "unknown setting"),
+        ("batch_size=0", "batch_size"),
+        ("augmentation=3", "unknown setting|augmentation"),
+        ("batch_size", "key=value"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            plan.with_overrides([bad])
+    assert plan.preprocessing_key() == changed.preprocessing_key()  # batch size does not change preprocessing
+    assert plan.preprocessing_key() != plan.with_overrides(["target_spacing=[1,1,1]"]).preprocessing_key()
