@@ -1,0 +1,174 @@
+"""Preprocess once, train many epochs: an on-disk cache of network-ready arrays, keyed by the plan.
+
+``<root>/<dataset>-<plan.preprocessing_key()>/`` holds per case ``<id>.npy`` (float32, channels first:
+``[C, Z, Y, X]``), ``<id>_seg.npy`` (uint8 mask, segmentation) and ``<id>.json`` (geometry of the cached
+grid, foreground voxel locations per class, the class label). The JSON is written last, so a case is
+cached exactly when its JSON exists; an interrupted run resumes where it stopped. Arrays are read back
+memory-mapped: epochs after the first decode no DICOM or NIfTI and copy only the patches they use.
+
+What is cached depends on the task:
+- segmentation: the whole image resampled to the target spacing, normalised, cropped to the foreground;
+- lesion classification: a cube around each lesion (1.5 x the patch, room for rotation and shifts);
+- whole-image classification: the image resampled and padded/cropped to the patch size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medmap.data.dataset import Case
+from medmap.data.preprocess import crop, extract_patch, foreground_bbox, lesion_patch, normalize, resample
+from medmap.plan import Plan
+from medmap.progress import track
+
+LOCATIONS_PER_CLASS = 5_000  # foreground voxels remembered per class, for oversampled patch centres
+
+
+@dataclass
+class CachedCase:
+    case_id: str
+    image: Path
+    mask: Path | None
+    label: int | None
+    meta: dict
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Memory-mapped image ``[C, Z, Y, X]`` and mask ``[Z, Y, X]`` (or None)."""
+        image = np.load(self.image, mmap_mode="r")
+        return image, (np.load(self.mask, mmap_mode="r") if self.mask else None)
+
+
+def _channels_first(array: np.ndarray, channels: int) -> np.ndarray:
+    return array[np.newaxis] if channels == 1 and array.ndim == 3 else np.moveaxis(array, -1, 0)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, np.ascontiguousarray(array))
+    os.replace(tmp, path)
+
+
+def _geometry(image) -> dict:
+    return {
+        "spacing": list(image.spacing),
+        "origin": list(image.origin),
+        "direction": image.direction.tolist(),
+        "shape": list(image.shape),
+    }
+
+
+def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Generator) -> None:
+    image = resample(case.load_image(), plan.target_spacing, "linear")
+    mask_image = case.load_mask()
+    mask = resample(mask_image, plan.target_spacing, "nearest") if mask_image is not None else None
+    bbox = foreground_bbox(image)
+    image = crop(image, bbox)
+    if mask is not None:
+        mask = crop(mask, bbox)
+    values = image.array if image.channels == 1 else image.array[..., 0]
+    array = _channels_first(normalize(image.array, plan.normalization, values != values.min()), image.channels)
+    _save(folder / f"{case.case_id}.npy", array.astype(np.float32))
+    locations = {}
+    if mask is not None:
+        seg = mask.array.astype(np.uint8)
+        _save(folder / f"{case.case_id}_seg.npy", seg)
+        for value in (int(v) for v in np.unique(seg) if v > 0):
+            where = np.argwhere(seg == value)
+            pick = where[rng.choice(len(where), min(len(where), LOCATIONS_PER_CLASS), replace=False)]
+            locations[str(value)] = pick.tolist()
+    meta = {
+        "case_id": case.case_id,
+        "label": case.label,
+        "bbox": [list(b) for b in bbox],
+        "geometry": _geometry(image),
+        "class_locations": locations,
+    }
+    (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
+
+
+def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
+    image = cases[0].load_image()
+    side = int(np.ceil(1.5 * max(plan.patch_size) / 2) * 2)
+    size = (side, side, side) if plan.input_mode != "2d" else (1, side, side)
+    pad = float(image.array.min())
+    for case in cases:
+        cube = lesion_patch(image, case.lesion.position, size, plan.target_spacing, pad)
+        cube = normalize(cube, plan.normalization)
+        array = cube if cube.ndim == 4 else cube[np.newaxis]
+        _save(folder / f"{case.case_id}.npy", array.astype(np.float32))
+        meta = {
+            "case_id": case.case_id,
+            "label": case.label,
+            "lesion": list(case.lesion.position),
+            "spacing": list(plan.target_spacing),
+        }
+        (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
+
+
+def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
+    image = resample(case.load_image(), plan.target_spacing, "linear")
+    array = _channels_first(normalize(image.array, plan.normalization), image.channels)
+    centre = (np.asarray(array.shape[1:]) - 1) / 2
+    array = extract_patch(array, centre, plan.patch_size, float(array.min()))
+    _save(folder / f"{case.case_id}.npy", array.astype(np.float32))
+    meta = {"case_id": case.case_id, "label": case.label, "geometry": _geometry(image)}
+    (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
+
+
+def _job(cases: list[Case], plan: Plan, folder: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    if plan.task == "segmentation":
+        for case in cases:
+            _segmentation_case(case, plan, folder, rng)
+    elif cases[0].lesion is not None:
+        _lesion_cases(cases, plan, folder)
+    else:
+        for case in cases:
+            _whole_image_case(case, plan, folder)
+
+
+class PreprocessedCache:
+    """The cache folder of one dataset under one plan."""
+
+    def __init__(self, root: str | os.PathLike, plan: Plan) -> None:
+        self.plan = plan
+        self.folder = Path(root) / f"{plan.dataset}-{plan.preprocessing_key()}"
+
+    def is_cached(self, case: Case) -> bool:
+        return (self.folder / f"{case.case_id}.json").is_file()
+
+    def build(
+        self, cases: list[Case], *, workers: int | None = None, progress: bool = False, seed: int = 0
+    ) -> list[CachedCase]:
+        """Preprocess the cases not cached yet (in ``workers`` processes) and return all of them."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "plan.json").write_text(self.plan.model_dump_json(indent=2))
+        groups: dict[str, list[Case]] = {}
+        for case in cases:
+            if not self.is_cached(case):
+                key = case.image_key if case.lesion is not None else case.case_id
+                groups.setdefault(key, []).append(case)
+        jobs = list(groups.values())
+        workers = workers or min(2, os.cpu_count() or 1)
+        if jobs and workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = [pool.submit(_job, group, self.plan, self.folder, seed + i) for i, group in enumerate(jobs)]
+                for future in track(futures, "preprocessing", enabled=progress):
+                    future.result()
+        else:
+            for i, group in enumerate(track(jobs, "preprocessing", enabled=progress)):
+                _job(group, self.plan, self.folder, seed + i)
+        return [self.get(case) for case in cases]
+
+    def get(self, case: Case) -> CachedCase:
+        meta = json.loads((self.folder / f"{case.case_id}.json").read_text())
+        mask = self.folder / f"{case.case_id}_seg.npy"
+        return CachedCase(
+            case.case_id, self.folder / f"{case.case_id}.npy", mask if mask.exists() else None, meta.get("label"), meta
+        )

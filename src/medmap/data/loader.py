@@ -1,0 +1,120 @@
+"""Patches from the preprocessed cache, as torch batches.
+
+Sampling is deterministic: item ``i`` of epoch ``e`` draws from a generator seeded with
+``(seed, e, i)``, so a run reproduces whatever the number of worker processes. Segmentation patches are
+foreground-oversampled: a ``Plan.foreground_oversample`` share of them is centred on a voxel of a
+foreground class chosen uniformly among the classes present (small tumours get seen); the rest are
+centred anywhere. Lesion patches are cut from the cached cube with a small random shift (training) or
+exactly centred (evaluation); ``2.5d`` mode stacks the three orthogonal planes through the lesion centre
+as channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from medmap.data.augment import BatchAugmenter
+from medmap.data.cache import CachedCase
+from medmap.data.preprocess import extract_patch
+from medmap.plan import Plan
+
+
+class PatchDataset(TorchDataset):
+    def __init__(
+        self, cases: list[CachedCase], plan: Plan, *, train: bool, samples_per_epoch: int | None = None, seed: int = 0
+    ) -> None:
+        self.cases, self.plan, self.train, self.seed = cases, plan, train, seed
+        self.length = samples_per_epoch or len(cases)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _centre(self, case: CachedCase, shape, rng: np.random.Generator) -> np.ndarray:
+        locations = case.meta.get("class_locations") or {}
+        if self.train and locations and rng.random() < self.plan.foreground_oversample:
+            points = locations[rng.choice(sorted(locations))]
+            return np.asarray(points[rng.integers(len(points))], dtype=float)
+        if not self.train:
+            return (np.asarray(shape) - 1) / 2
+        half = np.asarray(self.plan.patch_size) // 2
+        low, high = np.minimum(half, np.asarray(shape) - 1), np.maximum(np.asarray(shape) - 1 - half, half)
+        return np.array([rng.uniform(a, b) if b > a else a for a, b in zip(low, high, strict=True)])
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        case = self.cases[index % len(self.cases)] if not self.train else self.cases[rng.integers(len(self.cases))]
+        image, mask = case.arrays()
+        patch = self.plan.patch_size
+        if self.plan.task == "segmentation":
+            centre = self._centre(case, image.shape[1:], rng)
+            x = extract_patch(image, centre, patch, float(image.min()))
+            y = extract_patch(mask, centre, patch, 0) if mask is not None else np.zeros(patch, np.uint8)
+            sample = {"image": torch.from_numpy(x), "target": torch.from_numpy(y.astype(np.int64))}
+        else:
+            centre = (np.asarray(image.shape[1:]) - 1) / 2
+            if self.train and "lesion" in case.meta:  # small shifts keep the lesion near, not at, the centre
+                jitter = np.asarray(patch) * 0.08 * self.plan.augmentation.strength
+                centre = centre + rng.uniform(-jitter, jitter) * (np.asarray(image.shape[1:]) > 1)
+            if self.plan.input_mode == "2.5d":
+                x = self._orthogonal_planes(image, centre, patch)
+            else:
+                x = extract_patch(image, centre, patch, float(image.min()))
+            sample = {
+                "image": torch.from_numpy(np.ascontiguousarray(x)),
+                "target": torch.tensor(-1 if case.label is None else case.label),
+            }
+        if self.plan.input_mode in ("2d", "2.5d") and sample["image"].dim() == 4:
+            sample["image"] = sample["image"][:, 0]
+            if self.plan.task == "segmentation":
+                sample["target"] = sample["target"][0]
+        return sample
+
+    @staticmethod
+    def _orthogonal_planes(image: np.ndarray, centre: np.ndarray, patch) -> np.ndarray:
+        side = max(patch[1:])
+        cube = extract_patch(image, centre, (side, side, side), float(image.min()))
+        mid = side // 2
+        planes = [cube[:, mid], cube[:, :, mid], cube[:, :, :, mid]]  # axial, coronal, sagittal
+        return np.concatenate(planes, axis=0)[:, np.newaxis]
+
+
+class AugmentingLoader:
+    """A DataLoader whose batches are augmented as whole batches (see `medmap.data.augment`)."""
+
+    def __init__(
+        self, dataset: PatchDataset, batch_size: int, *, workers: int = 2, augment: bool = True, seed: int = 0
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.dataset = dataset
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            generator=generator,
+            drop_last=dataset.train,
+        )
+        plan = dataset.plan
+        self.augmenter = BatchAugmenter(plan.augmentation, plan.target_spacing, seed=seed) if augment else None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        segmentation = self.dataset.plan.task == "segmentation"
+        for batch in self.loader:
+            if self.augmenter is not None:
+                images, masks = self.augmenter(batch["image"], batch["target"] if segmentation else None)
+                batch["image"] = images
+                if segmentation:
+                    batch["target"] = masks
+            yield batch
+        self.dataset.set_epoch(self.dataset.epoch + 1)
