@@ -25,10 +25,16 @@ system-deps:
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/medmap demo-data $(DEMO)/data
-	$(BIN)/medmap info $(DEMO)/data
-	$(BIN)/medmap convert $(DEMO)/data/chest_ct $(DEMO)/chest_ct.nii.gz
-	$(BIN)/medmap anonymize $(DEMO)/data $(DEMO)/deidentified --date-shift-days -365
-	$(BIN)/medmap info $(DEMO)/deidentified
+	$(BIN)/medmap dataset check $(DEMO)/data/nodules.csv
+	$(BIN)/medmap dataset check $(DEMO)/data/liver
+	$(BIN)/medmap dataset check $(DEMO)/data/radiographs.csv
+	$(BIN)/medmap plan $(DEMO)/data/nodules.csv -o $(DEMO)/nodules-plan.json
+	$(BIN)/medmap plan $(DEMO)/data/liver -o $(DEMO)/liver-plan.json
+	$(BIN)/medmap preprocess $(DEMO)/data/nodules.csv --plan $(DEMO)/nodules-plan.json --cache $(DEMO)/cache
+	$(BIN)/medmap preprocess $(DEMO)/data/liver --plan $(DEMO)/liver-plan.json --cache $(DEMO)/cache
+	$(BIN)/medmap info $(DEMO)/data/liver_dicom
+	$(BIN)/medmap convert $(DEMO)/data/liver_dicom/liver_024 $(DEMO)/liver_024.nii.gz
+	$(BIN)/medmap anonymize $(DEMO)/data/chest_ct/CHEST-0000 $(DEMO)/deidentified --date-shift-days -365
 	@echo "demo outputs are in $(DEMO)/"
 
 test: $(STAMP) system-deps
@@ -40,6 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/dicom_load.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -280,6 +280,32 @@ def plan(
     out.print(f"saved {output}")
 
 
+@app.command()
+def preprocess(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
+    plan_file: Annotated[Path, typer.Option("--plan", help="Plan JSON from `medmap plan`.")],
+    cache: Annotated[Path, typer.Option(help="Cache root; a sub-folder per dataset and plan.")] = Path(".medmap-cache"),
+    workers: Annotated[int, typer.Option(help="Processes preprocessing in parallel.")] = 2,
+) -> None:
+    """Resample, normalise and crop every training case once into the on-disk cache the loader reads."""
+    from medmap.data.cache import PreprocessedCache
+    from medmap.data.layouts import read_dataset
+    from medmap.plan import Plan
+
+    dataset = read_dataset(data)
+    the_plan = Plan.load(plan_file)
+    if the_plan.dataset != dataset.name:
+        raise MedmapError(f"{plan_file}: plan is for dataset {the_plan.dataset!r}, not {dataset.name!r}")
+    store = PreprocessedCache(cache, the_plan)
+    cases = [c for c in dataset.cases if c.split != "test"]
+    todo = sum(not store.is_cached(c) for c in cases)
+    store.build(cases, workers=workers, progress=True)
+    size = sum(p.stat().st_size for p in store.folder.glob("*.npy")) / 2**20
+    out.print(
+        f"{len(cases)} cases in {store.folder} ({todo} preprocessed now, {len(cases) - todo} reused; {size:.0f} MB)"
+    )
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and a non-zero exit."""
     warnings.showwarning = _show_warning
