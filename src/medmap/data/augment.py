@@ -40,11 +40,21 @@ class BatchAugmenter:
         self.spacing = torch.tensor(spacing, dtype=torch.float32)
         self.generator = torch.Generator().manual_seed(seed)
 
+    # Random parameters are drawn on the CPU from one seeded generator (reproducible whatever the
+    # device) and moved to the batch's device; only the per-voxel noise is drawn on that device.
+    device: torch.device = torch.device("cpu")
+
     def _chosen(self, batch: int) -> torch.Tensor:
-        return torch.rand(batch, generator=self.generator) < self.aug.probability
+        return (torch.rand(batch, generator=self.generator) < self.aug.probability).to(self.device)
 
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(n, generator=self.generator)
+        return (low + (high - low) * torch.rand(n, generator=self.generator)).to(self.device)
+
+    def _noise(self, shape) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.randn(shape, generator=self.generator)
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return torch.randn(shape, generator=torch.Generator(self.device).manual_seed(seed), device=self.device)
 
     def _widen(self, bounds: tuple[float, float]) -> tuple[float, float]:
         s = self.aug.strength
@@ -53,6 +63,7 @@ class BatchAugmenter:
     def __call__(self, images: torch.Tensor, masks: torch.Tensor | None = None):
         if self.aug.strength == 0:
             return images, masks
+        self.device = images.device
         two_d = images.dim() == 4
         if two_d:  # treat [B, C, H, W] as one-slice volumes
             images = images.unsqueeze(2)
@@ -80,14 +91,14 @@ class BatchAugmenter:
         if spatial[0] == 1:  # one slice: rotate in-plane only
             angles[:, 1:] = 0
         scale = self._uniform(n, *self._widen(self.aug.scale))
-        half_mm = torch.tensor(spatial, dtype=torch.float32) * self.spacing / 2
+        half_mm = (torch.tensor(spatial, dtype=torch.float32) * self.spacing / 2).to(self.device)
         # normalised -> mm (zyx), rotate & scale, mm -> normalised; then reorder to grid_sample's (x, y, z)
         matrix = torch.diag(1 / half_mm) @ (_rotation(angles) / scale.view(n, 1, 1)) @ torch.diag(half_mm)
-        theta = torch.zeros(n, 3, 4)
+        theta = torch.zeros(n, 3, 4, device=self.device)
         theta[:, :, :3] = matrix.flip(1).flip(2)
         grid = F.affine_grid(theta, (n, 1, *spatial), align_corners=False)
         if self.aug.elastic:
-            coarse = torch.randn(n, 3, 4, 4, 4, generator=self.generator) * 0.03 * self.aug.strength
+            coarse = self._noise((n, 3, 4, 4, 4)) * 0.03 * self.aug.strength
             grid = grid + F.interpolate(coarse, size=spatial, mode="trilinear", align_corners=False).permute(
                 0, 2, 3, 4, 1
             )
@@ -119,12 +130,12 @@ class BatchAugmenter:
         noise = self._chosen(batch)
         if noise.any() and self.aug.noise_std > 0:
             sigma = self._uniform(batch, 0, self.aug.noise_std * self.aug.strength).view(view) * noise.view(view)
-            images = images + torch.randn(images.shape, generator=self.generator) * sigma
+            images = images + self._noise(images.shape) * sigma
         return images
 
     def _flip(self, images: torch.Tensor, masks: torch.Tensor | None):
         for axis in self.aug.flip_axes:
-            flip = torch.rand(images.shape[0], generator=self.generator) < 0.5
+            flip = (torch.rand(images.shape[0], generator=self.generator) < 0.5).to(self.device)
             if images.shape[2 + axis] == 1 or not flip.any():
                 continue
             images = torch.where(flip.view(-1, 1, 1, 1, 1), images.flip(2 + axis), images)
