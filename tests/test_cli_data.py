@@ -1,0 +1,80 @@
+"""The dataset commands as a user runs them: demo-data, dataset check, plan, preprocess."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medmap.data.demo import DemoSize, write_demo_data
+from tests.test_cli import assert_one_line_error, medmap_cli
+
+TINY = DemoSize(chest_patients=2, nodules_per_patient=(3, 4), liver_train=3, liver_test=1, radiograph_patients=3)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "data"
+    write_demo_data(root, seed=1, size=TINY)
+    return root
+
+
+def test_demo_data_command_prints_the_baseline(tmp_path):
+    r = medmap_cli("demo-data", tmp_path / "d", "--small")
+    assert r.returncode == 0, r.stderr
+    assert "size-only baseline" in r.stdout and "AUC" in r.stdout
+    assert (tmp_path / "d" / "liver" / "dataset.json").is_file()
+
+
+def test_dataset_check_clean_and_broken(demo, tmp_path):
+    assert medmap_cli("dataset", "check", demo / "liver").returncode == 0
+    rows = (demo / "nodules.csv").read_text().splitlines()
+    x = rows[1].split(",")
+    x[1] = "5000"  # a nodule far outside its image
+    broken = tmp_path / "broken.csv"
+    broken.write_text("\n".join([rows[0], ",".join(x), *rows[2:]]).replace("chest_ct/", f"{demo}/chest_ct/"))
+    r = medmap_cli("dataset", "check", broken)
+    assert_one_line_error(r, "1 problem(s) found")
+    assert "lies outside the image" in r.stdout
+
+
+def test_plan_with_overrides_then_preprocess(demo, tmp_path):
+    plan_path = tmp_path / "plan.json"
+    r = medmap_cli(
+        "plan", demo / "liver", "-o", plan_path, "--set", "batch_size=3", "--set", "augmentation.elastic=true"
+    )
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(plan_path.read_text())
+    assert plan["batch_size"] == 3 and plan["augmentation"]["elastic"] is True and plan["task"] == "segmentation"
+    assert "target_spacing:" in r.stdout  # the reasons are printed
+    bad = medmap_cli("plan", demo / "liver", "-o", tmp_path / "x.json", "--set", "nonsense=1")
+    assert_one_line_error(bad, "unknown setting")
+    r = medmap_cli("preprocess", demo / "liver", "--plan", plan_path, "--cache", tmp_path / "cache")
+    assert r.returncode == 0, r.stderr
+    assert "3 preprocessed now" in r.stdout
+    again = medmap_cli("preprocess", demo / "liver", "--plan", plan_path, "--cache", tmp_path / "cache")
+    assert "0 preprocessed now, 3 reused" in again.stdout
+    arrays = sorted((tmp_path / "cache").rglob("liver_000*.npy"))
+    assert len(arrays) == 2 and np.load(arrays[0]).dtype == np.float32
+
+
+def test_lesion_patches_in_3d_and_2_5d(demo, tmp_path):
+    from medmap.data.cache import PreprocessedCache
+    from medmap.data.fingerprint import compute_fingerprint
+    from medmap.data.layouts import read_dataset
+    from medmap.data.loader import PatchDataset
+    from medmap.training.planner import plan_dataset
+
+    ds = read_dataset(demo / "nodules.csv")
+    plan = plan_dataset(ds, compute_fingerprint(ds))
+    cached = PreprocessedCache(tmp_path / "c", plan).build(ds.cases, workers=1)
+    side = plan.patch_size[0]
+    item = PatchDataset(cached, plan, train=False)[0]
+    assert item["image"].shape == (1, side, side, side) and item["target"].item() in (0, 1)
+    # the nodule (denser than lung) is at the centre of an evaluation patch
+    centre = item["image"][
+        0, side // 2 - 1 : side // 2 + 2, side // 2 - 1 : side // 2 + 2, side // 2 - 1 : side // 2 + 2
+    ]
+    assert centre.mean() > item["image"][0].mean()
+    planes = PatchDataset(cached, plan.with_overrides(["input_mode=2.5d"]), train=False)[0]["image"]
+    assert planes.shape == (3, side, side)
+    assert np.allclose(planes[0].numpy(), item["image"][0, side // 2].numpy())  # axial plane through the centre
