@@ -77,3 +77,10 @@ def write_enhanced_ct(image: Image, path: Path, *, frame_order=None) -> Path:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def tiny_demo_size():
+    """A demo dataset small enough for tests: 6 nodules, 3 + 1 liver volumes, a few radiographs."""
+    from medmap.data.demo import DemoSize
+
+    return DemoSize(chest_patients=2, nodules_per_patient=(3, 4), liver_train=3, liver_test=1, radiograph_patients=4)

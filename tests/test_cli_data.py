@@ -5,17 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from medmap.data.demo import DemoSize, write_demo_data
 from tests.test_cli import assert_one_line_error, medmap_cli
 
-TINY = DemoSize(chest_patients=2, nodules_per_patient=(3, 4), liver_train=3, liver_test=1, radiograph_patients=3)
 
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli") / "data"
-    write_demo_data(root, seed=1, size=TINY)
-    return root
+@pytest.fixture
+def demo(tiny_demo):
+    return tiny_demo
 
 
 def test_demo_data_command_prints_the_baseline(tmp_path):

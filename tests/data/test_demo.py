@@ -8,23 +8,22 @@ import pytest
 
 import medmap
 from medmap.data.check import check_dataset
-from medmap.data.demo import DemoSize, write_demo_data
+from medmap.data.demo import write_demo_data
 from medmap.data.layouts import read_dataset
 from medmap.errors import OutputError
+from tests.builders import tiny_demo_size
 
-TINY = DemoSize(chest_patients=2, nodules_per_patient=(3, 4), liver_train=2, liver_test=1, radiograph_patients=4)
+TINY = tiny_demo_size()
+
+
+@pytest.fixture
+def demo(tiny_demo):
+    return tiny_demo
 
 
 def read_rows(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "data"
-    write_demo_data(root, seed=7, size=TINY)
-    return root
 
 
 def test_every_dataset_passes_check(demo):
@@ -55,8 +54,8 @@ def test_liver_labels_and_dicom_test_series(demo):
     ds = read_dataset(demo / "liver")
     mask = ds.cases[0].load_mask().array
     assert set(np.unique(mask)) <= {0, 1, 2} and (mask == 1).sum() > 1000
-    test_nifti = medmap.load(demo / "liver" / "imagesTs" / "liver_002.nii.gz")
-    test_dicom = medmap.load(demo / "liver_dicom" / "liver_002")
+    test_nifti = medmap.load(demo / "liver" / "imagesTs" / "liver_003.nii.gz")
+    test_dicom = medmap.load(demo / "liver_dicom" / "liver_003")
     assert np.array_equal(test_nifti.array, test_dicom.array)
     assert test_dicom.same_geometry(test_nifti, tol=1e-4)
 
