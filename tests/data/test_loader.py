@@ -73,17 +73,13 @@ def test_sampling_is_deterministic_per_epoch_and_index(tmp_path, seg_dataset):
     assert torch.equal(a[5]["image"], b[5]["image"])
     b.set_epoch(1)
     assert not torch.equal(a[5]["image"], b[5]["image"])
-    batches = [
-        next(
-            iter(
-                AugmentingLoader(
-                    PatchDataset(cached, seg_plan(), train=True, samples_per_epoch=8, seed=3), 4, workers=w, seed=1
-                )
-            )
-        )
-        for w in (0, 2)
-    ]
-    assert torch.equal(batches[0]["image"], batches[1]["image"])  # same batch whatever the worker count
+    runs = []
+    for workers in (0, 2):  # two full epochs each, no augmentation: only patch sampling can differ
+        dataset = PatchDataset(cached, seg_plan(), train=True, samples_per_epoch=8, seed=3)
+        loader = AugmentingLoader(dataset, 4, workers=workers, seed=1, augment=False)
+        runs.append([list(loader)[0]["image"] for _epoch in range(2)])
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])  # whatever the workers
+    assert not torch.equal(runs[1][0], runs[1][1])  # and each epoch draws new patches, in workers too
 
 
 def test_augmentation_keeps_masks_aligned_with_images():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from medmap.data.augment import BatchAugmenter
@@ -36,6 +36,13 @@ class PatchDataset(TorchDataset):
     def __len__(self) -> int:
         return self.length
 
+    def _split(self, index: int) -> tuple[int, int]:
+        """Indices from `EpochSampler` carry their epoch (``epoch * len + i``): worker processes keep their
+        own copy of the dataset, so an epoch set in the main process would never reach them."""
+        if index >= self.length:
+            return divmod(index, self.length)
+        return self.epoch, index
+
     def _centre(self, case: CachedCase, shape, rng: np.random.Generator) -> np.ndarray:
         locations = case.meta.get("class_locations") or {}
         if self.train and locations and rng.random() < self.plan.foreground_oversample:
@@ -48,7 +55,8 @@ class PatchDataset(TorchDataset):
         return np.array([rng.uniform(a, b) if b > a else a for a, b in zip(low, high, strict=True)])
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        epoch, index = self._split(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
         case = self.cases[index % len(self.cases)] if not self.train else self.cases[rng.integers(len(self.cases))]
         image, mask = case.arrays()
         patch = self.plan.patch_size
@@ -85,6 +93,20 @@ class PatchDataset(TorchDataset):
         return np.concatenate(planes, axis=0)[:, np.newaxis]
 
 
+class EpochSampler(Sampler[int]):
+    """Yields ``epoch * n + i`` for ``i`` in ``range(n)``; the epoch advances after each full pass."""
+
+    def __init__(self, dataset: PatchDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        start = self.dataset.epoch * len(self.dataset)
+        yield from range(start, start + len(self.dataset))
+
+
 class AugmentingLoader:
     """A DataLoader whose batches are augmented as whole batches (see `medmap.data.augment`)."""
 
@@ -96,7 +118,7 @@ class AugmentingLoader:
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=False,
+            sampler=EpochSampler(dataset),
             num_workers=workers,
             persistent_workers=workers > 0,
             generator=generator,
