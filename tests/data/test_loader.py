@@ -77,7 +77,8 @@ def test_sampling_is_deterministic_per_epoch_and_index(tmp_path, seg_dataset):
     for workers in (0, 2):  # two full epochs each, no augmentation: only patch sampling can differ
         dataset = PatchDataset(cached, seg_plan(), train=True, samples_per_epoch=8, seed=3)
         loader = AugmentingLoader(dataset, 4, workers=workers, seed=1, augment=False)
-        runs.append([list(loader)[0]["image"] for _epoch in range(2)])
+        epochs = [list(loader) for _epoch in range(2)]  # whole epochs: the epoch advances at the end of one
+        runs.append([batches[0]["image"] for batches in epochs])
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])  # whatever the workers
     assert not torch.equal(runs[1][0], runs[1][1])  # and each epoch draws new patches, in workers too
 

@@ -78,9 +78,9 @@ class BatchAugmenter:
 
     def _spatial(self, images: torch.Tensor, masks: torch.Tensor | None):
         batch = images.shape[0]
-        chosen = self._chosen(batch) | (
-            self._chosen(batch) if self.aug.elastic else torch.zeros(batch, dtype=torch.bool)
-        )
+        chosen = self._chosen(batch)
+        if self.aug.elastic:  # a second chance: elastic deformation is drawn on its own
+            chosen = chosen | self._chosen(batch)
         if not chosen.any():
             return images, masks
         idx = chosen.nonzero().flatten()
