@@ -306,6 +306,80 @@ def preprocess(
     )
 
 
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (new, or the one to --resume).")],
+    task: Annotated[str | None, typer.Option(help="classification or segmentation (checked against the data).")] = None,
+    model: Annotated[str | None, typer.Option(help="Network: smallcnn, resnet18/34/50, densenet121.")] = None,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 40,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (L2).")] = 1e-4,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation metric before stopping.")] = 12,
+    samples_per_epoch: Annotated[
+        int | None, typer.Option(help="Patches per epoch (default 4x the training cases).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed: a CPU run with the same seed gives the same weights.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run exactly where it stopped.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a plan field: key=value (repeatable).")
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache root (default RUN/cache).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Data loading / preprocessing processes.")] = 2,
+) -> None:
+    """Train a model on a dataset with its automatic plan, then evaluate it on the held-out patients."""
+    from medmap.training.run import train_run
+    from medmap.training.trainer import TrainConfig
+
+    overrides = list(set_ or []) + ([f"network={model}"] if model else [])
+    config = TrainConfig(
+        epochs=epochs,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        patience=patience,
+        samples_per_epoch=samples_per_epoch,
+        seed=seed,
+        device=device,
+        workers=workers,
+    )
+    summary = train_run(
+        data, output, task=task, overrides=overrides, config=config, resume=resume, cache_root=cache, progress=True
+    )
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    m = summary["metrics"]
+    lo, hi = m.get("auc_ci", [float("nan")] * 2)
+    out.print(
+        f"{summary['split']} set: {m['n']} cases, AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
+    )
+    if "sensitivity" in m:
+        out.print(
+            f"  at threshold {m['threshold']:.3f} (chosen on validation): sensitivity {m['sensitivity']:.3f}, "
+            f"specificity {m['specificity']:.3f}, PPV {m['ppv']:.3f}, NPV {m['npv']:.3f}, ECE {m['ece']:.3f}"
+        )
+    if summary.get("baseline"):
+        b = summary["baseline"]
+        out.print(f"  {b['name']}: AUC {b['auc']:.3f} (95% CI {b['auc_ci'][0]:.3f}-{b['auc_ci'][1]:.3f})")
+    out.print(f"report: {summary['report']}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    data: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
+    split: Annotated[str, typer.Option(help="Which of the run's splits to evaluate: test, val or train.")] = "test",
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache root (default RUN/cache).")] = None,
+) -> None:
+    """Evaluate a trained run: metrics with confidence intervals, per-case CSV, HTML report."""
+    from medmap.training.run import evaluate_run
+
+    _print_summary(evaluate_run(run, data, split=split, cache_root=cache, progress=True))
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line and a non-zero exit."""
     warnings.showwarning = _show_warning

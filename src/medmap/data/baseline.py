@@ -66,3 +66,29 @@ def size_baseline(manifest: str | Path, positive: str = "malignant", folds: int 
         score[test] = model.predict_proba(np.log(x[test]))[:, 1]
     low, high = bootstrap_auc(y, score, seed=seed)
     return BaselineResult(float(roc_auc_score(y, score)), low, high, len(y), int(y.sum()), folds)
+
+
+def size_baseline_on_split(train: list, test: list, *, seed: int = 0) -> dict | None:
+    """The size-only baseline fitted on ``train`` cases and scored on ``test`` cases (both `Case`s with
+    lesion diameters and binary labels); None when the cases carry no diameters."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    def xy(cases):
+        usable = [c for c in cases if c.lesion and c.lesion.diameter_mm and c.label is not None]
+        return np.log([[c.lesion.diameter_mm] for c in usable]), np.array([c.label for c in usable])
+
+    (x_train, y_train), (x_test, y_test) = xy(train), xy(test)
+    if len(y_test) < len(test) or len(y_train) < 4 or len(np.unique(y_train)) != 2 or len(np.unique(y_test)) != 2:
+        return None
+    score = LogisticRegression().fit(x_train, y_train).predict_proba(x_test)[:, 1]
+    fpr, tpr, _ = roc_curve(y_test, score)
+    low, high = bootstrap_auc(y_test, score, seed=seed)
+    return {
+        "name": "size only (logistic regression on lesion diameter)",
+        "auc": float(roc_auc_score(y_test, score)),
+        "auc_ci": [low, high],
+        "fpr": fpr.tolist(),
+        "tpr": tpr.tolist(),
+        "n": len(y_test),
+    }

@@ -24,11 +24,23 @@ from medmap.plan import Plan
 
 class PatchDataset(TorchDataset):
     def __init__(
-        self, cases: list[CachedCase], plan: Plan, *, train: bool, samples_per_epoch: int | None = None, seed: int = 0
+        self,
+        cases: list[CachedCase],
+        plan: Plan,
+        *,
+        train: bool,
+        samples_per_epoch: int | None = None,
+        seed: int = 0,
+        balanced: bool = False,
     ) -> None:
         self.cases, self.plan, self.train, self.seed = cases, plan, train, seed
         self.length = samples_per_epoch or len(cases)
         self.epoch = 0
+        # class-balanced sampling (classification, training): a class first, uniformly, then one of its cases
+        self.by_class: list[list[int]] = []
+        if train and balanced and plan.task == "classification":
+            labels = sorted({c.label for c in cases if c.label is not None})
+            self.by_class = [[i for i, c in enumerate(cases) if c.label == label] for label in labels]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -57,7 +69,13 @@ class PatchDataset(TorchDataset):
     def __getitem__(self, index: int) -> dict:
         epoch, index = self._split(index)
         rng = np.random.default_rng([self.seed, epoch, index])
-        case = self.cases[index % len(self.cases)] if not self.train else self.cases[rng.integers(len(self.cases))]
+        if not self.train:
+            case = self.cases[index % len(self.cases)]
+        elif self.by_class:
+            members = self.by_class[rng.integers(len(self.by_class))]
+            case = self.cases[members[rng.integers(len(members))]]
+        else:
+            case = self.cases[rng.integers(len(self.cases))]
         image, mask = case.arrays()
         patch = self.plan.patch_size
         if self.plan.task == "segmentation":

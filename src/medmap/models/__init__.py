@@ -1,0 +1,1 @@
+"""Networks (from MONAI) built from a Plan, and pretrained weights from local files."""

@@ -1,0 +1,34 @@
+"""The `Task` protocol: the only place where classification and segmentation differ.
+
+The trainer, predictor and evaluator call these methods and never branch on the task's name. A task
+supplies its network, its loss, how a batch of network outputs becomes predictions, and the metric
+that decides the best epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmap.data.cache import CachedCase
+from medmap.plan import Plan
+
+
+class Task(Protocol):
+    name: str
+    monitor: str  # validation metric to maximise: best checkpoint and early stopping
+
+    def build_network(self, plan: Plan, dropout: float) -> nn.Module: ...
+
+    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module: ...
+
+    def predictions(self, logits: torch.Tensor) -> np.ndarray:
+        """Network outputs of a batch -> what is stored per case (class probabilities, label maps)."""
+        ...
+
+    def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Quick metrics computed after every epoch on the validation cases."""
+        ...

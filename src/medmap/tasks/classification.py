@@ -1,0 +1,76 @@
+"""Classification: a class per image or per lesion. Cross-entropy with class weights and label smoothing;
+the best epoch is the one with the highest validation AUC (macro one-vs-rest when multi-class)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmap.data.cache import CachedCase
+from medmap.evaluation.metrics import binary_metrics, multiclass_metrics, youden_threshold
+from medmap.evaluation.plots import confusion_plot, reliability_plot, roc_plot
+from medmap.models.registry import build_classifier
+from medmap.plan import Plan
+
+
+def class_weights(train: list[CachedCase], classes: int) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1: a rare class counts as much as a common one."""
+    counts = np.bincount([c.label for c in train if c.label is not None], minlength=classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / classes, 0.0)
+    return torch.tensor(weights / max(weights[weights > 0].mean(), 1e-9), dtype=torch.float32)
+
+
+class ClassificationTask:
+    name = "classification"
+    monitor = "auc"
+
+    def build_network(self, plan: Plan, dropout: float) -> nn.Module:
+        return build_classifier(plan, dropout)
+
+    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
+        return nn.CrossEntropyLoss(weight=class_weights(train, len(plan.labels)), label_smoothing=label_smoothing)
+
+    def predictions(self, logits: torch.Tensor) -> np.ndarray:
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def choose_threshold(self, predictions: np.ndarray, targets: np.ndarray) -> float | None:
+        """Binary: Youden's threshold on the positive-class probability (validation data). Multi-class: argmax."""
+        if predictions.shape[1] != 2:
+            return None
+        return youden_threshold(np.asarray(targets).astype(int), predictions[:, 1])
+
+    def evaluate(self, predictions: np.ndarray, targets: np.ndarray, threshold: float | None, seed: int = 0) -> dict:
+        if predictions.shape[1] == 2:
+            return binary_metrics(targets, predictions[:, 1], 0.5 if threshold is None else threshold, seed=seed)
+        return multiclass_metrics(targets, predictions, seed=seed)
+
+    def plots(self, metrics: dict, labels: dict[int, str], baseline: dict | None = None) -> dict[str, bytes]:
+        names = [labels[k] for k in sorted(labels)]
+        out = {}
+        if "roc" in metrics:
+            curves = {"model": {**metrics["roc"], "auc": metrics["auc"], "auc_ci": metrics["auc_ci"]}}
+            if baseline:
+                curves["size only"] = baseline
+            out["roc"] = roc_plot(curves)
+            matrix = [[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]]
+            out["confusion"] = confusion_plot(matrix, names)
+            out["reliability"] = reliability_plot(metrics["reliability"], metrics["ece"])
+        else:
+            out["confusion"] = confusion_plot(metrics["confusion"], names)
+        return out
+
+    def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+
+        y = np.asarray(targets).astype(int)
+        accuracy = float((predictions.argmax(1) == y).mean()) if len(y) else float("nan")
+        if len(np.unique(y)) < 2:
+            return {"auc": float("nan"), "accuracy": accuracy}
+        if predictions.shape[1] == 2:
+            auc = roc_auc_score(y, predictions[:, 1])
+        else:
+            auc = roc_auc_score(
+                y, predictions, multi_class="ovr", average="macro", labels=list(range(predictions.shape[1]))
+            )
+        return {"auc": float(auc), "accuracy": accuracy}

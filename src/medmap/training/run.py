@@ -1,0 +1,212 @@
+"""A training run, start to finish, in one folder: plan, split, cache, training, evaluation, report.
+
+``RUN/`` holds ``plan.json``, ``config.json``, ``split.json`` (case ids per split, by patient),
+``history.json``, ``checkpoints/{last,best}.pt``, ``threshold.json`` (chosen on validation),
+``predictions_<split>.csv``, ``metrics.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmap.data.baseline import size_baseline_on_split
+from medmap.data.cache import CachedCase, PreprocessedCache
+from medmap.data.dataset import Case, Dataset
+from medmap.data.fingerprint import compute_fingerprint
+from medmap.data.layouts import read_dataset
+from medmap.data.loader import PatchDataset
+from medmap.data.splits import train_val_test
+from medmap.errors import ConfigError, DatasetError, OutputError
+from medmap.evaluation.plots import training_curves
+from medmap.evaluation.report import classification_report
+from medmap.plan import Plan
+from medmap.tasks import task_for
+from medmap.training.planner import plan_dataset
+from medmap.training.trainer import TrainConfig, Trainer
+
+
+def _check_labels(dataset: Dataset, cases: list[Case], split: str) -> None:
+    if dataset.task != "classification":
+        return
+    missing = [c.case_id for c in cases if c.label is None]
+    if missing:
+        raise DatasetError(f"{split} case {missing[0]} has no label ({len(missing)} case(s) without one)")
+
+
+def _write_predictions(path: Path, cases: list[Case], predictions: np.ndarray, labels: dict[int, str]) -> None:
+    names = [labels[k] for k in sorted(labels)]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case_id", "patient_id", "label", *[f"p_{n}" for n in names], "predicted"])
+        for case, p in zip(cases, predictions, strict=True):
+            label = labels.get(case.label, "") if case.label is not None else ""
+            writer.writerow([case.case_id, case.patient_id, label, *[f"{v:.6f}" for v in p], names[int(np.argmax(p))]])
+
+
+def prepare_plan(dataset: Dataset, run_dir: Path, *, overrides: list[str], device: str, progress: bool) -> Plan:
+    plan = plan_dataset(dataset, compute_fingerprint(dataset, progress=progress), device=device)
+    return plan.with_overrides(overrides) if overrides else plan
+
+
+def train_run(
+    data: str | Path,
+    run_dir: str | Path,
+    *,
+    task: str | None = None,
+    overrides: list[str] | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    cache_root: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report."""
+    run_dir = Path(run_dir)
+    config = config or TrainConfig()
+    dataset = read_dataset(data)
+    if task and task != dataset.task:
+        raise ConfigError(f"--task {task}: {data} is a {dataset.task} dataset")
+    if resume:
+        if not (run_dir / "plan.json").is_file():
+            raise OutputError(f"{run_dir}: nothing to resume (no plan.json)")
+        plan = Plan.load(run_dir / "plan.json")
+        config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+        split_ids = json.loads((run_dir / "split.json").read_text())
+        by_id = {c.case_id: c for c in dataset.cases}
+        splits = {name: [by_id[i] for i in ids] for name, ids in split_ids.items()}
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan = prepare_plan(dataset, run_dir, overrides=overrides or [], device=config.device, progress=progress)
+        splits = train_val_test(dataset.cases, seed=config.seed)
+        for name in ("train", "val"):
+            if not splits[name]:
+                raise DatasetError(
+                    f"{data}: no {name} cases after splitting by patient ({len(dataset.patients)} patients)"
+                )
+        plan.save(run_dir / "plan.json")
+        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+        (run_dir / "split.json").write_text(
+            json.dumps({k: [c.case_id for c in v] for k, v in splits.items()}, indent=1)
+        )
+    for name, cases in splits.items():
+        _check_labels(dataset, cases, name)
+    the_task = task_for(plan)
+    cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
+    cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
+    trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
+    result = trainer.fit(cached["train"], cached["val"], resume=resume)
+    summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=result["history"])
+    return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+
+
+def _predict(trainer: Trainer, model, cached: list[CachedCase]) -> tuple[np.ndarray, np.ndarray]:
+    return trainer.predict(model, PatchDataset(cached, trainer.plan, train=False))
+
+
+def evaluate_cached(
+    run_dir: Path,
+    plan: Plan,
+    trainer: Trainer,
+    splits: dict[str, list[Case]],
+    cached: dict[str, list[CachedCase]],
+    *,
+    history: list[dict] | None = None,
+    split: str = "test",
+    out_dir: Path | None = None,
+) -> dict:
+    """Best weights -> threshold on validation -> metrics, predictions CSV and report for ``split``."""
+    out_dir = out_dir or run_dir
+    task = trainer.task
+    model = task.build_network(plan, trainer.config.dropout).to(trainer.device)
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", map_location=trainer.device))
+    if (run_dir / "threshold.json").is_file():
+        threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
+    else:
+        val_pred, val_y = _predict(trainer, model, cached["val"])
+        threshold = task.choose_threshold(val_pred, val_y)
+        _write_predictions(run_dir / "predictions_val.csv", splits["val"], val_pred, plan.labels)
+        (run_dir / "threshold.json").write_text(
+            json.dumps({"threshold": threshold, "chosen_on": "validation", "rule": "Youden's J"})
+        )
+    evaluated = split if cached.get(split) else "val"
+    predictions, targets = _predict(trainer, model, cached[evaluated])
+    metrics = task.evaluate(predictions, targets, threshold, seed=trainer.config.seed)
+    _write_predictions(out_dir / f"predictions_{evaluated}.csv", splits[evaluated], predictions, plan.labels)
+    train_pool = splits.get("train", []) + splits.get("val", [])
+    baseline = size_baseline_on_split(train_pool, splits[evaluated], seed=trainer.config.seed)
+    plots = task.plots(metrics, plan.labels, baseline)
+    if history:
+        plots["training"] = training_curves(history, task.monitor)
+    notes = [
+        f"dataset {plan.dataset}: {len(splits.get('train', []))} training, {len(splits.get('val', []))} validation, "
+        f"{len(splits[evaluated])} {evaluated} cases, split by patient",
+        f"network {plan.network} (width {plan.network_width}), input {plan.input_mode}, patch {plan.patch_size}, "
+        f"spacing {plan.target_spacing} mm",
+        *plan.notes,
+    ]
+    if history:
+        best = max(history, key=lambda h: h["val"].get(task.monitor, float("-inf")))
+        notes.append(
+            f"trained {len(history)} epochs; best validation {task.monitor} {best['val'].get(task.monitor):.3f} "
+            f"at epoch {best['epoch'] + 1}"
+        )
+    report = classification_report(
+        out_dir / "report.html",
+        title=f"medmap evaluation: {plan.dataset} ({evaluated})",
+        metrics=metrics,
+        labels=plan.labels,
+        plots=plots,
+        notes=notes,
+        cases_csv=f"predictions_{evaluated}.csv",
+        baseline=baseline,
+    )
+    stored = {k: v for k, v in metrics.items() if k not in ("roc", "reliability")}
+    payload = {
+        "split": evaluated,
+        "metrics": stored,
+        "baseline": baseline and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n")},
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    return {"metrics": stored, "baseline": payload["baseline"], "report": str(report), "split": evaluated}
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    split: str = "test",
+    cache_root: str | Path | None = None,
+    progress: bool = False,
+) -> dict:
+    """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints" / "best.pt").is_file():
+        raise OutputError(f"{run_dir}: not a trained run (no checkpoints/best.pt)")
+    plan = Plan.load(run_dir / "plan.json")
+    config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    dataset = read_dataset(data)
+    by_id = {c.case_id: c for c in dataset.cases}
+    ids = json.loads((run_dir / "split.json").read_text())
+    missing = [i for name in ids for i in ids[name] if i not in by_id]
+    if missing:
+        raise DatasetError(f"{data}: case {missing[0]} of the run's split is not in this dataset")
+    splits = {name: [by_id[i] for i in items] for name, items in ids.items()}
+    if split not in splits or not splits[split]:
+        raise ConfigError(
+            f"--split {split}: the run has no {split} cases ({', '.join(k for k in splits if splits[k])})"
+        )
+    _check_labels(dataset, splits[split], split)
+    cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
+    cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
+    trainer = Trainer(task_for(plan), plan, config, run_dir)
+    out_dir = run_dir / f"evaluation-{split}"
+    out_dir.mkdir(exist_ok=True)
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else None
+    return evaluate_cached(run_dir, plan, trainer, splits, cached, history=history, split=split, out_dir=out_dir)
