@@ -150,7 +150,7 @@ class Trainer:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             predictions, targets = self.predict(model, val_set)
