@@ -327,6 +327,10 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache root (default RUN/cache).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     workers: Annotated[int, typer.Option(help="Data loading / preprocessing processes.")] = 2,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="Local weights (torchvision/timm/MONAI/medmap names) to start from.")
+    ] = None,
+    freeze_encoder_epochs: Annotated[int, typer.Option(help="Train only the classifier head this many epochs.")] = 0,
 ) -> None:
     """Train a model on a dataset with its automatic plan, then evaluate it on the held-out patients."""
     from medmap.training.run import train_run
@@ -342,6 +346,8 @@ def train(
         seed=seed,
         device=device,
         workers=workers,
+        pretrained=str(pretrained) if pretrained else None,
+        freeze_encoder_epochs=freeze_encoder_epochs,
     )
     summary = train_run(
         data, output, task=task, overrides=overrides, config=config, resume=resume, cache_root=cache, progress=True
@@ -364,6 +370,13 @@ def _print_summary(summary: dict) -> None:
     if summary.get("baseline"):
         b = summary["baseline"]
         out.print(f"  {b['name']}: AUC {b['auc']:.3f} (95% CI {b['auc_ci'][0]:.3f}-{b['auc_ci'][1]:.3f})")
+        if "comparison" in b:
+            d = b["comparison"]
+            verdict = "supported" if d["supported"] else "NOT supported (interval includes 0)"
+            out.print(
+                f"  model - baseline: AUC {d['delta_auc']:+.3f} (paired 95% CI {d['delta_ci'][0]:+.3f} to "
+                f"{d['delta_ci'][1]:+.3f}): {verdict}"
+            )
     out.print(f"report: {summary['report']}")
 
 

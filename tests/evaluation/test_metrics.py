@@ -62,3 +62,16 @@ def test_calibration_error():
     overconfident = (rng.random(20000) < 0.5).astype(int)
     ece, bins = expected_calibration_error(overconfident, prob)
     assert ece > 0.2 and sum(b["count"] for b in bins) == 20000
+
+
+def test_paired_auc_difference_supports_a_real_margin_only():
+    from medmap.data.baseline import paired_auc_difference
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 150)
+    strong = y + rng.normal(0, 0.5, 150)
+    weak = y + rng.normal(0, 2.0, 150)
+    better = paired_auc_difference(y, strong, weak, n_boot=500)
+    assert better["delta_auc"] > 0 and better["supported"] and better["delta_ci"][0] > 0
+    same = paired_auc_difference(y, strong, strong + rng.normal(0, 0.01, 150), n_boot=500)
+    assert not same["supported"] and same["delta_ci"][0] < 0 < same["delta_ci"][1]

@@ -123,3 +123,19 @@ def test_missing_labels_and_existing_run_are_refused(blobs, tmp_path):
 
     with pytest.raises(DatasetError, match="case u1 has no label"):
         _check_labels(blobs, [unlabeled], "train")
+
+
+def test_pretrained_start_and_frozen_encoder(blobs, tmp_path):
+    plan = blobs_plan()
+    train, val = cached(blobs, plan, tmp_path, "train"), cached(blobs, plan, tmp_path, "val")
+    Trainer(task_for(plan), plan, TrainConfig(epochs=2, workers=0, samples_per_epoch=32), tmp_path / "first").fit(train, val)
+    weights = tmp_path / "first" / "checkpoints" / "best.pt"
+    start = torch.load(weights)
+    config = TrainConfig(epochs=1, workers=0, samples_per_epoch=32, pretrained=str(weights), freeze_encoder_epochs=1)
+    Trainer(task_for(plan), plan, config, tmp_path / "second").fit(train, val)
+    after = torch.load(tmp_path / "second" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    convs = [k for k in start if k.startswith("features.") and k.endswith("weight")]
+    assert convs and all(torch.equal(start[k], after[k]) for k in convs)  # frozen: the encoder did not move
+    assert not torch.equal(start["head.2.weight"], after["head.2.weight"])  # the head trained
+    report = json.loads((tmp_path / "second" / "pretrained.json").read_text())
+    assert len(report["loaded"]) == len(start) and not report["skipped"]

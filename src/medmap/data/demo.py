@@ -26,7 +26,7 @@ from medmap.progress import track
 
 @dataclass(frozen=True)
 class DemoSize:
-    chest_patients: int = 24
+    chest_patients: int = 48
     nodules_per_patient: tuple[int, int] = (4, 8)
     liver_train: int = 24
     liver_test: int = 6

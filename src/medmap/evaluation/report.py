@@ -64,6 +64,13 @@ def classification_report(
             f"<h2>Baseline</h2><p>{html.escape(baseline['name'])}: AUC {baseline['auc']:.3f} "
             f"(95% CI {baseline['auc_ci'][0]:.3f} - {baseline['auc_ci'][1]:.3f}) on the same cases.</p>"
         )
+        if "comparison" in baseline:
+            d = baseline["comparison"]
+            base += (
+                f"<p>Model minus baseline: AUC {d['delta_auc']:+.3f}, paired bootstrap 95% CI "
+                f"{d['delta_ci'][0]:+.3f} to {d['delta_ci'][1]:+.3f}: the margin is "
+                f"{'supported' if d['supported'] else 'not supported'} by the data.</p>"
+            )
     images = "".join(_img(png, name) for name, png in plots.items())
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     link = (

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medmap.data.baseline import size_baseline_on_split
+from medmap.data.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.data.cache import CachedCase, PreprocessedCache
 from medmap.data.dataset import Case, Dataset
 from medmap.data.fingerprint import compute_fingerprint
@@ -141,6 +141,10 @@ def evaluate_cached(
     _write_predictions(out_dir / f"predictions_{evaluated}.csv", splits[evaluated], predictions, plan.labels)
     train_pool = splits.get("train", []) + splits.get("val", [])
     baseline = size_baseline_on_split(train_pool, splits[evaluated], seed=trainer.config.seed)
+    if baseline and predictions.shape[1] == 2:
+        baseline["comparison"] = paired_auc_difference(
+            targets, predictions[:, 1], np.asarray(baseline["scores"]), seed=trainer.config.seed
+        )
     plots = task.plots(metrics, plan.labels, baseline)
     if history:
         plots["training"] = training_curves(history, task.monitor)
@@ -171,7 +175,8 @@ def evaluate_cached(
     payload = {
         "split": evaluated,
         "metrics": stored,
-        "baseline": baseline and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n")},
+        "baseline": baseline
+        and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
     }
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
     return {"metrics": stored, "baseline": payload["baseline"], "report": str(report), "split": evaluated}

@@ -39,6 +39,9 @@ class TrainConfig:
     workers: int = 2
     seed: int = 0
     device: str = "cpu"
+    pretrained: str | None = None  # local weights file (see medmap.models.pretrained)
+    freeze_encoder_epochs: int = 0  # train only the head for this many epochs, then everything
+    backbone_lr_factor: float = 0.1  # learning rate of pretrained layers relative to the head's
 
 
 @dataclass
@@ -116,7 +119,21 @@ class Trainer:
                 memory_format=torch.channels_last if model_dims(self.plan) == 2 else torch.channels_last_3d
             )
         loss_fn = self.task.build_loss(self.plan, train, cfg.label_smoothing).to(self.device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if cfg.pretrained and not resume:
+            from medmap.models.pretrained import load_pretrained
+
+            report = load_pretrained(model, cfg.pretrained)
+            (self.run_dir / "pretrained.json").write_text(json.dumps(asdict(report), indent=1))
+            if self.progress:
+                from rich.console import Console
+
+                Console(stderr=True).print(report.summary(), highlight=False)
+        head, backbone = _split_parameters(model)
+        backbone_lr = cfg.learning_rate * (cfg.backbone_lr_factor if cfg.pretrained else 1.0)
+        optimizer = torch.optim.AdamW(
+            [{"params": head, "lr": cfg.learning_rate}, {"params": backbone, "lr": backbone_lr}],
+            weight_decay=cfg.weight_decay,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         loader, val_set = self._loaders(train, val)
@@ -138,6 +155,9 @@ class Trainer:
             if epoch - best_epoch > cfg.patience and best_epoch >= 0:
                 break
             t0 = time.perf_counter()
+            frozen = epoch < cfg.freeze_encoder_epochs
+            for p in backbone:
+                p.requires_grad_(not frozen)
             model.train()
             loader.dataset.set_epoch(epoch)
             losses = []
@@ -188,6 +208,17 @@ class Trainer:
         if best_epoch < 0:  # validation metric never defined (e.g. one class only): keep the last weights
             torch.save(model.state_dict(), self.checkpoints / "best.pt")
         return {"best": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history}
+
+
+HEAD_NAMES = ("fc", "head", "class_layers")  # classifier layers of medmap's / MONAI's networks
+
+
+def _split_parameters(model: torch.nn.Module) -> tuple[list, list]:
+    """(head parameters, backbone parameters): the head is what a pretrained file cannot provide."""
+    head, backbone = [], []
+    for name, p in model.named_parameters():
+        (head if name.split(".")[0] in HEAD_NAMES else backbone).append(p)
+    return head, backbone
 
 
 def model_dims(plan: Plan) -> int:
