@@ -105,6 +105,7 @@ def test_train_run_writes_report_and_evaluate_reads_it(blobs, tmp_path):
         assert (run / name).is_file(), name
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "Youden" in html
+    assert 'alt="gradcam"' in html and 'alt="roc"' in html and 'alt="training"' in html
     assert json.loads((run / "threshold.json").read_text())["chosen_on"] == "validation"
     again = evaluate_run(run, data, split="val")
     assert again["split"] == "val" and (run / "evaluation-val" / "report.html").is_file()
@@ -128,7 +129,9 @@ def test_missing_labels_and_existing_run_are_refused(blobs, tmp_path):
 def test_pretrained_start_and_frozen_encoder(blobs, tmp_path):
     plan = blobs_plan()
     train, val = cached(blobs, plan, tmp_path, "train"), cached(blobs, plan, tmp_path, "val")
-    Trainer(task_for(plan), plan, TrainConfig(epochs=2, workers=0, samples_per_epoch=32), tmp_path / "first").fit(train, val)
+    Trainer(task_for(plan), plan, TrainConfig(epochs=2, workers=0, samples_per_epoch=32), tmp_path / "first").fit(
+        train, val
+    )
     weights = tmp_path / "first" / "checkpoints" / "best.pt"
     start = torch.load(weights)
     config = TrainConfig(epochs=1, workers=0, samples_per_epoch=32, pretrained=str(weights), freeze_encoder_epochs=1)

@@ -83,3 +83,23 @@ def training_curves(history: list[dict], monitor: str) -> bytes:
     other.set_ylabel(f"validation {monitor}")
     fig.legend(loc="upper center", ncol=2, fontsize=8)
     return _png(fig)
+
+
+def gradcam_panel(items: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
+    """Rows of (title, image slice, heat map slice): the input in grey with the Grad-CAM map over it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(4, len(items))
+    rows = (len(items) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, image, cam) in zip(axes.ravel(), items, strict=False):
+        ax.imshow(image, cmap="gray")
+        ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle("Grad-CAM: where the network looked (central slice)", fontsize=9)
+    return _png(fig)

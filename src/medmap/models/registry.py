@@ -98,3 +98,13 @@ def build_classifier(plan: Plan, dropout: float = 0.2) -> nn.Module:
     if builder is None:
         raise ConfigError(f"network {plan.network!r}: choose one of {', '.join(sorted(CLASSIFIERS))}")
     return builder(spatial_dims(plan), input_channels(plan), len(plan.labels), plan.network_width, dropout)
+
+
+# The layer whose activations Grad-CAM weighs: the last convolutional stage of each family.
+CAM_LAYERS = {
+    "smallcnn": "features",
+    "resnet18": "layer4",
+    "resnet34": "layer4",
+    "resnet50": "layer4",
+    "densenet121": "class_layers.relu",
+}

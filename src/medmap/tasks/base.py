@@ -32,3 +32,27 @@ class Task(Protocol):
     def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Quick metrics computed after every epoch on the validation cases."""
         ...
+
+    def choose_threshold(self, predictions: np.ndarray, targets: np.ndarray) -> float | None:
+        """Any operating point, chosen on validation predictions (never on the evaluated cases)."""
+        ...
+
+    def evaluate(self, predictions: np.ndarray, targets: np.ndarray, threshold: float | None, seed: int = 0) -> dict:
+        """The full metrics of an evaluated split, with confidence intervals."""
+        ...
+
+    def plots(self, metrics: dict, labels: dict[int, str], baseline: dict | None = None) -> dict[str, bytes]:
+        """PNG plots of those metrics, for the report."""
+        ...
+
+    def examples(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        dataset,
+        predictions: np.ndarray,
+        targets: np.ndarray,
+        threshold: float | None,
+    ) -> dict[str, bytes]:
+        """Pictures of a few cases for a person to look at (Grad-CAM, overlays)."""
+        ...

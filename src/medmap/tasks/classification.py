@@ -9,7 +9,7 @@ from torch import nn
 
 from medmap.data.cache import CachedCase
 from medmap.evaluation.metrics import binary_metrics, multiclass_metrics, youden_threshold
-from medmap.evaluation.plots import confusion_plot, reliability_plot, roc_plot
+from medmap.evaluation.plots import confusion_plot, gradcam_panel, reliability_plot, roc_plot
 from medmap.models.registry import build_classifier
 from medmap.plan import Plan
 
@@ -59,6 +59,49 @@ class ClassificationTask:
         else:
             out["confusion"] = confusion_plot(metrics["confusion"], names)
         return out
+
+    def explain(self, model: nn.Module, plan: Plan, images: torch.Tensor, class_index: int) -> np.ndarray:
+        """Grad-CAM maps (MONAI) of ``class_index`` for a batch, scaled to [0, 1], shaped like the input."""
+        import warnings
+
+        from monai.visualize import GradCAM
+
+        from medmap.models.registry import CAM_LAYERS
+
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cam = GradCAM(nn_module=model, target_layers=CAM_LAYERS[plan.network])
+            maps = cam(x=images, class_idx=class_index)
+        return maps.detach().cpu().numpy()[:, 0]
+
+    def examples(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        dataset,
+        predictions: np.ndarray,
+        targets: np.ndarray,
+        threshold: float | None,
+        per_kind: int = 2,
+    ) -> dict[str, bytes]:
+        """A Grad-CAM panel of a few true/false positives/negatives (binary tasks)."""
+        if predictions.shape[1] != 2:
+            return {}
+        predicted = (predictions[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)
+        kinds = {"TP": (1, 1), "FN": (1, 0), "FP": (0, 1), "TN": (0, 0)}
+        items = []
+        for kind, (truth, guess) in kinds.items():
+            chosen = np.flatnonzero((targets == truth) & (predicted == guess))[:per_kind]
+            for i in chosen:
+                image = dataset[int(i)]["image"].unsqueeze(0)
+                cam = self.explain(model, plan, image, 1)[0]
+                picture = image[0, 0].numpy()
+                if picture.ndim == 3:  # a volume: its central axial slice
+                    middle = picture.shape[0] // 2
+                    picture, cam = picture[middle], cam[middle]
+                items.append((f"{kind}  p={predictions[i, 1]:.2f}", picture, cam))
+        return {"gradcam": gradcam_panel(items)} if items else {}
 
     def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         from sklearn.metrics import roc_auc_score

@@ -136,7 +136,8 @@ def evaluate_cached(
             json.dumps({"threshold": threshold, "chosen_on": "validation", "rule": "Youden's J"})
         )
     evaluated = split if cached.get(split) else "val"
-    predictions, targets = _predict(trainer, model, cached[evaluated])
+    evaluation_set = PatchDataset(cached[evaluated], plan, train=False)
+    predictions, targets = trainer.predict(model, evaluation_set)
     metrics = task.evaluate(predictions, targets, threshold, seed=trainer.config.seed)
     _write_predictions(out_dir / f"predictions_{evaluated}.csv", splits[evaluated], predictions, plan.labels)
     train_pool = splits.get("train", []) + splits.get("val", [])
@@ -146,6 +147,7 @@ def evaluate_cached(
             targets, predictions[:, 1], np.asarray(baseline["scores"]), seed=trainer.config.seed
         )
     plots = task.plots(metrics, plan.labels, baseline)
+    plots.update(task.examples(model, plan, evaluation_set, predictions, targets, threshold))
     if history:
         plots["training"] = training_curves(history, task.monitor)
     notes = [
