@@ -331,6 +331,7 @@ def train(
         Path | None, typer.Option(help="Local weights (torchvision/timm/MONAI/medmap names) to start from.")
     ] = None,
     freeze_encoder_epochs: Annotated[int, typer.Option(help="Train only the classifier head this many epochs.")] = 0,
+    folds: Annotated[int, typer.Option(help="K-fold cross-validation; evaluation ensembles the K models.")] = 1,
 ) -> None:
     """Train a model on a dataset with its automatic plan, then evaluate it on the held-out patients."""
     from medmap.training.run import train_run
@@ -350,7 +351,15 @@ def train(
         freeze_encoder_epochs=freeze_encoder_epochs,
     )
     summary = train_run(
-        data, output, task=task, overrides=overrides, config=config, resume=resume, cache_root=cache, progress=True
+        data,
+        output,
+        task=task,
+        overrides=overrides,
+        config=config,
+        resume=resume,
+        cache_root=cache,
+        folds=folds,
+        progress=True,
     )
     _print_summary(summary)
 

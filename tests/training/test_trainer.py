@@ -142,3 +142,20 @@ def test_pretrained_start_and_frozen_encoder(blobs, tmp_path):
     assert not torch.equal(start["head.2.weight"], after["head.2.weight"])  # the head trained
     report = json.loads((tmp_path / "second" / "pretrained.json").read_text())
     assert len(report["loaded"]) == len(start) and not report["skipped"]
+
+
+def test_folds_train_k_models_and_ensemble_them(blobs, tmp_path):
+    summary = train_run(
+        blobs.root,
+        tmp_path / "run",
+        overrides=["network_width=8"],
+        folds=3,
+        config=TrainConfig(epochs=2, workers=0, samples_per_epoch=32),
+    )
+    run = tmp_path / "run"
+    assert summary["folds"] == 3 and len(list(run.glob("fold-*/checkpoints/best.pt"))) == 3
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert threshold["chosen_on"] == "out-of-fold validation"
+    oof = (run / "predictions_out_of_fold.csv").read_text().splitlines()
+    assert len(oof) == 1 + 65  # every train+val case predicted once, by the model that did not train on it
+    assert summary["metrics"]["n"] == 15

@@ -63,6 +63,7 @@ def train_run(
     config: TrainConfig | None = None,
     resume: bool = False,
     cache_root: str | Path | None = None,
+    folds: int = 1,
     progress: bool = False,
 ) -> dict:
     """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report."""
@@ -100,14 +101,82 @@ def train_run(
     the_task = task_for(plan)
     cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
     cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
+    if folds > 1:
+        return _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
     trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
     result = trainer.fit(cached["train"], cached["val"], resume=resume)
     summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=result["history"])
     return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
 
 
-def _predict(trainer: Trainer, model, cached: list[CachedCase]) -> tuple[np.ndarray, np.ndarray]:
-    return trainer.predict(model, PatchDataset(cached, trainer.plan, train=False))
+def _train_folds(
+    run_dir: Path,
+    plan: Plan,
+    task,
+    config: TrainConfig,
+    splits: dict[str, list[Case]],
+    cached: dict[str, list[CachedCase]],
+    k: int,
+    *,
+    resume: bool,
+    progress: bool,
+) -> dict:
+    """K models on patient-grouped folds of train+val; threshold from their out-of-fold predictions;
+    evaluation by the mean of the K models' probabilities (`_ensemble_predict`)."""
+    from medmap.data.splits import kfold
+
+    pool = splits["train"] + splits["val"]
+    cached_by_id = {c.case_id: c for c in cached["train"] + cached["val"]}
+    oof_cases, oof_pred, oof_y, histories = [], [], [], []
+    for fold in kfold(pool, k, seed=config.seed):
+        fold_dir = run_dir / f"fold-{fold.index}"
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"fold {fold.index + 1}/{k}: {len(fold.train)} training, {len(fold.val)} validation cases",
+                highlight=False,
+            )
+        trainer = Trainer(task, plan, config, fold_dir, progress=progress)
+        val_cached = [cached_by_id[c.case_id] for c in fold.val]
+        result = trainer.fit(
+            [cached_by_id[c.case_id] for c in fold.train],
+            val_cached,
+            resume=resume and (fold_dir / "checkpoints" / "last.pt").is_file(),
+        )
+        model = task.build_network(plan, config.dropout).to(trainer.device)
+        model.load_state_dict(torch.load(fold_dir / "checkpoints" / "best.pt", map_location=trainer.device))
+        pred, y = trainer.predict(model, PatchDataset(val_cached, plan, train=False))
+        oof_cases += fold.val
+        oof_pred.append(pred)
+        oof_y.append(y)
+        histories.append(result["history"])
+    oof_pred, oof_y = np.concatenate(oof_pred), np.concatenate(oof_y)
+    threshold = task.choose_threshold(oof_pred, oof_y)
+    _write_predictions(run_dir / "predictions_out_of_fold.csv", oof_cases, oof_pred, plan.labels)
+    (run_dir / "threshold.json").write_text(
+        json.dumps({"threshold": threshold, "chosen_on": "out-of-fold validation", "rule": "Youden's J", "folds": k})
+    )
+    trainer = Trainer(task, plan, config, run_dir, progress=progress)
+    summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=histories[0])
+    return {**summary, "folds": k, "epochs_run": sum(len(h) for h in histories)}
+
+
+def _weights(run_dir: Path) -> list[Path]:
+    """The run's model weights: one per fold when trained with --folds, else the single best.pt."""
+    folds = sorted(run_dir.glob("fold-*/checkpoints/best.pt"))
+    return folds or [run_dir / "checkpoints" / "best.pt"]
+
+
+def _ensemble_predict(trainer: Trainer, plan: Plan, run_dir: Path, dataset: PatchDataset):
+    """Mean class probabilities of every model of the run; also returns the last model (for Grad-CAM)."""
+    model = trainer.task.build_network(plan, trainer.config.dropout).to(trainer.device)
+    predictions = []
+    for path in _weights(run_dir):
+        model.load_state_dict(torch.load(path, map_location=trainer.device))
+        pred, targets = trainer.predict(model, dataset)
+        predictions.append(pred)
+    return np.mean(predictions, axis=0), targets, model
 
 
 def evaluate_cached(
@@ -124,12 +193,11 @@ def evaluate_cached(
     """Best weights -> threshold on validation -> metrics, predictions CSV and report for ``split``."""
     out_dir = out_dir or run_dir
     task = trainer.task
-    model = task.build_network(plan, trainer.config.dropout).to(trainer.device)
-    model.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", map_location=trainer.device))
     if (run_dir / "threshold.json").is_file():
         threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
     else:
-        val_pred, val_y = _predict(trainer, model, cached["val"])
+        val_set = PatchDataset(cached["val"], plan, train=False)
+        val_pred, val_y, _ = _ensemble_predict(trainer, plan, run_dir, val_set)
         threshold = task.choose_threshold(val_pred, val_y)
         _write_predictions(run_dir / "predictions_val.csv", splits["val"], val_pred, plan.labels)
         (run_dir / "threshold.json").write_text(
@@ -137,7 +205,7 @@ def evaluate_cached(
         )
     evaluated = split if cached.get(split) else "val"
     evaluation_set = PatchDataset(cached[evaluated], plan, train=False)
-    predictions, targets = trainer.predict(model, evaluation_set)
+    predictions, targets, model = _ensemble_predict(trainer, plan, run_dir, evaluation_set)
     metrics = task.evaluate(predictions, targets, threshold, seed=trainer.config.seed)
     _write_predictions(out_dir / f"predictions_{evaluated}.csv", splits[evaluated], predictions, plan.labels)
     train_pool = splits.get("train", []) + splits.get("val", [])
@@ -194,7 +262,7 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/."""
     run_dir = Path(run_dir)
-    if not (run_dir / "checkpoints" / "best.pt").is_file():
+    if not _weights(run_dir)[0].is_file():
         raise OutputError(f"{run_dir}: not a trained run (no checkpoints/best.pt)")
     plan = Plan.load(run_dir / "plan.json")
     config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))

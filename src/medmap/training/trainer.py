@@ -85,6 +85,7 @@ class Trainer:
     def _loaders(self, train: list[CachedCase], val: list[CachedCase]):
         cfg = self.config
         samples = cfg.samples_per_epoch or max(4 * len(train), 8 * self.plan.batch_size)
+        samples = max(samples, self.plan.batch_size)  # at least one full batch: the last partial one is dropped
         train_set = PatchDataset(
             train, self.plan, train=True, samples_per_epoch=samples, seed=cfg.seed, balanced=cfg.balanced_sampling
         )
