@@ -159,3 +159,52 @@ def test_folds_train_k_models_and_ensemble_them(blobs, tmp_path):
     oof = (run / "predictions_out_of_fold.csv").read_text().splitlines()
     assert len(oof) == 1 + 65  # every train+val case predicted once, by the model that did not train on it
     assert summary["metrics"]["n"] == 15
+
+
+def lesion_manifest(tmp_path, rows, sidecar=None):
+    import csv
+
+    from tests.builders import volume, write_ct
+
+    img = volume(shape=(9, 40, 40))
+    write_ct(img, tmp_path / "ct")
+    centre = img.index_to_world([4, 20, 20])
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "x", "y", "z", "label", "patient_id", "case_id"])
+        writer.writeheader()
+        for i, (image, offset, label) in enumerate(rows):
+            writer.writerow(
+                {
+                    "image": image,
+                    "x": centre[0] + offset,
+                    "y": centre[1],
+                    "z": centre[2],
+                    "label": label,
+                    "patient_id": f"P{i}",
+                    "case_id": f"nodule-{i}",
+                }
+            )
+    if sidecar:
+        (tmp_path / "labels.json").write_text(json.dumps(sidecar))
+    return tmp_path / "m.csv"
+
+
+@pytest.mark.parametrize(
+    ("rows", "sidecar", "message"),
+    [
+        (
+            [("ct", 0, "benign"), ("ct", 0, "malignant"), ("ct", 0, "weird")] * 2,
+            {"0": "benign", "1": "malignant"},
+            r"line 4 \(case nodule-2\): label 'weird' is not declared",
+        ),
+        ([("ct", 0, "benign"), ("ct", 500, "malignant")] * 3, None, r"case nodule-\d: lesion at .* lies outside"),
+        ([("ct", 0, "benign"), ("missing_series", 0, "malignant")] * 3, None, r"case nodule-\d.*missing_series"),
+    ],
+    ids=["unknown-label", "outside", "missing-series"],
+)
+def test_bad_lesion_input_names_the_case(tmp_path, rows, sidecar, message):
+    from medmap.errors import DatasetError
+
+    manifest = lesion_manifest(tmp_path, rows, sidecar)
+    with pytest.raises(DatasetError, match=message):
+        train_run(manifest, tmp_path / "run", config=TrainConfig(epochs=1, workers=0))

@@ -24,6 +24,7 @@ import numpy as np
 
 from medmap.data.dataset import Case
 from medmap.data.preprocess import crop, extract_patch, foreground_bbox, lesion_patch, normalize, resample
+from medmap.errors import DatasetError, MedmapError
 from medmap.plan import Plan
 from medmap.progress import track
 
@@ -93,11 +94,21 @@ def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Gene
 
 
 def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
-    image = cases[0].load_image()
+    try:
+        image = cases[0].load_image()
+    except MedmapError as exc:
+        others = f" (and {len(cases) - 1} other lesion(s) in this image)" if len(cases) > 1 else ""
+        raise DatasetError(f"case {cases[0].case_id}{others}: {exc}") from None
     side = int(np.ceil(1.5 * max(plan.patch_size) / 2) * 2)
     size = (side, side, side) if plan.input_mode != "2d" else (1, side, side)
     pad = float(image.array.min())
     for case in cases:
+        index = image.world_to_index(np.asarray(case.lesion.position, dtype=float))
+        if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
+            raise DatasetError(
+                f"case {case.case_id}: lesion at {tuple(case.lesion.position)} mm (LPS) lies outside "
+                f"its image {case.images[0]} (voxel {tuple(np.round(index, 1))} of {image.shape})"
+            )
         cube = lesion_patch(image, case.lesion.position, size, plan.target_spacing, pad)
         cube = normalize(cube, plan.normalization)
         array = cube if cube.ndim == 4 else cube[np.newaxis]
@@ -122,15 +133,21 @@ def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
 
 
 def _job(cases: list[Case], plan: Plan, folder: Path, seed: int) -> None:
+    """Preprocess a group of cases; any user-caused error is re-raised naming the case."""
     rng = np.random.default_rng(seed)
-    if plan.task == "segmentation":
-        for case in cases:
-            _segmentation_case(case, plan, folder, rng)
-    elif cases[0].lesion is not None:
+    if cases[0].lesion is not None and plan.task == "classification":
         _lesion_cases(cases, plan, folder)
-    else:
-        for case in cases:
-            _whole_image_case(case, plan, folder)
+        return
+    for case in cases:
+        try:
+            if plan.task == "segmentation":
+                _segmentation_case(case, plan, folder, rng)
+            else:
+                _whole_image_case(case, plan, folder)
+        except DatasetError:
+            raise
+        except MedmapError as exc:
+            raise DatasetError(f"case {case.case_id}: {exc}") from None
 
 
 class PreprocessedCache:

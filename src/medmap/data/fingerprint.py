@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from medmap.data.dataset import Dataset
+from medmap.errors import DatasetError, MedmapError
 from medmap.io.image import Image
 from medmap.progress import track
 
@@ -79,7 +80,10 @@ def compute_fingerprint(dataset: Dataset, *, progress: bool = False, seed: int =
     spacings, shapes, samples, channels, modality = [], [], [], 1, dataset.modality
     voxel_counts: Counter = Counter()
     for cases in track(list(by_image.values()), "fingerprinting", enabled=progress):
-        image = cases[0].load_image()
+        try:
+            image = cases[0].load_image()
+        except MedmapError as exc:
+            raise DatasetError(f"case {cases[0].case_id}: {exc}") from None
         modality = modality or image.meta.modality
         channels = image.channels
         spacings.append(image.spacing)

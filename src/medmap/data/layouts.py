@@ -202,9 +202,13 @@ def read_csv_manifest(path: Path) -> Dataset:
         names = sorted({r["label"] for r in rows if r["label"] != ""}, key=_class_order)
         labels = declared or dict(enumerate(names))
         to_index = {name: index for index, name in labels.items()}
-        unknown = sorted(set(names) - set(to_index))
-        if unknown:
-            raise DatasetError(f"{path}: labels {unknown} are not declared in {sidecar.name}")
+        for n, row in enumerate(rows, start=2):
+            if row["label"] not in ("", *to_index):
+                cid = row.get("case_id") or row["image"]
+                raise DatasetError(
+                    f"{path}: line {n} (case {cid}): label {row['label']!r} is not declared in "
+                    f"{sidecar.name} ({', '.join(to_index)})"
+                )
     base = path.parent
     cases = []
     for n, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them

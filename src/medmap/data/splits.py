@@ -37,10 +37,15 @@ def kfold(cases: list[Case], k: int, seed: int = 0) -> list[Fold]:
         raise DatasetError(f"--folds {k}: need at least 2 folds")
     if len(patients) < k:
         raise DatasetError(f"{k} folds need at least {k} patients; the dataset has {len(patients)}")
+    strata = _strata(pool)
+    counts = np.bincount(strata)
+    smallest = int(counts[counts > 0].min()) if len(strata) else 0
+    if smallest < k:
+        raise DatasetError(f"{k} folds need at least {k} cases of every class; the rarest class has {smallest}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = []
     groups = [c.patient_id for c in pool]
-    for i, (train, val) in enumerate(splitter.split(np.zeros(len(pool)), _strata(pool), groups)):
+    for i, (train, val) in enumerate(splitter.split(np.zeros(len(pool)), strata, groups)):
         folds.append(Fold(i, [pool[j] for j in train], [pool[j] for j in val]))
     return folds
 
@@ -67,8 +72,9 @@ def train_val_test(cases: list[Case], *, val: float = 0.2, test: float = 0.2, se
         if share <= 0 or n_patients < 3:
             continue
         k = max(2, round(1 / share))
-        k = min(k, len({c.patient_id for c in remaining}))
-        if k < 2:
+        counts = np.bincount(_strata(remaining))
+        k = min(k, len({c.patient_id for c in remaining}), int(counts[counts > 0].min()))
+        if k < 2:  # too few cases of some class to hold any out: everything stays in training
             continue
         first = kfold(remaining, k, seed)[0]
         out[name] += first.val
