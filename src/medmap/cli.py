@@ -312,12 +312,12 @@ def train(
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (new, or the one to --resume).")],
     task: Annotated[str | None, typer.Option(help="classification or segmentation (checked against the data).")] = None,
     model: Annotated[str | None, typer.Option(help="Network: smallcnn, resnet18/34/50, densenet121.")] = None,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 40,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 30,
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (L2).")] = 1e-4,
-    patience: Annotated[int, typer.Option(help="Epochs without a better validation metric before stopping.")] = 12,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation metric before stopping.")] = 10,
     samples_per_epoch: Annotated[
-        int | None, typer.Option(help="Patches per epoch (default 4x the training cases).")
+        int | None, typer.Option(help="Patches per epoch (default 3x the training cases).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed: a CPU run with the same seed gives the same weights.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run exactly where it stopped.")] = False,

@@ -27,12 +27,12 @@ from medmap.plan import Plan
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 30
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
-    patience: int = 12  # epochs without a better validation metric before stopping
-    samples_per_epoch: int | None = None  # default: 4 x the training cases, at least 8 batches
+    patience: int = 10  # epochs without a better validation metric before stopping
+    samples_per_epoch: int | None = None  # default: 3 x the training cases, at least 8 batches
     dropout: float = 0.2
     label_smoothing: float = 0.05
     balanced_sampling: bool = True
@@ -84,7 +84,7 @@ class Trainer:
 
     def _loaders(self, train: list[CachedCase], val: list[CachedCase]):
         cfg = self.config
-        samples = cfg.samples_per_epoch or max(4 * len(train), 8 * self.plan.batch_size)
+        samples = cfg.samples_per_epoch or max(3 * len(train), 8 * self.plan.batch_size)
         samples = max(samples, self.plan.batch_size)  # at least one full batch: the last partial one is dropped
         train_set = PatchDataset(
             train, self.plan, train=True, samples_per_epoch=samples, seed=cfg.seed, balanced=cfg.balanced_sampling
