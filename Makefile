@@ -35,7 +35,10 @@ demo: $(STAMP)
 	$(BIN)/medmap info $(DEMO)/data/liver_dicom
 	$(BIN)/medmap convert $(DEMO)/data/liver_dicom/liver_024 $(DEMO)/liver_024.nii.gz
 	$(BIN)/medmap anonymize $(DEMO)/data/chest_ct/CHEST-0000 $(DEMO)/deidentified --date-shift-days -365
-	@echo "demo outputs are in $(DEMO)/"
+	# the main job, on a short budget (README gives the full run): train, evaluate, report
+	$(BIN)/medmap train $(DEMO)/data/nodules.csv --task classification -o $(DEMO)/runs/nodules --epochs 10 \
+		--cache $(DEMO)/cache
+	@echo "demo outputs are in $(DEMO)/; the nodule classifier's report: $(DEMO)/runs/nodules/report.html"
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
