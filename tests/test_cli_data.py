@@ -73,3 +73,48 @@ def test_lesion_patches_in_3d_and_2_5d(demo, tmp_path):
     planes = PatchDataset(cached, plan.with_overrides(["input_mode=2.5d"]), train=False)[0]["image"]
     assert planes.shape == (3, side, side)
     assert np.allclose(planes[0].numpy(), item["image"][0, side // 2].numpy())  # axial plane through the centre
+
+
+def test_pretrain_then_train_with_its_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = np.arange(n)[:, None] % 2
+    np.savez(tmp_path / "tiny.npz", **arrays)
+    r = medmap_cli(
+        "pretrain",
+        tmp_path / "tiny.npz",
+        "-o",
+        tmp_path / "w" / "simclr.pt",
+        "--epochs",
+        "1",
+        "--model",
+        "smallcnn",
+        "--set",
+        "network_width=8",
+        "--workers",
+        "0",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "contrastive loss" in r.stdout and (tmp_path / "w" / "simclr.pt").is_file()
+    r = medmap_cli(
+        "train",
+        tmp_path / "tiny.npz",
+        "-o",
+        tmp_path / "run",
+        "--model",
+        "smallcnn",
+        "--set",
+        "network_width=8",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--pretrained",
+        tmp_path / "w" / "simclr.pt",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pretrained weights:" in r.stderr and "AUC" in r.stdout
+    again = medmap_cli("pretrain", tmp_path / "tiny.npz", "-o", tmp_path / "w" / "simclr.pt")
+    assert_one_line_error(again, "exists")

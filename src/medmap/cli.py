@@ -390,6 +390,39 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
+def pretrain(
+    data: Annotated[Path, typer.Argument(help="Dataset (labels are ignored): folder, .npz or .csv manifest.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Weights file to write (.pt).")],
+    epochs: Annotated[int, typer.Option(help="Pretraining epochs.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    model: Annotated[str | None, typer.Option(help="Network, as for train (must match the later training).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a plan field: key=value.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache root.")] = None,
+    workers: Annotated[int, typer.Option(help="Data loading / preprocessing processes.")] = 2,
+) -> None:
+    """Self-supervised (SimCLR) pretraining on unlabelled images; `train --pretrained` accepts the result."""
+    from medmap.data.cache import PreprocessedCache
+    from medmap.data.layouts import read_dataset
+    from medmap.training.pretrain import pretrain as run_pretrain
+    from medmap.training.run import prepare_plan
+
+    if output.exists():
+        raise MedmapError(f"{output}: exists; refusing to overwrite")
+    dataset = read_dataset(data)
+    overrides = list(set_ or []) + ([f"network={model}"] if model else [])
+    the_plan = prepare_plan(dataset, output.parent, overrides=overrides, device="cpu", progress=True)
+    cases = [c for c in dataset.cases if c.split != "test"]
+    cached = PreprocessedCache(cache or output.parent / ".medmap-cache", the_plan).build(
+        cases, workers=workers, progress=True
+    )
+    result = run_pretrain(cached, the_plan, output, epochs=epochs, seed=seed, workers=workers, progress=True)
+    out.print(
+        f"wrote {result['weights']} (contrastive loss {result['history'][0]['loss']:.3f} -> "
+        f"{result['history'][-1]['loss']:.3f}); use it with: medmap train ... --pretrained {output}"
+    )
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A trained run folder.")],
     data: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],

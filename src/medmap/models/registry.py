@@ -108,3 +108,21 @@ CAM_LAYERS = {
     "resnet50": "layer4",
     "densenet121": "class_layers.relu",
 }
+
+# The attribute holding each family's classification head (replaced by a projection when pretraining).
+HEADS = {"smallcnn": "head.2", "resnet18": "fc", "resnet34": "fc", "resnet50": "fc", "densenet121": "class_layers.out"}
+
+
+def replace_head(model: nn.Module, plan: Plan, new: nn.Module) -> None:
+    """Swap the final classification layer (``HEADS``) for ``new``; pooling before it stays."""
+    path = HEADS.get(plan.network)
+    if path is None:
+        raise ConfigError(f"network {plan.network!r} has no known classification head")
+    *parents, last = path.split(".")
+    owner = model
+    for name in parents:
+        owner = getattr(owner, name) if not name.isdigit() else owner[int(name)]
+    if last.isdigit():
+        owner[int(last)] = new
+    else:
+        setattr(owner, last, new)

@@ -1,0 +1,36 @@
+"""SimCLR pretraining runs on unlabelled patches and its output loads into the classifier."""
+
+import math
+
+import torch
+
+from medmap.data.cache import PreprocessedCache
+from medmap.models.pretrained import load_pretrained
+from medmap.models.registry import build_classifier
+from medmap.tasks import task_for
+from medmap.training.pretrain import nt_xent, pretrain
+from medmap.training.trainer import TrainConfig, Trainer
+from tests.training.test_trainer import blobs, blobs_plan  # noqa: F401 - the fixture is used by name
+
+
+def test_nt_xent_prefers_matching_views():
+    z = torch.randn(8, 16)
+    matched = nt_xent(z, z + 0.01 * torch.randn(8, 16))
+    shuffled = nt_xent(z, z[torch.randperm(8)])
+    assert matched < shuffled
+
+
+def test_pretrained_encoder_loads_into_the_classifier_and_training(blobs, tmp_path):  # noqa: F811
+    plan = blobs_plan()
+    unlabelled = PreprocessedCache(tmp_path / "cache", plan).build(
+        [c for c in blobs.cases if c.split == "train"], workers=1
+    )
+    result = pretrain(unlabelled, plan, tmp_path / "simclr.pt", epochs=2, workers=0, samples_per_epoch=32)
+    assert all(math.isfinite(h["loss"]) for h in result["history"])
+    model = build_classifier(plan)
+    report = load_pretrained(model, tmp_path / "simclr.pt")
+    assert report.missing == ["head.2.weight", "head.2.bias"] and not report.skipped
+    val = PreprocessedCache(tmp_path / "cache", plan).build([c for c in blobs.cases if c.split == "val"], workers=1)
+    config = TrainConfig(epochs=1, workers=0, samples_per_epoch=16, pretrained=str(tmp_path / "simclr.pt"))
+    Trainer(task_for(plan), plan, config, tmp_path / "run").fit(unlabelled, val)
+    assert (tmp_path / "run" / "pretrained.json").is_file()
