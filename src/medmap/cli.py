@@ -213,8 +213,8 @@ def demo_data(
     small: Annotated[bool, typer.Option(help="A few cases of each kind, for a quick look or a test.")] = False,
 ) -> None:
     """Generate the built-in demo data: chest CT with nodules, abdominal CT with liver tumours, radiographs."""
-    from medmap.data.baseline import size_baseline
     from medmap.data.demo import SMALL, DemoSize, write_demo_data
+    from medmap.evaluation.baseline import size_baseline
 
     summary = write_demo_data(target, seed=seed, size=SMALL if small else DemoSize(), progress=True)
     out.print(f"wrote demo data to {target}:")

@@ -65,7 +65,7 @@ def test_calibration_error():
 
 
 def test_paired_auc_difference_supports_a_real_margin_only():
-    from medmap.data.baseline import paired_auc_difference
+    from medmap.evaluation.baseline import paired_auc_difference
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 150)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medmap.data.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.data.cache import CachedCase, PreprocessedCache
 from medmap.data.dataset import Case, Dataset
 from medmap.data.fingerprint import compute_fingerprint
@@ -23,6 +22,7 @@ from medmap.data.layouts import read_dataset
 from medmap.data.loader import PatchDataset
 from medmap.data.splits import train_val_test
 from medmap.errors import ConfigError, DatasetError, OutputError
+from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
 from medmap.plan import Plan

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medmap.errors import DatasetError
+from medmap.evaluation.metrics import bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,7 @@ def bootstrap_auc(y: np.ndarray, score: np.ndarray, *, n_boot: int = 2000, seed:
     """Percentile 95 % interval of the AUC over bootstrap resamples of the cases."""
     from sklearn.metrics import roc_auc_score
 
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() != y[idx].max():
-            aucs.append(roc_auc_score(y[idx], score[idx]))
-    return float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))
+    return bootstrap_ci(np.asarray(y), np.asarray(score), roc_auc_score, n_boot=n_boot, seed=seed)
 
 
 def size_baseline(manifest: str | Path, positive: str = "malignant", folds: int = 5, seed: int = 0) -> BaselineResult:
