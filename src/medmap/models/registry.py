@@ -101,12 +101,11 @@ def build_classifier(plan: Plan, dropout: float = 0.2) -> nn.Module:
 
 
 # The layer whose activations Grad-CAM weighs: the last convolutional stage of each family.
-# layer3 rather than layer4 for ResNets: on 32-64 voxel patches layer4 is 2 voxels wide, too coarse to point.
 CAM_LAYERS = {
     "smallcnn": "features",
-    "resnet18": "layer3",
-    "resnet34": "layer3",
-    "resnet50": "layer3",
+    "resnet18": "layer4",
+    "resnet34": "layer4",
+    "resnet50": "layer4",
     "densenet121": "class_layers.relu",
 }
 
