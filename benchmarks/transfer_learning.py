@@ -80,7 +80,7 @@ def main() -> None:
     dataset = read_dataset(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        plan = prepare_plan(dataset, tmp, overrides=[], device="cpu", progress=False)
+        plan = prepare_plan(dataset, overrides=[], device="cpu", progress=False)
         splits = train_val_test(dataset.cases, seed=args.seed)
         cache = PreprocessedCache(tmp / "cache", plan)
         cached = {c.case_id: c for c in cache.build([c for s in splits.values() for c in s])}

@@ -410,7 +410,7 @@ def pretrain(
         raise MedmapError(f"{output}: exists; refusing to overwrite")
     dataset = read_dataset(data)
     overrides = list(set_ or []) + ([f"network={model}"] if model else [])
-    the_plan = prepare_plan(dataset, output.parent, overrides=overrides, device="cpu", progress=True)
+    the_plan = prepare_plan(dataset, overrides=overrides, device="cpu", progress=True)
     cases = [c for c in dataset.cases if c.split != "test"]
     cached = PreprocessedCache(cache or output.parent / ".medmap-cache", the_plan).build(
         cases, workers=workers, progress=True

@@ -30,7 +30,7 @@ def sample_mb(patch, width: int, task: str) -> float:
 ANISOTROPY_RATIO = 3.0  # nnU-Net's threshold: beyond it the coarse axis keeps a coarser target spacing
 
 
-def decide_target_spacing(fp: Fingerprint, input_mode: str, device: str) -> tuple[tuple[float, float, float], str]:
+def decide_target_spacing(fp: Fingerprint, device: str) -> tuple[tuple[float, float, float], str]:
     median = np.asarray(fp.median_spacing)
     spacings = np.asarray(fp.spacings)
     if fp.is_2d:
@@ -88,9 +88,7 @@ def _multiple(value: float, step: int, low: int, high: int) -> int:
     return int(min(max(step * round(value / step), low), high))
 
 
-def decide_patch_size(
-    fp: Fingerprint, spacing, input_mode: str, budget_mb: int, device: str
-) -> tuple[tuple[int, int, int], str]:
+def decide_patch_size(fp: Fingerprint, spacing, budget_mb: int, device: str) -> tuple[tuple[int, int, int], str]:
     if fp.is_2d:
         shape = np.asarray(fp.median_shape[1:]) * np.asarray(fp.median_spacing[1:]) / np.asarray(spacing[1:])
         side = [_multiple(s, 16, 32, 512) for s in shape]
@@ -146,11 +144,11 @@ def plan_dataset(dataset: Dataset, fp: Fingerprint, *, device: str = "cpu", budg
     notes = []
     input_mode, why = decide_input_mode(fp)
     notes.append(f"input_mode: {why}")
-    spacing, why = decide_target_spacing(fp, input_mode, device)
+    spacing, why = decide_target_spacing(fp, device)
     notes.append(f"target_spacing: {why}")
     normalization, why = decide_normalization(fp)
     notes.append(f"normalization: {why}")
-    patch, why = decide_patch_size(fp, spacing, input_mode, budget, device)
+    patch, why = decide_patch_size(fp, spacing, budget, device)
     notes.append(f"patch_size: {why}")
     network, width, depth, why = decide_network(fp, patch, device)
     notes.append(f"network: {why}")

@@ -49,7 +49,7 @@ def _write_predictions(path: Path, cases: list[Case], predictions: np.ndarray, l
             writer.writerow([case.case_id, case.patient_id, label, *[f"{v:.6f}" for v in p], names[int(np.argmax(p))]])
 
 
-def prepare_plan(dataset: Dataset, run_dir: Path, *, overrides: list[str], device: str, progress: bool) -> Plan:
+def prepare_plan(dataset: Dataset, *, overrides: list[str], device: str, progress: bool) -> Plan:
     plan = plan_dataset(dataset, compute_fingerprint(dataset, progress=progress), device=device)
     return plan.with_overrides(overrides) if overrides else plan
 
@@ -84,7 +84,7 @@ def train_run(
         if run_dir.exists() and any(run_dir.iterdir()):
             raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
-        plan = prepare_plan(dataset, run_dir, overrides=overrides or [], device=config.device, progress=progress)
+        plan = prepare_plan(dataset, overrides=overrides or [], device=config.device, progress=progress)
         splits = train_val_test(dataset.cases, seed=config.seed)
         for name in ("train", "val"):
             if not splits[name]:
