@@ -366,6 +366,27 @@ def train(
 
 def _print_summary(summary: dict) -> None:
     m = summary["metrics"]
+    if "classes" in m:  # segmentation
+        out.print(f"{summary['split']} set: {m['n']} cases scored")
+        for name, entry in m["classes"].items():
+            d, h, s = entry["dice"], entry["hd95_mm"], entry["nsd"]
+            if d["mean"] is None:
+                out.print(f"  {name}: absent from every case")
+                continue
+            hd95 = f"{h['mean']:.1f} mm" if h["mean"] is not None else "-"
+            out.print(
+                f"  {name}: Dice {d['mean']:.3f} (95% CI {d['ci'][0]:.3f}-{d['ci'][1]:.3f}), HD95 {hd95}, "
+                f"surface Dice {s['mean']:.3f}"
+            )
+        for name, lesions in m["lesions"].items():
+            recall = "-" if lesions["recall"] is None else f"{lesions['recall']:.2f}"
+            out.print(
+                f"  {name} lesions: {lesions['detected']}/{lesions['lesions']} detected (recall {recall}), "
+                f"{lesions['false_positives_per_case']:.2f} false positives per case"
+            )
+        out.print(f"label maps: {summary['predictions']}")
+        out.print(f"report: {summary['report']}")
+        return
     lo, hi = m.get("auc_ci", [float("nan")] * 2)
     out.print(
         f"{summary['split']} set: {m['n']} cases, AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "

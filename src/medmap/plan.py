@@ -52,6 +52,14 @@ class Augmentation(_Strict):
     probability: float = Field(0.3, ge=0.0, le=1.0)  # each transform's chance per sample
 
 
+class Inference(_Strict):
+    """How a segmentation network is applied to a whole volume (see `medmap.inference.sliding_window`)."""
+
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)  # fraction of the patch shared by neighbouring windows
+    mirror: bool = False  # test-time augmentation: average over mirrored copies (2^axes forward passes)
+    batch_size: int = Field(2, ge=1)  # windows per forward pass
+
+
 class Plan(_Strict):
     """Everything decided from the data. Every field can be overridden (``medmap plan --set k=v``)."""
 
@@ -69,6 +77,9 @@ class Plan(_Strict):
     network: str
     network_width: int = Field(ge=4)  # features of the first level
     network_depth: int = Field(ge=1)  # resolution levels (segmentation) or stages (classification)
+    loss: Literal["default", "dice", "dice_ce", "dice_focal", "tversky"] = "default"  # default: the task's own
+    deep_supervision: bool = False  # segmentation U-Net: losses at coarser decoder levels too
+    inference: Inference = Field(default_factory=Inference)
     foreground_oversample: float = Field(0.33, ge=0.0, le=1.0)  # share of patches forced onto foreground
     augmentation: Augmentation = Field(default_factory=Augmentation)
     device: Literal["cpu", "cuda"] = "cpu"

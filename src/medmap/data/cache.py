@@ -22,8 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from medmap.data.dataset import Case
-from medmap.data.preprocess import crop, extract_patch, foreground_bbox, lesion_patch, normalize, resample
+from medmap.data.dataset import Case, check_mask
+from medmap.data.preprocess import (
+    channels_first,
+    crop,
+    extract_patch,
+    lesion_patch,
+    normalize,
+    resample,
+    segmentation_input,
+)
 from medmap.errors import DatasetError, MedmapError
 from medmap.plan import Plan
 from medmap.progress import track
@@ -45,10 +53,6 @@ class CachedCase:
         return image, (np.load(self.mask, mmap_mode="r") if self.mask else None)
 
 
-def _channels_first(array: np.ndarray, channels: int) -> np.ndarray:
-    return array[np.newaxis] if channels == 1 and array.ndim == 3 else np.moveaxis(array, -1, 0)
-
-
 def _save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, np.ascontiguousarray(array))
@@ -65,16 +69,15 @@ def _geometry(image) -> dict:
 
 
 def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Generator) -> None:
-    image = resample(case.load_image(), plan.target_spacing, "linear")
+    source = case.load_image()
+    array, bbox, resampled = segmentation_input(source, plan.normalization, plan.target_spacing)
+    image = crop(resampled, bbox)
     mask_image = case.load_mask()
-    mask = resample(mask_image, plan.target_spacing, "nearest") if mask_image is not None else None
-    bbox = foreground_bbox(image)
-    image = crop(image, bbox)
-    if mask is not None:
-        mask = crop(mask, bbox)
-    values = image.array if image.channels == 1 else image.array[..., 0]
-    array = _channels_first(normalize(image.array, plan.normalization, values != values.min()), image.channels)
-    _save(folder / f"{case.case_id}.npy", array.astype(np.float32))
+    mask = None
+    if mask_image is not None:
+        check_mask(case.case_id, source, mask_image, plan.labels)
+        mask = crop(resample(mask_image, plan.target_spacing, "nearest"), bbox)
+    _save(folder / f"{case.case_id}.npy", array)
     locations = {}
     if mask is not None:
         seg = mask.array.astype(np.uint8)
@@ -124,7 +127,7 @@ def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
 
 def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
     image = resample(case.load_image(), plan.target_spacing, "linear")
-    array = _channels_first(normalize(image.array, plan.normalization), image.channels)
+    array = channels_first(normalize(image.array, plan.normalization), image.channels)
     centre = (np.asarray(array.shape[1:]) - 1) / 2
     array = extract_patch(array, centre, plan.patch_size, float(array.min()))
     _save(folder / f"{case.case_id}.npy", array.astype(np.float32))

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from medmap.errors import DatasetError
 from medmap.io.image import Image, ImageMeta
 
 Task = Literal["classification", "segmentation"]
@@ -102,3 +103,20 @@ class Dataset:
     @property
     def patients(self) -> list[str]:
         return sorted({c.patient_id for c in self.cases})
+
+
+def check_mask(case_id: str, image, mask, labels: dict[int, str]) -> None:
+    """A mask must lie on its image's grid and hold only declared label values (named in the error)."""
+    if mask.shape != image.shape:
+        raise DatasetError(f"case {case_id}: mask shape {mask.shape} differs from its image's {image.shape}")
+    if not mask.same_geometry(image, tol=1e-3):
+        raise DatasetError(
+            f"case {case_id}: mask geometry (spacing {mask.spacing}, origin {mask.origin}) differs from "
+            f"its image's (spacing {image.spacing}, origin {image.origin})"
+        )
+    values = {int(v) for v in np.unique(mask.array)}
+    undeclared = sorted(values - {int(k) for k in labels})
+    if undeclared:
+        raise DatasetError(
+            f"case {case_id}: mask has label values {undeclared} not declared in the labels {sorted(labels)}"
+        )

@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 from pydantic import BaseModel
 
-from medmap.data.dataset import Dataset
+from medmap.data.dataset import Dataset, check_mask
 from medmap.errors import DatasetError, MedmapError
 from medmap.io.image import Image
 from medmap.progress import track
@@ -90,7 +90,9 @@ def compute_fingerprint(dataset: Dataset, *, progress: bool = False, seed: int =
         shapes.append(image.shape)
         values = image.array if image.channels == 1 else image.array[..., 0]
         if dataset.task == "segmentation" and cases[0].mask is not None:
-            mask = cases[0].load_mask().array
+            mask_image = cases[0].load_mask()
+            check_mask(cases[0].case_id, image, mask_image, dataset.labels)
+            mask = mask_image.array
             labels, counts = np.unique(mask, return_counts=True)
             voxel_counts.update(dict(zip(labels.tolist(), counts.tolist(), strict=True)))
             foreground = values[mask > 0]

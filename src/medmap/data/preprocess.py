@@ -156,3 +156,20 @@ def lesion_patch(image: Image, position, size: tuple[int, int, int], spacing, pa
     centre = region.world_to_index(np.asarray(position, dtype=float))
     array = region.array if region.channels == 1 else np.moveaxis(region.array, -1, 0)
     return extract_patch(array, centre, size, pad_value)
+
+
+def channels_first(array: np.ndarray, channels: int) -> np.ndarray:
+    """``[Z, Y, X]`` or ``[Z, Y, X, C]`` -> ``[C, Z, Y, X]``."""
+    return array[np.newaxis] if channels == 1 and array.ndim == 3 else np.moveaxis(array, -1, 0)
+
+
+def segmentation_input(image: Image, norm: Normalization, spacing) -> tuple[np.ndarray, tuple, Image]:
+    """What a segmentation network sees of ``image``: resampled to ``spacing``, cropped to the foreground,
+    normalised, channels first (float32). Also returns the crop box and the resampled image, whose grid a
+    prediction is pasted back on. Training (the cache) and inference both call this one function."""
+    resampled = resample(image, spacing, "linear")
+    bbox = foreground_bbox(resampled)
+    cropped = crop(resampled, bbox)
+    values = cropped.array if cropped.channels == 1 else cropped.array[..., 0]
+    array = channels_first(normalize(cropped.array, norm, values != values.min()), cropped.channels)
+    return array.astype(np.float32, copy=False), bbox, resampled

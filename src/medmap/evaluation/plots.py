@@ -103,3 +103,73 @@ def gradcam_panel(items: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
         ax.set_title(title, fontsize=8)
     fig.suptitle("Grad-CAM: where the network looked (central slice)", fontsize=9)
     return _png(fig)
+
+
+CONTOUR_COLOURS = ("#00d000", "#ffd000", "#00c0ff", "#ff60ff")  # truth per class; predictions in red shades
+PREDICTION_COLOURS = ("#ff2020", "#ff8c00", "#ff00a0", "#b000ff")
+
+
+def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:
+    z, y, x = centre
+    return [("axial", volume[z]), ("coronal", volume[:, y]), ("sagittal", volume[:, :, x])]
+
+
+def overlay_panel(
+    cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    spacing_of: list[tuple[float, float, float]],
+    labels: dict[int, str],
+    window: tuple[float, float] = (60.0, 400.0),
+) -> bytes:
+    """Rows of cases, columns axial / coronal / sagittal through the centre of the true foreground: the CT
+    (``window`` centre/width, HU) with truth contours (green, yellow) and predicted contours (red, orange)
+    per foreground class. ``cases``: (title, image [Z, Y, X], truth, prediction) on one grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
+    foreground = [k for k in sorted(labels) if k != 0]
+    fig, axes = plt.subplots(len(cases), 3, figsize=(9.6, 3.3 * len(cases)), squeeze=False)
+    for row, ((title, image, truth, pred), spacing) in enumerate(zip(cases, spacing_of, strict=True)):
+        where = np.argwhere(truth > 0) if (truth > 0).any() else np.argwhere(pred > 0)
+        centre = tuple(int(v) for v in (np.median(where, 0) if len(where) else np.asarray(image.shape) // 2))
+        aspects = [spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]]
+        views = zip(_views(image, centre), _views(truth, centre), _views(pred, centre), aspects, strict=True)
+        for col, ((view, picture), (_, t), (_, p), aspect) in enumerate(views):
+            ax = axes[row, col]
+            origin = "upper" if view == "axial" else "lower"  # head up in coronal and sagittal views
+            ax.imshow(picture, cmap="gray", vmin=low, vmax=high, aspect=aspect, origin=origin)
+            for i, value in enumerate(foreground):
+                for mask, colours, style in ((t, CONTOUR_COLOURS, "-"), (p, PREDICTION_COLOURS, "--")):
+                    if (mask == value).any():
+                        ax.contour(
+                            (mask == value).astype(float),
+                            levels=[0.5],
+                            colors=[colours[i % 4]],
+                            linewidths=1.0,
+                            linestyles=style,
+                            origin=origin,
+                        )
+            ax.set_title(f"{title} - {view}" if col == 0 else view, fontsize=8)
+            ax.axis("off")
+    handles = []
+    for i, value in enumerate(foreground):
+        handles.append(Line2D([], [], color=CONTOUR_COLOURS[i % 4], label=f"{labels[value]} truth"))
+        handles.append(Line2D([], [], color=PREDICTION_COLOURS[i % 4], ls="--", label=f"{labels[value]} predicted"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    return _png(fig)
+
+
+def metric_boxplot(per_case: dict[str, dict], metric: str, names: list[str]) -> bytes:
+    """One box of ``metric`` per class over the cases (points drawn too: few cases, show them all)."""
+    fig, ax = _figure(4.2, 3.4)
+    data = [
+        [c["classes"][n][metric] for c in per_case.values() if not np.isnan(c["classes"][n][metric])] for n in names
+    ]
+    ax.boxplot(data, tick_labels=names, showfliers=False)
+    for i, values in enumerate(data, start=1):
+        ax.scatter(np.full(len(values), i) + np.linspace(-0.08, 0.08, len(values)), values, s=10, c="tab:blue")
+    ax.set(ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} per case")
+    return _png(fig)

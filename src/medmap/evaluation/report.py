@@ -71,22 +71,85 @@ def classification_report(
                 f"{d['delta_ci'][0]:+.3f} to {d['delta_ci'][1]:+.3f}: the margin is "
                 f"{'supported' if d['supported'] else 'not supported'} by the data.</p>"
             )
+    intro = (
+        f"Classes {', '.join(f'{k}: {html.escape(v)}' for k, v in labels.items())}. The decision threshold was "
+        "chosen on the validation cases (Youden's J), never on the cases evaluated here; the AUC interval is a 95% "
+        "percentile bootstrap over cases."
+    )
+    return write_page(path, title, intro, f"<h2>Metrics</h2><table>{table}</table>{base}", plots, notes, cases_csv)
+
+
+def write_page(
+    path: str | Path, title: str, intro: str, body: str, plots: dict[str, bytes], notes: list[str], csv: str | None
+) -> Path:
+    """The page every report shares: title, an intro, the task's own body, plots, provenance, a CSV link."""
+    path = Path(path)
     images = "".join(_img(png, name) for name, png in plots.items())
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-    link = (
-        f'<p>Per-case predictions: <a href="{html.escape(cases_csv)}">{html.escape(cases_csv)}</a></p>'
-        if cases_csv
-        else ""
-    )
-    classes = ", ".join(f"{k}: {html.escape(v)}" for k, v in labels.items())
+    link = f'<p>Per-case results: <a href="{html.escape(csv)}">{html.escape(csv)}</a></p>' if csv else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class="note">medmap {__version__}. Classes {classes}. The decision threshold was chosen on the validation
-cases (Youden's J), never on the cases evaluated here; the AUC interval is a 95% percentile bootstrap over cases.</p>
-<h2>Metrics</h2><table>{table}</table>{base}
+<p class="note">medmap {__version__}. {intro}</p>
+{body}
 <h2>Plots</h2><div class="plots">{images}</div>
 <h2>How this was produced</h2><ul>{notes_html}</ul>{link}
 </body></html>"""
     path.write_text(page)
     return path
+
+
+SEGMENTATION_COLUMNS = (
+    ("dice", "Dice"),
+    ("iou", "IoU"),
+    ("sensitivity", "sensitivity"),
+    ("precision", "precision"),
+    ("hd95_mm", "HD95 (mm)"),
+    ("msd_mm", "mean surface distance (mm)"),
+    ("nsd", "surface Dice"),
+)
+
+
+def segmentation_report(
+    path: str | Path,
+    *,
+    title: str,
+    summary: dict,
+    tolerance_mm: float,
+    plots: dict[str, bytes],
+    notes: list[str],
+    cases_csv: str | None = None,
+) -> Path:
+    """Per class: mean and 95 % CI over cases of each metric; lesion detection; overlays among the plots."""
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in SEGMENTATION_COLUMNS)
+    rows = []
+    for name, entry in summary["classes"].items():
+        cells = []
+        for key, _ in SEGMENTATION_COLUMNS:
+            m = entry[key]
+            cells.append(
+                "<td>-</td>" if m["mean"] is None else f"<td>{m['mean']:.3f}<br><small>{_fmt(m['ci'])}</small></td>"
+            )
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    lesion_rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{d['lesions']}</td><td>{d['detected']}</td>"
+        f"<td>{_fmt(d['recall']) if d['recall'] is not None else '-'}</td>"
+        f"<td>{d['false_positives_per_case']:.2f}</td></tr>"
+        for name, d in summary["lesions"].items()
+    )
+    lesions = (
+        "<h2>Lesion detection</h2><table><tr><th>class</th><th>true lesions</th><th>detected</th><th>recall</th>"
+        f"<th>false positives per case</th></tr>{lesion_rows}</table>"
+        if lesion_rows
+        else ""
+    )
+    body = (
+        f"<h2>Metrics ({summary['n']} cases; pixel accuracy {_fmt(summary['pixel_accuracy'])})</h2>"
+        f"<table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>{lesions}"
+    )
+    intro = (
+        "Metrics per case on the original image grid (spacing in mm), then the mean over cases with a 95% "
+        f"bootstrap interval. Surface Dice at a tolerance of {tolerance_mm:g} mm. A lesion is detected when a "
+        "predicted voxel of its class lies in it; a predicted component touching no true lesion is a false positive."
+    )
+    return write_page(path, title, intro, body, plots, notes, cases_csv)

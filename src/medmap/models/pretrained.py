@@ -63,6 +63,8 @@ def _rename(key: str, targets: dict[str, torch.Tensor]) -> str:
         return f"fc.1.{key[3:]}"
     if key.startswith("encoder.") and key[8:] in targets:  # medmap pretrain saves an encoder
         return key[8:]
+    if f"encoder.{key}" in targets:  # a ResNet's weights onto a segmenter's ResNet encoder
+        return f"encoder.{key}"
     return key
 
 

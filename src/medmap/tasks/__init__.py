@@ -9,4 +9,8 @@ def task_for(plan):
         from medmap.tasks.classification import ClassificationTask
 
         return ClassificationTask()
-    raise ConfigError(f"task {plan.task!r} cannot be trained yet (classification can)")
+    if plan.task == "segmentation":
+        from medmap.tasks.segmentation import SegmentationTask
+
+        return SegmentationTask()
+    raise ConfigError(f"task {plan.task!r}: medmap trains classification and segmentation")

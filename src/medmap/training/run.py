@@ -49,6 +49,31 @@ def _write_predictions(path: Path, cases: list[Case], predictions: np.ndarray, l
             writer.writerow([case.case_id, case.patient_id, label, *[f"{v:.6f}" for v in p], names[int(np.argmax(p))]])
 
 
+def _split(dataset: Dataset, seed: int) -> dict[str, list[Case]]:
+    """Train/val/test by patient. Segmentation images without a mask (an MSD ``imagesTs``) cannot be
+    scored: they go to ``unlabelled`` (predicted at evaluation, not scored) and the test cases are drawn
+    from the labelled ones."""
+    if dataset.task != "segmentation":
+        return train_val_test(dataset.cases, seed=seed)
+    labelled = [c for c in dataset.cases if c.mask is not None]
+    unlabelled = [c for c in dataset.cases if c.mask is None]
+    if any(c.split == "test" for c in labelled):
+        splits = train_val_test(labelled, seed=seed)
+    else:
+        from dataclasses import replace
+
+        splits = train_val_test([replace(c, split=None) if c.split == "test" else c for c in labelled], seed=seed)
+    return {**splits, "unlabelled": unlabelled}
+
+
+def _cached_splits(plan: Plan, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
+    """What the cache must hold: every split for classification; training and validation cases for
+    segmentation (it is evaluated on the original volumes)."""
+    if plan.task == "segmentation":
+        return {k: v for k, v in splits.items() if k in ("train", "val")}
+    return splits
+
+
 def prepare_plan(dataset: Dataset, *, overrides: list[str], device: str, progress: bool) -> Plan:
     plan = plan_dataset(dataset, compute_fingerprint(dataset, progress=progress), device=device)
     return plan.with_overrides(overrides) if overrides else plan
@@ -85,7 +110,7 @@ def train_run(
             raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
         run_dir.mkdir(parents=True, exist_ok=True)
         plan = prepare_plan(dataset, overrides=overrides or [], device=config.device, progress=progress)
-        splits = train_val_test(dataset.cases, seed=config.seed)
+        splits = _split(dataset, config.seed)
         for name in ("train", "val"):
             if not splits[name]:
                 raise DatasetError(
@@ -100,12 +125,15 @@ def train_run(
         _check_labels(dataset, cases, name)
     the_task = task_for(plan)
     cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
-    cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
+    cached = {
+        name: cache.build(cases, workers=config.workers, progress=progress)
+        for name, cases in _cached_splits(plan, splits).items()
+    }
     if folds > 1:
         return _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
     trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
     result = trainer.fit(cached["train"], cached["val"], resume=resume)
-    summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=result["history"])
+    summary = _evaluate(run_dir, plan, trainer, splits, cached, history=result["history"], progress=progress)
     return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
 
 
@@ -138,26 +166,35 @@ def _train_folds(
                 highlight=False,
             )
         trainer = Trainer(task, plan, config, fold_dir, progress=progress)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "split.json").write_text(
+            json.dumps({"train": [c.case_id for c in fold.train], "val": [c.case_id for c in fold.val]}, indent=1)
+        )
         val_cached = [cached_by_id[c.case_id] for c in fold.val]
         result = trainer.fit(
             [cached_by_id[c.case_id] for c in fold.train],
             val_cached,
             resume=resume and (fold_dir / "checkpoints" / "last.pt").is_file(),
         )
+        histories.append(result["history"])
+        if plan.task == "segmentation":  # out-of-fold volumes are segmented at evaluation (post-processing)
+            continue
         model = task.build_network(plan, config.dropout).to(trainer.device)
         model.load_state_dict(torch.load(fold_dir / "checkpoints" / "best.pt", map_location=trainer.device))
         pred, y = trainer.predict(model, PatchDataset(val_cached, plan, train=False))
         oof_cases += fold.val
         oof_pred.append(pred)
         oof_y.append(y)
-        histories.append(result["history"])
+    trainer = Trainer(task, plan, config, run_dir, progress=progress)
+    if plan.task == "segmentation":
+        summary = _evaluate(run_dir, plan, trainer, splits, cached, history=histories[0], progress=progress)
+        return {**summary, "folds": k, "epochs_run": sum(len(h) for h in histories)}
     oof_pred, oof_y = np.concatenate(oof_pred), np.concatenate(oof_y)
     threshold = task.choose_threshold(oof_pred, oof_y)
     _write_predictions(run_dir / "predictions_out_of_fold.csv", oof_cases, oof_pred, plan.labels)
     (run_dir / "threshold.json").write_text(
         json.dumps({"threshold": threshold, "chosen_on": "out-of-fold validation", "rule": "Youden's J", "folds": k})
     )
-    trainer = Trainer(task, plan, config, run_dir, progress=progress)
     summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=histories[0])
     return {**summary, "folds": k, "epochs_run": sum(len(h) for h in histories)}
 
@@ -177,6 +214,16 @@ def _ensemble_predict(trainer: Trainer, plan: Plan, run_dir: Path, dataset: Patc
         pred, targets = trainer.predict(model, dataset)
         predictions.append(pred)
     return np.mean(predictions, axis=0), targets, model
+
+
+def _evaluate(run_dir: Path, plan: Plan, trainer: Trainer, splits, cached, **kwargs) -> dict:
+    """Classification is scored on the cached patches; segmentation on whole volumes in their own geometry."""
+    if plan.task == "segmentation":
+        from medmap.training.evaluate_segmentation import evaluate_segmentation
+
+        return evaluate_segmentation(run_dir, plan, trainer, splits, _weights(run_dir), **kwargs)
+    kwargs.pop("progress", None)
+    return evaluate_cached(run_dir, plan, trainer, splits, cached, **kwargs)
 
 
 def evaluate_cached(
@@ -279,9 +326,13 @@ def evaluate_run(
         )
     _check_labels(dataset, splits[split], split)
     cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
-    cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
+    cached = {}
+    if plan.task != "segmentation":
+        cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
     trainer = Trainer(task_for(plan), plan, config, run_dir)
     out_dir = run_dir / f"evaluation-{split}"
     out_dir.mkdir(exist_ok=True)
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else None
-    return evaluate_cached(run_dir, plan, trainer, splits, cached, history=history, split=split, out_dir=out_dir)
+    return _evaluate(
+        run_dir, plan, trainer, splits, cached, history=history, split=split, out_dir=out_dir, progress=progress
+    )

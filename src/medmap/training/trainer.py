@@ -217,8 +217,11 @@ HEAD_NAMES = ("fc", "head", "class_layers")  # classifier layers of medmap's / M
 def _split_parameters(model: torch.nn.Module) -> tuple[list, list]:
     """(head parameters, backbone parameters): the head is what a pretrained file cannot provide."""
     head, backbone = [], []
+    has_encoder = hasattr(model, "encoder")  # segmenters: the encoder is the pretrainable part, the rest is new
     for name, p in model.named_parameters():
-        (head if name.split(".")[0] in HEAD_NAMES else backbone).append(p)
+        first = name.split(".")[0]
+        is_head = first != "encoder" if has_encoder else first in HEAD_NAMES
+        (head if is_head else backbone).append(p)
     return head, backbone
 
 

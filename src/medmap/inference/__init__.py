@@ -1,0 +1,1 @@
+"""Applying trained networks to whole images: sliding window, post-processing, case predictors."""

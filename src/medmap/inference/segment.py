@@ -1,0 +1,68 @@
+"""One image in, one label map out, on exactly the input's grid.
+
+The steps mirror training's preprocessing (`medmap.data.preprocess.segmentation_input`: resample to
+the plan's spacing, crop to the body, normalise), then the sliding window, then the way back: the
+labels are pasted into the resampled grid (background outside the crop) and resampled with nearest
+neighbour onto the input's own grid (shape, spacing, origin and direction identical), then the
+post-processing chosen on validation is applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from medmap.data.preprocess import resample_like, segmentation_input
+from medmap.errors import ConfigError
+from medmap.inference.postprocess import PostProcessing
+from medmap.inference.sliding_window import Predictor, sliding_window
+from medmap.io.image import Image
+from medmap.plan import Plan
+
+
+def check_input(image: Image, plan: Plan, name: str = "input") -> None:
+    """The image must be something the plan's network can read (clear errors otherwise)."""
+    if image.channels != plan.channels:
+        raise ConfigError(f"{name}: {image.channels} channel(s), the model expects {plan.channels}")
+    if plan.input_mode == "3d" and image.is_2d:
+        raise ConfigError(f"{name}: a 2-D image, the model segments 3-D volumes")
+
+
+def segment_image(
+    image: Image,
+    plan: Plan,
+    predictors: Predictor | Sequence[Predictor],
+    *,
+    postprocessing: PostProcessing | None = None,
+    device: str | torch.device = "cpu",
+    mirror: bool | None = None,
+    overlap: float | None = None,
+    progress: bool = False,
+) -> Image:
+    """The label map of ``image`` (uint8, on ``image``'s grid) from patch-trained networks."""
+    check_input(image, plan)
+    array, bbox, resampled = segmentation_input(image, plan.normalization, plan.target_spacing)
+    two_d = plan.input_mode in ("2d", "2.5d")
+    settings = plan.inference
+    use_mirror = settings.mirror if mirror is None else mirror
+    axes = [a for a in plan.augmentation.flip_axes if not (two_d and a == 0)] if use_mirror else []
+    result = sliding_window(
+        array,
+        predictors,
+        plan.patch_size,
+        overlap=settings.overlap if overlap is None else overlap,
+        batch_size=settings.batch_size,
+        mirror_axes=axes,
+        spatial_dims=2 if two_d else 3,
+        device=device,
+        progress=progress,
+    )
+    full = np.zeros(resampled.shape, np.uint8)
+    full[tuple(slice(a, b) for a, b in bbox)] = result.labels
+    labels = resample_like(Image(full, resampled.spacing, resampled.origin, resampled.direction), image, "nearest")
+    array = labels.array.astype(np.uint8)
+    if postprocessing is not None:
+        array = postprocessing.apply(array)
+    return image.with_array(array, modality="SEG")

@@ -1,0 +1,78 @@
+"""Segmentation: a label per voxel. Dice + cross-entropy by default; the best epoch is the one with the
+highest mean foreground Dice on the validation cases' centre patches (a quick proxy: the full
+evaluation runs the sliding window over whole volumes, `medmap.training.evaluate_segmentation`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmap.data.cache import CachedCase
+from medmap.errors import ConfigError
+from medmap.models.segmenters import build_segmenter
+from medmap.plan import Plan
+
+
+class SegmentationLoss(nn.Module):
+    """A MONAI loss on ``(logits [B, K, ...], labels [B, ...])``; with deep supervision the network returns
+    ``[B, S, K, ...]`` (S decoder levels, upsampled) and each level's loss is weighted by MONAI's
+    ``DeepSupervisionLoss`` (halving per level)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss, DiceLoss, TverskyLoss
+
+        common = {"to_onehot_y": True, "softmax": True, "include_background": False, "batch": True}
+        losses = {
+            "dice_ce": lambda: DiceCELoss(**common),
+            "dice": lambda: DiceLoss(**common),
+            "dice_focal": lambda: DiceFocalLoss(**common, gamma=2.0),
+            # alpha weighs false positives, beta false negatives: beta > alpha favours finding small lesions
+            "tversky": lambda: TverskyLoss(**{k: v for k, v in common.items() if k != "batch"}, alpha=0.3, beta=0.7),
+        }
+        if kind not in losses:
+            raise ConfigError(f"loss {kind!r}: choose one of {', '.join(losses)} for segmentation")
+        self.loss = losses[kind]()
+        self.deep = DeepSupervisionLoss(self.loss, weight_mode="exp")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.unsqueeze(1)
+        if logits.dim() == target.dim() + 1:  # deep supervision: [B, S, K, ...]
+            return self.deep(list(torch.unbind(logits, dim=1)), target)
+        return self.loss(logits, target)
+
+
+def dice_per_class(predictions: np.ndarray, targets: np.ndarray, classes: list[int]) -> dict[int, float]:
+    """Dice of each class over all voxels of all the given label maps pooled (NaN where absent from both)."""
+    out = {}
+    for value in classes:
+        p, t = predictions == value, targets == value
+        total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
+        out[value] = 2 * int(np.count_nonzero(p & t)) / total if total else float("nan")
+    return out
+
+
+class SegmentationTask:
+    name = "segmentation"
+    monitor = "dice"
+
+    def build_network(self, plan: Plan, dropout: float) -> nn.Module:
+        return build_segmenter(plan, dropout)
+
+    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
+        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
+
+    def predictions(self, logits: torch.Tensor) -> np.ndarray:
+        return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+    def choose_threshold(self, predictions: np.ndarray, targets: np.ndarray) -> float | None:
+        return None  # the arg-max decides; post-processing is chosen on whole validation volumes instead
+
+    def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        classes = [int(v) for v in np.unique(np.concatenate([np.unique(predictions), np.unique(targets)])) if v > 0]
+        scores = dice_per_class(predictions, targets, classes)
+        values = [v for v in scores.values() if not np.isnan(v)]
+        metrics = {f"dice_{k}": v for k, v in scores.items()}
+        metrics["dice"] = float(np.mean(values)) if values else float("nan")
+        return metrics

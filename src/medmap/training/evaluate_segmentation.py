@@ -1,0 +1,183 @@
+"""Evaluate a segmentation run on whole volumes, in the images' own geometry.
+
+1. Post-processing is chosen on the validation cases (out-of-fold when trained with ``--folds``):
+   each case segmented by the model(s) that did not train on it, compared with its mask.
+2. Every case of the evaluated split is segmented by the run's models (fold ensemble), post-processed,
+   written as a NIfTI label map on the input's grid (``predictions_<split>/<case>.nii.gz``), and
+   scored against its mask (`medmap.evaluation.segmentation`). Cases without a mask (a dataset's
+   unlabelled test images) are predicted and written, not scored.
+3. ``metrics.json``, ``cases_<split>.csv`` (one row per case and class) and ``report.html`` with the
+   per-class table, box plots, lesion detection and overlays of the best, median and worst cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmap.data.dataset import Case, check_mask
+from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curves
+from medmap.evaluation.report import segmentation_report
+from medmap.evaluation.segmentation import case_metrics, summarize
+from medmap.inference.postprocess import PostProcessing, choose_postprocessing
+from medmap.inference.segment import segment_image
+from medmap.io.load import save
+from medmap.plan import Plan
+from medmap.progress import track
+
+TOLERANCE_MM = 2.0  # surface Dice tolerance (a voxel or two of typical abdominal CT)
+
+
+def load_models(trainer, plan: Plan, paths: list[Path]) -> list[torch.nn.Module]:
+    models = []
+    for path in paths:
+        model = trainer.task.build_network(plan, trainer.config.dropout).to(trainer.device)
+        model.load_state_dict(torch.load(path, map_location=trainer.device))
+        models.append(model.eval())
+    return models
+
+
+def _validation_pairs(run_dir: Path, plan: Plan, trainer, splits, weights: list[Path], progress: bool):
+    """(prediction, truth) of each validation case by a model that never trained on it."""
+    by_id = {c.case_id: c for name in splits for c in splits[name]}
+    assignments: list[tuple[Case, Path]] = []
+    fold_splits = sorted(run_dir.glob("fold-*/split.json"))
+    if fold_splits:
+        for split_file in fold_splits:
+            weight = split_file.parent / "checkpoints" / "best.pt"
+            assignments += [(by_id[i], weight) for i in json.loads(split_file.read_text())["val"]]
+    else:
+        assignments = [(c, weights[0]) for c in splits.get("val", [])]
+    pairs, models = [], {}
+    for case, weight in track(assignments, "choosing post-processing", enabled=progress):
+        if case.mask is None:
+            continue
+        if weight not in models:
+            models[weight] = load_models(trainer, plan, [weight])
+        image, mask = case.load_image(), case.load_mask()
+        check_mask(case.case_id, image, mask, plan.labels)
+        predicted = segment_image(image, plan, models[weight], device=trainer.device)
+        pairs.append((predicted.array, mask.array))
+    return pairs
+
+
+def _case_rows(case_id: str, metrics: dict) -> list[list]:
+    rows = []
+    for name, m in metrics["classes"].items():
+        lesions = metrics["lesions"].get(name, {})
+        rows.append(
+            [case_id, name]
+            + [f"{m[k]:.4f}" for k in ("dice", "iou", "sensitivity", "precision", "hd95_mm", "msd_mm", "nsd")]
+            + [f"{m['volume_ml_truth']:.2f}", f"{m['volume_ml_predicted']:.2f}", f"{metrics['pixel_accuracy']:.5f}"]
+            + [lesions.get("lesions", ""), lesions.get("detected", ""), lesions.get("false_positives", "")]
+        )
+    return rows
+
+
+CSV_HEADER = [
+    "case_id",
+    "class",
+    "dice",
+    "iou",
+    "sensitivity",
+    "precision",
+    "hd95_mm",
+    "msd_mm",
+    "surface_dice",
+    "volume_ml_truth",
+    "volume_ml_predicted",
+    "pixel_accuracy",
+    "lesions",
+    "lesions_detected",
+    "false_positive_components",
+]
+
+
+def evaluate_segmentation(
+    run_dir: Path,
+    plan: Plan,
+    trainer,
+    splits: dict[str, list[Case]],
+    weights: list[Path],
+    *,
+    history: list[dict] | None = None,
+    split: str = "test",
+    out_dir: Path | None = None,
+    progress: bool = False,
+) -> dict:
+    out_dir = out_dir or run_dir
+    pp_file = run_dir / "postprocessing.json"
+    if pp_file.is_file():
+        postprocessing = PostProcessing.load(pp_file)
+    else:
+        pairs = _validation_pairs(run_dir, plan, trainer, splits, weights, progress)
+        postprocessing = choose_postprocessing(pairs, plan.labels) if pairs else PostProcessing()
+        postprocessing.save(pp_file)
+    labelled = [c for c in splits.get(split, []) if c.mask is not None]
+    evaluated = split if labelled else "val"
+    models = load_models(trainer, plan, weights)
+    predictions_dir = out_dir / f"predictions_{evaluated}"
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    per_case, shown = {}, {}
+    cases = splits.get(evaluated, []) + (splits.get("unlabelled", []) if evaluated == split else [])
+    for case in track(cases, f"segmenting {evaluated} cases", enabled=progress):
+        image = case.load_image()
+        predicted = segment_image(image, plan, models, postprocessing=postprocessing, device=trainer.device)
+        save(predicted, predictions_dir / f"{case.case_id}.nii.gz")
+        if case.mask is None:
+            continue
+        mask = case.load_mask()
+        check_mask(case.case_id, image, mask, plan.labels)
+        truth = mask.array
+        per_case[case.case_id] = case_metrics(
+            predicted.array, truth, image.spacing, plan.labels, tolerance_mm=TOLERANCE_MM
+        )
+        grey = image.array if image.channels == 1 else image.array[..., 0]
+        shown[case.case_id] = (grey, truth, predicted.array, image.spacing)
+    summary = summarize(per_case, plan.labels, seed=trainer.config.seed)
+    with open(out_dir / f"cases_{evaluated}.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_HEADER)
+        for case_id, metrics in per_case.items():
+            writer.writerows(_case_rows(case_id, metrics))
+    names = [plan.labels[k] for k in sorted(plan.labels) if k != 0]
+    plots = {}
+    if per_case:
+        plots["dice"] = metric_boxplot(per_case, "dice", names)
+        plots["hd95"] = metric_boxplot(per_case, "hd95_mm", names)
+        ranking = sorted(per_case, key=lambda i: np.nanmean([per_case[i]["classes"][n]["dice"] for n in names]))
+        picks = {"worst": ranking[0], "median": ranking[len(ranking) // 2], "best": ranking[-1]}
+        rows = []
+        for kind, case_id in picks.items():
+            mean_dice = np.nanmean([per_case[case_id]["classes"][n]["dice"] for n in names])
+            grey, truth, pred, spacing = shown[case_id]
+            rows.append((f"{kind}: {case_id} (mean Dice {mean_dice:.3f})", grey, truth, pred, spacing))
+        plots["overlays"] = overlay_panel([r[:4] for r in rows], [r[4] for r in rows], plan.labels)
+    if history:
+        plots["training"] = training_curves(history, trainer.task.monitor)
+    notes = [
+        f"dataset {plan.dataset}: {len(splits.get('train', []))} training, {len(splits.get('val', []))} validation, "
+        f"{len(per_case)} {evaluated} cases scored",
+        f"network {plan.network} (width {plan.network_width}, {plan.network_depth} levels), patch {plan.patch_size} "
+        f"at spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm; {len(weights)} model(s)",
+        f"sliding window: overlap {plan.inference.overlap}, Gaussian weighting, mirroring "
+        f"{'on' if plan.inference.mirror else 'off'}; labels resampled back to each image's own grid",
+        *[f"post-processing: {line}" for line in postprocessing.log],
+        *plan.notes,
+    ]
+    report = segmentation_report(
+        out_dir / "report.html",
+        title=f"medmap evaluation: {plan.dataset} ({evaluated})",
+        summary=summary,
+        tolerance_mm=TOLERANCE_MM,
+        plots=plots,
+        notes=notes,
+        cases_csv=f"cases_{evaluated}.csv",
+    )
+    payload = {"split": evaluated, "metrics": summary, "cases": per_case, "tolerance_mm": TOLERANCE_MM}
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
+    return {"metrics": summary, "report": str(report), "split": evaluated, "predictions": str(predictions_dir)}
