@@ -311,7 +311,13 @@ def train(
     data: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (new, or the one to --resume).")],
     task: Annotated[str | None, typer.Option(help="classification or segmentation (checked against the data).")] = None,
-    model: Annotated[str | None, typer.Option(help="Network: smallcnn, resnet18/34/50, densenet121.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Network. Classification: smallcnn, resnet18/34/50, densenet121. "
+            "Segmentation: unet, resunet18/34/50, deeplabv3plus."
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 30,
     learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (L2).")] = 1e-4,

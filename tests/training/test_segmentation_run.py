@@ -10,9 +10,10 @@ from medmap.data.layouts import read_dataset, write_msd
 from medmap.errors import DatasetError
 from medmap.io.image import Image
 from medmap.io.load import load
-from medmap.training.run import evaluate_run, train_run
+from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 from tests.builders import rotation
+from tests.test_cli import medmap_cli
 
 
 def ball_case(seed: int, shape=(14, 28, 28), spacing=(3.0, 1.5, 1.5)):
@@ -31,18 +32,25 @@ def ball_case(seed: int, shape=(14, 28, 28), spacing=(3.0, 1.5, 1.5)):
     return image, image.with_array(label)
 
 
-@pytest.fixture
-def balls(tmp_path):
+@pytest.fixture(scope="module")
+def balls(tmp_path_factory):
+    root = tmp_path_factory.mktemp("balls")
     training = [(f"ball_{i:02d}", *ball_case(i)) for i in range(8)]
     test = [("ball_99", ball_case(99)[0])]
-    return write_msd(tmp_path / "balls", "Balls", {0: "background", 1: "ball", 2: "core"}, "MR", training, test)
+    return write_msd(root / "balls", "Balls", {0: "background", 1: "ball", 2: "core"}, "MR", training, test)
 
 
-def test_segmentation_trains_evaluates_and_keeps_geometry(balls, tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(balls, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
     overrides = ["patch_size=[8,16,16]", "batch_size=4", "network_width=8", "network_depth=3"]
     config = TrainConfig(epochs=12, samples_per_epoch=48, workers=0, learning_rate=3e-3, warmup_epochs=1)
     summary = train_run(balls, run, task="segmentation", overrides=overrides, config=config)
+    return run, summary
+
+
+def test_segmentation_trains_evaluates_and_keeps_geometry(balls, trained):
+    run, summary = trained
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["loss"] < history[0]["loss"]
     ball = summary["metrics"]["classes"]["ball"]
@@ -65,9 +73,18 @@ def test_segmentation_trains_evaluates_and_keeps_geometry(balls, tmp_path):
     assert postprocessing["log"][0].startswith("validation mean Dice")
     page = (run / "report.html").read_text()
     assert "surface Dice" in page and 'alt="overlays"' in page and "Lesion detection" in page
-    # evaluate again from the run folder: same numbers
-    again = evaluate_run(run, balls, split=summary["split"])
-    assert again["metrics"]["classes"]["ball"]["dice"]["mean"] == pytest.approx(ball["dice"]["mean"])
+    rows = (run / f"cases_{summary['split']}.csv").read_text().splitlines()
+    assert rows[0].startswith("case_id,class,dice") and len(rows) == 1 + 2 * summary["metrics"]["n"]
+
+
+def test_evaluate_command_reproduces_the_run(balls, trained):
+    run, summary = trained
+    result = medmap_cli("evaluate", str(run), str(balls), "--split", summary["split"])
+    assert result.returncode == 0, result.stderr
+    dice = summary["metrics"]["classes"]["ball"]["dice"]["mean"]
+    assert f"ball: Dice {dice:.3f}" in result.stdout
+    again = json.loads((run / f"evaluation-{summary['split']}" / "metrics.json").read_text())
+    assert again["metrics"]["classes"]["ball"]["dice"]["mean"] == pytest.approx(dice)
 
 
 @pytest.mark.parametrize("fault", ["undeclared", "shape"])

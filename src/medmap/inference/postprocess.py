@@ -5,7 +5,11 @@ Candidates, tried in this order (greedily, each on top of the ones kept):
    object; islands elsewhere are false positives);
 2. per class, keep only its largest component (an organ class; wrong for lesion classes, which
    validation then rejects);
-3. per pair of classes, remove components of one that touch no voxel of the other (tumour outside the liver).
+3. per pair of classes, remove components of one that touch no voxel of the other (tumour outside the liver);
+4. per class, remove components smaller than a volume (50, 200 or 1000 mm^3): specks a network leaves.
+
+A removed component takes the label that surrounds it most (a tumour speck inside the liver becomes
+liver, not a hole).
 
 A step is kept when it raises the mean foreground Dice over the validation cases (nnU-Net's rule).
 The choice and the Dice before and after each step are saved in the run (``postprocessing.json``).
@@ -22,23 +26,28 @@ from scipy import ndimage
 
 from medmap.evaluation.segmentation import CONNECTIVITY_3D
 
+MIN_VOLUMES_MM3 = (50.0, 200.0, 1000.0)
+
 
 @dataclass
 class PostProcessing:
     largest_foreground: bool = False
     largest_of: list[int] = field(default_factory=list)  # class values reduced to their largest component
     inside: dict[int, int] = field(default_factory=dict)  # class -> class its components must touch
+    min_volume_mm3: dict[int, float] = field(default_factory=dict)  # class -> smallest component kept
     log: list[str] = field(default_factory=list)  # what was tried on validation, with the Dice
 
-    def apply(self, labels: np.ndarray) -> np.ndarray:
+    def apply(self, labels: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
         out = labels.copy()
         if self.largest_foreground:
             out[~_largest(out > 0)] = 0
         for value in self.largest_of:
             mask = out == value
-            out[mask & ~_largest(mask)] = 0
+            _fill(out, mask & ~_largest(mask))
         for value, container in self.inside.items():
-            out[_not_touching(out == value, out == container)] = 0
+            _fill(out, _not_touching(out == value, out == container))
+        for value, volume in self.min_volume_mm3.items():
+            _fill(out, _smaller_than(out == value, volume / float(np.prod(spacing))))
         return out
 
     def save(self, path: str | Path) -> None:
@@ -51,6 +60,7 @@ class PostProcessing:
             return cls()
         data = json.loads(path.read_text())
         data["inside"] = {int(k): int(v) for k, v in data.get("inside", {}).items()}
+        data["min_volume_mm3"] = {int(k): float(v) for k, v in data.get("min_volume_mm3", {}).items()}
         return cls(**data)
 
 
@@ -66,6 +76,28 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
     return components == int(np.argmax(sizes))
+
+
+def _smaller_than(mask: np.ndarray, voxels: float) -> np.ndarray:
+    components, n = _components(mask)
+    if n == 0:
+        return np.zeros_like(mask)
+    sizes = np.bincount(components.ravel())
+    small = np.flatnonzero(sizes < voxels)
+    return np.isin(components, small[small > 0])
+
+
+def _fill(labels: np.ndarray, remove: np.ndarray) -> None:
+    """Give each component of ``remove`` the most common label on its outer border (in place)."""
+    components, _ = _components(remove)
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        piece = components[grown] == index
+        border = ndimage.binary_dilation(piece) & ~piece & ~remove[grown]
+        values = labels[grown][border]
+        labels[grown][piece] = np.bincount(values).argmax() if values.size else 0
 
 
 def _not_touching(mask: np.ndarray, container: np.ndarray) -> np.ndarray:
@@ -89,8 +121,12 @@ def mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) ->
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def choose_postprocessing(pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[int, str]) -> PostProcessing:
-    """The steps that raise the mean foreground Dice on (prediction, truth) validation pairs."""
+def choose_postprocessing(
+    pairs: list[tuple[np.ndarray, np.ndarray]], labels: dict[int, str], spacings: list | None = None
+) -> PostProcessing:
+    """The steps that raise the mean foreground Dice on (prediction, truth) validation pairs (label maps
+    on grids of ``spacings``, 1 mm when not given)."""
+    spacings = spacings or [(1.0, 1.0, 1.0)] * len(pairs)
     classes = [k for k in sorted(labels) if k != 0]
     chosen = PostProcessing()
     best = mean_dice(pairs, classes)
@@ -100,15 +136,21 @@ def choose_postprocessing(pairs: list[tuple[np.ndarray, np.ndarray]], labels: di
     candidates += [
         (f"remove {labels[a]} not touching {labels[b]}", {"inside": {a: b}}) for a in classes for b in classes if a != b
     ]
+    candidates += [
+        (f"remove {labels[k]} components under {v:g} mm3", {"min_volume_mm3": {k: v}})
+        for k in classes
+        for v in MIN_VOLUMES_MM3
+    ]
     for name, change in candidates:
         trial = PostProcessing(
             largest_foreground=chosen.largest_foreground or change.get("largest_foreground", False),
             largest_of=chosen.largest_of + change.get("largest_of", []),
             inside={**chosen.inside, **change.get("inside", {})},
+            min_volume_mm3={**chosen.min_volume_mm3, **change.get("min_volume_mm3", {})},
         )
         if any(a in trial.inside.values() and a in trial.inside for a in trial.inside):
             continue  # chains (a inside b inside a) make no sense
-        score = mean_dice([(trial.apply(p), t) for p, t in pairs], classes)
+        score = mean_dice([(trial.apply(p, s), t) for (p, t), s in zip(pairs, spacings, strict=True)], classes)
         kept = score > best + 1e-6
         chosen.log.append(f"{name}: {score:.4f} -> {'kept' if kept else 'rejected'}")
         if kept:

@@ -64,5 +64,5 @@ def segment_image(
     labels = resample_like(Image(full, resampled.spacing, resampled.origin, resampled.direction), image, "nearest")
     array = labels.array.astype(np.uint8)
     if postprocessing is not None:
-        array = postprocessing.apply(array)
+        array = postprocessing.apply(array, image.spacing)
     return image.with_array(array, modality="SEG")

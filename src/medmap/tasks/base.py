@@ -21,7 +21,9 @@ class Task(Protocol):
     name: str
     monitor: str  # validation metric to maximise: best checkpoint and early stopping
 
-    def build_network(self, plan: Plan, dropout: float) -> nn.Module: ...
+    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
+        """The plan's network; ``dropout`` None means the task's default."""
+        ...
 
     def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module: ...
 

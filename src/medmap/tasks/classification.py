@@ -25,8 +25,8 @@ class ClassificationTask:
     name = "classification"
     monitor = "auc"
 
-    def build_network(self, plan: Plan, dropout: float) -> nn.Module:
-        return build_classifier(plan, dropout)
+    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
+        return build_classifier(plan, 0.2 if dropout is None else dropout)
 
     def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
         return nn.CrossEntropyLoss(weight=class_weights(train, len(plan.labels)), label_smoothing=label_smoothing)

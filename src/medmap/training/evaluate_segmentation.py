@@ -61,7 +61,7 @@ def _validation_pairs(run_dir: Path, plan: Plan, trainer, splits, weights: list[
         image, mask = case.load_image(), case.load_mask()
         check_mask(case.case_id, image, mask, plan.labels)
         predicted = segment_image(image, plan, models[weight], device=trainer.device)
-        pairs.append((predicted.array, mask.array))
+        pairs.append((predicted.array, mask.array, image.spacing))
     return pairs
 
 
@@ -115,7 +115,9 @@ def evaluate_segmentation(
         postprocessing = PostProcessing.load(pp_file)
     else:
         pairs = _validation_pairs(run_dir, plan, trainer, splits, weights, progress)
-        postprocessing = choose_postprocessing(pairs, plan.labels) if pairs else PostProcessing()
+        postprocessing = PostProcessing()
+        if pairs:
+            postprocessing = choose_postprocessing([p[:2] for p in pairs], plan.labels, [p[2] for p in pairs])
         postprocessing.save(pp_file)
     labelled = [c for c in splits.get(split, []) if c.mask is not None]
     evaluated = split if labelled else "val"

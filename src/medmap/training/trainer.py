@@ -33,7 +33,7 @@ class TrainConfig:
     warmup_epochs: int = 2
     patience: int = 10  # epochs without a better validation metric before stopping
     samples_per_epoch: int | None = None  # default: 3 x the training cases, at least 8 batches
-    dropout: float = 0.2
+    dropout: float | None = None  # None: the task's default (classification 0.2, segmentation none, as nnU-Net)
     label_smoothing: float = 0.05
     balanced_sampling: bool = True
     workers: int = 2
