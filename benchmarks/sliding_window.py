@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per method, interleaved; medians")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -127,18 +128,24 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args)
         return
+    runs: dict[str, list[dict]] = {m: [] for m in METHODS}
+    passthrough = list(sys.argv[1:])
+    for repeat in range(args.repeats):  # interleaved, so a slow spell of the shared machine hits every method
+        for method in METHODS:
+            print(f"run {repeat + 1}/{args.repeats}: {method} ...", flush=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, *passthrough, "--worker", method], capture_output=True, text=True, check=True
+            )
+            runs[method].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     results = {}
-    passthrough = [a for a in sys.argv[1:]]
-    for method in METHODS:
-        print(f"running {method} ...", flush=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--worker", method], capture_output=True, text=True, check=True
-        )
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for method, reports in runs.items():
+        seconds = sorted(r["seconds"] for r in reports)
+        peak = max(r["peak_kb"] for r in reports)
         results[method] = {
-            "seconds": report["seconds"],
-            "peak_mb": report["peak_kb"] / 1024,
-            "peak_x_volume": report["peak_kb"] * 1024 / report["volume_bytes"],
+            "seconds": seconds[len(seconds) // 2],
+            "all_seconds": seconds,
+            "peak_mb": peak / 1024,
+            "peak_x_volume": peak * 1024 / reports[0]["volume_bytes"],
         }
     limit = results["network only"]["seconds"]
     for r in results.values():

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmap import __version__
-from medmap.errors import MedmapError, MedmapWarning, OutputError, SeriesError
+from medmap.errors import ConfigError, MedmapError, MedmapWarning, OutputError, SeriesError
 
 app = typer.Typer(
     name="medmap",
@@ -460,6 +460,93 @@ def evaluate(
     from medmap.training.run import evaluate_run
 
     _print_summary(evaluate_run(run, data, split=split, cache_root=cache, progress=True))
+
+
+bundle_app = typer.Typer(
+    help="Trained models as verified folders: make one from a run, show one.", no_args_is_help=True
+)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("create")
+def bundle_create(
+    run: Annotated[Path, typer.Argument(help="A finished training run folder (medmap train -o RUN).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Bundle folder to write (new).")],
+    intended_use: Annotated[str | None, typer.Option(help="Intended use statement for the model card.")] = None,
+) -> None:
+    """Package a run: weights, plan, labels with SNOMED CT codes, post-processing, metrics, model card."""
+    from medmap.inference.bundle import create_bundle, load_bundle
+
+    path = create_bundle(run, output, intended_use=intended_use)
+    bundle = load_bundle(path)
+    out.print(f"bundle {path}: {bundle.task}, {len(bundle.weights)} model(s); model card {path / 'MODEL_CARD.md'}")
+
+
+@bundle_app.command("info")
+def bundle_info(bundle: Annotated[Path, typer.Argument(help="Bundle folder.")]) -> None:
+    """Verify a bundle (every file's SHA-256) and print its model card."""
+    from medmap.inference.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    print((loaded.root / "MODEL_CARD.md").read_text())
+    out.print(f"verified: {len(loaded.manifest['files'])} files match bundle.json")
+
+
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder.")],
+    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+) -> None:
+    """Export the bundle's networks (ONNX for ONNX Runtime, or TorchScript) into BUNDLE/export/."""
+    from medmap.inference.bundle import load_bundle
+    from medmap.inference.engines import export as export_networks
+
+    for path in export_networks(load_bundle(bundle), format_, progress=True):
+        out.print(str(path))
+
+
+def _lesion(text: str) -> tuple[float, float, float]:
+    try:
+        x, y, z = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--lesion {text!r}: expected x,y,z in mm (LPS), e.g. --lesion -60.5,12,-140") from None
+    return x, y, z
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Bundle folder (medmap bundle create).")],
+    source: Annotated[
+        Path, typer.Argument(help="DICOM series or folder of studies, image file or folder, or CSV manifest.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    engine: Annotated[str, typer.Option(help="torch, torchscript or onnx (ONNX Runtime).")] = "torch",
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    lesion: Annotated[
+        list[str] | None, typer.Option(help="Lesion position x,y,z in mm (LPS) for lesion classifiers; repeatable.")
+    ] = None,
+) -> None:
+    """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, per case."""
+    from medmap.inference.predictor import predict as run_predict
+
+    results = run_predict(
+        bundle,
+        source,
+        output,
+        engine=engine,
+        device=device,
+        lesions=[_lesion(t) for t in lesion or []] or None,
+        progress=True,
+    )
+    for r in results:
+        if r.ok:
+            out.print(f"{r.case_id}: " + ", ".join(f"{k} {v}" for k, v in r.outputs.items()), highlight=False)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        sys.stderr.write(f"error: {_one_line(r.error)}\n")
+    out.print(f"{len(results) - len(failed)} of {len(results)} case(s) done; summary {output / 'summary.json'}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -69,6 +69,7 @@ class Plan(_Strict):
     modality: str
     channels: int = 1
     labels: dict[int, str]  # segmentation: label value -> name; classification: class index -> name
+    lesion_level: bool = False  # classification of a lesion at a given position (else of the whole image)
     input_mode: Literal["2d", "2.5d", "3d"]  # 2.5d: three orthogonal planes through the lesion as channels
     target_spacing: Triple  # mm, (slice, row, column)
     normalization: Normalization

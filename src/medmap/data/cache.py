@@ -102,9 +102,6 @@ def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
     except MedmapError as exc:
         others = f" (and {len(cases) - 1} other lesion(s) in this image)" if len(cases) > 1 else ""
         raise DatasetError(f"case {cases[0].case_id}{others}: {exc}") from None
-    side = int(np.ceil(1.5 * max(plan.patch_size) / 2) * 2)
-    size = (side, side, side) if plan.input_mode != "2d" else (1, side, side)
-    pad = float(image.array.min())
     for case in cases:
         index = image.world_to_index(np.asarray(case.lesion.position, dtype=float))
         if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
@@ -112,10 +109,7 @@ def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
                 f"case {case.case_id}: lesion at {tuple(case.lesion.position)} mm (LPS) lies outside "
                 f"its image {case.images[0]} (voxel {tuple(np.round(index, 1))} of {image.shape})"
             )
-        cube = lesion_patch(image, case.lesion.position, size, plan.target_spacing, pad)
-        cube = normalize(cube, plan.normalization)
-        array = cube if cube.ndim == 4 else cube[np.newaxis]
-        _save(folder / f"{case.case_id}.npy", array.astype(np.float32))
+        _save(folder / f"{case.case_id}.npy", lesion_cube(image, case.lesion.position, plan))
         meta = {
             "case_id": case.case_id,
             "label": case.label,
@@ -125,12 +119,29 @@ def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
         (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
 
 
-def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
-    image = resample(case.load_image(), plan.target_spacing, "linear")
+def lesion_cube(image, position, plan: Plan) -> np.ndarray:
+    """The normalised cube around a lesion that training cuts its (shifted) patches from: 1.5 x the patch,
+    channels first, float32. Inference cuts the centred patch from the same cube (`medmap.data.loader`)."""
+    side = int(np.ceil(1.5 * max(plan.patch_size) / 2) * 2)
+    size = (side, side, side) if plan.input_mode != "2d" else (1, side, side)
+    cube = lesion_patch(image, position, size, plan.target_spacing, float(image.array.min()))
+    cube = normalize(cube, plan.normalization)
+    return (cube if cube.ndim == 4 else cube[np.newaxis]).astype(np.float32)
+
+
+def whole_image_input(image, plan: Plan) -> np.ndarray:
+    """A whole image as a classifier sees it: resampled, normalised, centre padded/cropped to the patch."""
+    image = resample(image, plan.target_spacing, "linear")
     array = channels_first(normalize(image.array, plan.normalization), image.channels)
     centre = (np.asarray(array.shape[1:]) - 1) / 2
-    array = extract_patch(array, centre, plan.patch_size, float(array.min()))
-    _save(folder / f"{case.case_id}.npy", array.astype(np.float32))
+    return extract_patch(array, centre, plan.patch_size, float(array.min())).astype(np.float32)
+
+
+def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
+    image = case.load_image()
+    array = whole_image_input(image, plan)
+    image = resample(image, plan.target_spacing, "linear")
+    _save(folder / f"{case.case_id}.npy", array)
     meta = {"case_id": case.case_id, "label": case.label, "geometry": _geometry(image)}
     (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
 

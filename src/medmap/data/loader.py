@@ -84,14 +84,11 @@ class PatchDataset(TorchDataset):
             y = extract_patch(mask, centre, patch, 0) if mask is not None else np.zeros(patch, np.uint8)
             sample = {"image": torch.from_numpy(x), "target": torch.from_numpy(y.astype(np.int64))}
         else:
-            centre = (np.asarray(image.shape[1:]) - 1) / 2
+            shift = None
             if self.train and "lesion" in case.meta:  # small shifts keep the lesion near, not at, the centre
                 jitter = np.asarray(patch) * 0.08 * self.plan.augmentation.strength
-                centre = centre + rng.uniform(-jitter, jitter) * (np.asarray(image.shape[1:]) > 1)
-            if self.plan.input_mode == "2.5d":
-                x = self._orthogonal_planes(image, centre, patch)
-            else:
-                x = extract_patch(image, centre, patch, float(image.min()))
+                shift = rng.uniform(-jitter, jitter) * (np.asarray(image.shape[1:]) > 1)
+            x = classifier_input(image, self.plan, shift)
             sample = {
                 "image": torch.from_numpy(np.ascontiguousarray(x)),
                 "target": torch.tensor(-1 if case.label is None else case.label),
@@ -102,13 +99,26 @@ class PatchDataset(TorchDataset):
                 sample["target"] = sample["target"][0]
         return sample
 
-    @staticmethod
-    def _orthogonal_planes(image: np.ndarray, centre: np.ndarray, patch) -> np.ndarray:
-        side = max(patch[1:])
-        cube = extract_patch(image, centre, (side, side, side), float(image.min()))
-        mid = side // 2
-        planes = [cube[:, mid], cube[:, :, mid], cube[:, :, :, mid]]  # axial, coronal, sagittal
-        return np.concatenate(planes, axis=0)[:, np.newaxis]
+
+def orthogonal_planes(image: np.ndarray, centre: np.ndarray, patch) -> np.ndarray:
+    """2.5-D input: the axial, coronal and sagittal planes through ``centre`` as channels."""
+    side = max(patch[1:])
+    cube = extract_patch(image, centre, (side, side, side), float(image.min()))
+    mid = side // 2
+    planes = [cube[:, mid], cube[:, :, mid], cube[:, :, :, mid]]
+    return np.concatenate(planes, axis=0)[:, np.newaxis]
+
+
+def classifier_input(array: np.ndarray, plan: Plan, shift: np.ndarray | None = None) -> np.ndarray:
+    """The patch a classifier sees from a cached array ``[C, Z, Y, X]`` (a lesion cube or a whole image):
+    centred (plus ``shift`` voxels in training), or the three planes in 2.5-D mode. Training, evaluation
+    and prediction all call this one function."""
+    centre = (np.asarray(array.shape[1:]) - 1) / 2
+    if shift is not None:
+        centre = centre + shift
+    if plan.input_mode == "2.5d":
+        return orthogonal_planes(array, centre, plan.patch_size)
+    return extract_patch(array, centre, plan.patch_size, float(array.min()))
 
 
 class EpochSampler(Sampler[int]):

@@ -115,8 +115,9 @@ def sliding_window(
     padded = tuple(volume.shape[1:])
     starts = [window_starts(s, w, overlap) for s, w in zip(padded, window, strict=True)]
     g = [torch.as_tensor(gaussian_1d(w), dtype=torch.float32, device=device) for w in window]
-    importance = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :]
     mirrors = _mirrors(list(mirror_axes))
+    # the Gaussian, divided once by the number of passes averaged per window
+    importance = g[0][:, None, None] * g[1][None, :, None] * g[2][None, None, :] / (len(predictors) * len(mirrors))
     weight = None
     if return_probabilities:
         sums = [_weight_sum(s, w, st) for s, w, st in zip(padded, window, starts, strict=True)]
@@ -141,8 +142,8 @@ def sliding_window(
                 logits = logits[:, :, None]
             p = torch.softmax(logits.float(), dim=1)
             p = torch.flip(p, dims) if dims else p
-            total = p if total is None else total + p
-        return total * (importance / (len(predictors) * len(mirrors)))
+            total = p if total is None else total.add_(p)  # in place: no new window-sized buffers per pass
+        return total.mul_(importance)
 
     from medmap.progress import track
 

@@ -174,6 +174,7 @@ def plan_dataset(dataset: Dataset, fp: Fingerprint, *, device: str = "cpu", budg
         channels=fp.channels,
         labels=dataset.labels,
         input_mode=input_mode,
+        lesion_level=fp.task == "classification" and bool(fp.lesion_cases),
         target_spacing=tuple(float(s) for s in spacing),
         normalization=normalization,
         patch_size=patch,

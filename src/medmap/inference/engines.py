@@ -1,0 +1,130 @@
+"""Execution engines: the seam between "a bundle's networks" and "a function from a batch to logits".
+
+The predictor and the sliding window only ever call ``engine(x) -> logits`` (torch tensors in and out), so
+torch eager, TorchScript and ONNX Runtime are interchangeable without a second predictor.
+
+- ``torch``: the networks themselves (eager).
+- ``torchscript``: ``torch.jit.trace`` of each network, saved as ``BUNDLE/export/model-K.torchscript.pt``.
+- ``onnx``: ``BUNDLE/export/model-K.onnx`` run by ONNX Runtime (CPU provider; CUDA when asked and
+  available), batch size dynamic.
+
+`export` writes the files (``medmap export``); exports are derived files, so each carries the SHA-256 of
+the weights it came from (``export/exports.json``) and a stale export is re-made rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from medmap.errors import ConfigError
+from medmap.inference.bundle import Bundle, sha256
+from medmap.models.registry import input_channels, spatial_dims
+
+ENGINES = ("torch", "torchscript", "onnx")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+Engine = Callable[[torch.Tensor], torch.Tensor]
+
+
+def example_input(bundle: Bundle, batch: int = 1) -> torch.Tensor:
+    plan = bundle.plan
+    shape = plan.patch_size if spatial_dims(plan) == 3 else plan.patch_size[1:]
+    return torch.zeros(batch, input_channels(plan), *shape)
+
+
+def _export_dir(bundle: Bundle) -> Path:
+    return bundle.root / "export"
+
+
+def _record(bundle: Bundle) -> dict:
+    path = _export_dir(bundle) / "exports.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export(bundle: Bundle, fmt: str, *, progress: bool = False) -> list[Path]:
+    """Write the bundle's networks in ``fmt`` (``onnx`` or ``torchscript``) under ``BUNDLE/export/``."""
+    if fmt not in SUFFIX:
+        raise ConfigError(f"--format {fmt}: choose onnx or torchscript")
+    out = _export_dir(bundle)
+    out.mkdir(exist_ok=True)
+    record = _record(bundle)
+    paths = []
+    from medmap.progress import track
+
+    for i, (weights, model) in enumerate(
+        track(list(zip(bundle.weights, bundle.networks(), strict=True)), f"exporting to {fmt}", enabled=progress)
+    ):
+        target = out / f"model-{i}{SUFFIX[fmt]}"
+        x = example_input(bundle, batch=2)
+        with torch.no_grad():
+            if fmt == "torchscript":
+                torch.jit.save(torch.jit.trace(model, x), target)
+            else:
+                _onnx_export(model, x, target)
+        record[target.name] = {"weights": weights.name, "weights_sha256": sha256(weights)}
+        paths.append(target)
+    (out / "exports.json").write_text(json.dumps(record, indent=1))
+    return paths
+
+
+def _onnx_export(model: torch.nn.Module, x: torch.Tensor, target: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            str(target),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def _fresh(bundle: Bundle, fmt: str) -> list[Path] | None:
+    """The exported files when they exist and match the current weights, else None."""
+    record = _record(bundle)
+    paths = []
+    for i, weights in enumerate(bundle.weights):
+        path = _export_dir(bundle) / f"model-{i}{SUFFIX[fmt]}"
+        entry = record.get(path.name)
+        if not path.is_file() or not entry or entry["weights_sha256"] != sha256(weights):
+            return None
+        paths.append(path)
+    return paths
+
+
+def load_engines(bundle: Bundle, engine: str = "torch", device: str = "cpu") -> list[Engine]:
+    """One callable per fold model: ``x [B, C, *patch] -> logits`` (torch tensors)."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return list(bundle.networks(device))
+    paths = _fresh(bundle, engine) or export(bundle, engine)
+    if engine == "torchscript":
+        return [torch.jit.load(str(p), map_location=device).eval() for p in paths]
+    return [_onnx_engine(p, device) for p in paths]
+
+
+def _onnx_engine(path: Path, device: str) -> Engine:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        logits = session.run(["logits"], {"input": x.detach().cpu().numpy().astype("float32", copy=False)})[0]
+        return torch.from_numpy(logits).to(x.device)
+
+    return run

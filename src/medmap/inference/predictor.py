@@ -1,0 +1,277 @@
+"""`medmap predict`: a bundle applied to new studies, answers written as files a person or a PACS can use.
+
+INPUT is a DICOM series folder, a folder of studies (every image series under it is a case), an image
+file (NIfTI, NRRD, MHA, PNG, ...), a folder of image files, or a CSV manifest (``image`` column, and
+``x,y,z`` lesion positions in mm for lesion-level classifiers). Per case, under ``OUT/<case>/``:
+
+- segmentation: ``labels.nii.gz`` on the input's grid; ``seg.dcm`` (DICOM SEG) for DICOM input;
+  ``result.json`` with each segment's volume (ml), voxel count, number of connected components and the
+  equivalent-sphere diameter of its largest component (mm);
+- classification: ``result.json`` with the class probabilities and the decision at the bundle's
+  threshold (per lesion for lesion-level models); ``sr.dcm`` (TID 1500 Comprehensive 3D SR) for DICOM
+  input.
+
+A case that fails (unreadable, wrong modality or dimension) is reported and skipped; the others go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medmap.data.cache import lesion_cube, whole_image_input
+from medmap.data.loader import classifier_input
+from medmap.errors import ConfigError, InputNotFoundError, MedmapError
+from medmap.inference.bundle import Bundle, load_bundle
+from medmap.inference.engines import load_engines
+from medmap.inference.segment import check_input, segment_image
+from medmap.io.image import Image
+from medmap.io.load import is_image_file, load, save
+from medmap.progress import track
+
+
+@dataclass
+class InputCase:
+    case_id: str
+    source: Path
+    series_uid: str | None = None
+    lesions: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def load(self) -> Image:
+        return load(self.source, self.series_uid)
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    ok: bool
+    outputs: dict[str, str] = field(default_factory=dict)
+    result: dict = field(default_factory=dict)
+    error: str = ""
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80] or "case"
+
+
+def discover(source: Path, lesions: list[tuple[float, float, float]] | None = None) -> list[InputCase]:
+    """The cases of an input path (see the module docstring)."""
+    if not source.exists():
+        raise InputNotFoundError(f"{source}: no such file or folder")
+    if source.suffix.lower() == ".csv":
+        return _manifest_cases(source)
+    if source.is_file():
+        return [InputCase(_safe(source.name.split(".")[0]), source, lesions=list(lesions or []))]
+    from medmap.io.dicom import scan
+
+    try:
+        found = scan(source).series
+    except InputNotFoundError:
+        found = []
+    cases = [
+        InputCase(_safe(Path(s.files[0].path).parent.name) + (f"-{i}" if len(found) > 1 else ""), source, s.uid)
+        for i, s in enumerate(found)
+    ]
+    if not cases:
+        files = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p))
+        cases = [InputCase(_safe(p.name.split(".")[0]), p) for p in files]
+    if not cases:
+        raise InputNotFoundError(f"{source}: no DICOM series or image files found")
+    for case in cases:
+        case.lesions = list(lesions or [])
+    return cases
+
+
+def _manifest_cases(path: Path) -> list[InputCase]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "image" not in rows[0]:
+        raise ConfigError(f"{path}: a prediction manifest needs an 'image' column")
+    by_image: dict[str, InputCase] = {}
+    for line, row in enumerate(rows, start=2):
+        image = (path.parent / row["image"]).resolve()
+        case = by_image.setdefault(row["image"], InputCase(_safe(row["image"].replace("/", "_")), image))
+        if row.get("x") not in (None, ""):
+            try:
+                case.lesions.append((float(row["x"]), float(row["y"]), float(row["z"])))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}, line {line}: x, y, z must be numbers (mm, LPS)") from None
+    return list(by_image.values())
+
+
+def check_modality(image: Image, bundle: Bundle, case_id: str) -> None:
+    expected = (bundle.plan.modality or "").upper()
+    actual = (image.meta.modality or "").upper()
+    if expected and actual and actual != expected:
+        raise ConfigError(f"case {case_id}: a {actual} image, the model was trained on {expected}")
+
+
+def segment_summary(labels: Image, bundle: Bundle) -> dict:
+    voxel_ml = float(np.prod(labels.spacing)) / 1000
+    out = {}
+    for label in bundle.foreground:
+        mask = labels.array == label.value
+        components, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        largest = int(np.bincount(components.ravel())[1:].max()) if n else 0
+        out[label.name] = {
+            "label": label.value,
+            "voxels": int(mask.sum()),
+            "volume_ml": round(float(mask.sum()) * voxel_ml, 3),
+            "components": int(n),
+            "largest_component_diameter_mm": round(float(np.cbrt(6 * largest * voxel_ml * 1000 / np.pi)), 2),
+        }
+    return out
+
+
+class Predictor:
+    """A loaded bundle with its engines, ready for cases."""
+
+    def __init__(self, bundle: Bundle, *, engine: str = "torch", device: str = "cpu") -> None:
+        self.bundle, self.device = bundle, torch.device(device)
+        self.engine_name = engine
+        self.engines = load_engines(bundle, engine, device)
+        self.algorithm = f"medmap {bundle.plan.dataset} {bundle.task}"
+        self.version = bundle.manifest.get("medmap_version", "")
+
+    def segment(self, image: Image) -> Image:
+        return segment_image(
+            image, self.bundle.plan, self.engines, postprocessing=self.bundle.postprocessing, device=self.device
+        )
+
+    def classify(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Mean softmax of the fold models for a list of network inputs ``[C, *patch]``."""
+        x = torch.from_numpy(np.stack(inputs)).to(self.device)
+        if self.bundle.plan.input_mode in ("2d", "2.5d") and x.dim() == 5:
+            x = x[:, :, 0]
+        with torch.inference_mode():
+            probabilities = [torch.softmax(engine(x).float(), 1).cpu().numpy() for engine in self.engines]
+        return np.mean(probabilities, axis=0)
+
+    def decide(self, p: np.ndarray) -> int:
+        threshold = self.bundle.threshold
+        if len(p) == 2 and threshold is not None:
+            return int(p[1] >= threshold)
+        return int(np.argmax(p))
+
+    def run_case(self, case: InputCase, out: Path) -> CaseResult:
+        image = case.load()
+        check_modality(image, self.bundle, case.case_id)
+        check_input(image, self.bundle.plan, f"case {case.case_id}")
+        folder = out / case.case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        is_dicom = bool(image.meta.slices)
+        result = CaseResult(case.case_id, True)
+        if self.bundle.task == "segmentation":
+            labels = self.segment(image)
+            result.outputs["labels"] = str(save(labels, folder / "labels.nii.gz"))
+            result.result = {"segments": segment_summary(labels, self.bundle)}
+            if is_dicom:
+                from medmap.dicomout.seg import write_segmentation
+
+                segments = [(label.value, label.name, label.meaning) for label in self.bundle.foreground]
+                seg = write_segmentation(
+                    labels,
+                    image,
+                    segments,
+                    folder / "seg.dcm",
+                    algorithm=self.algorithm,
+                    algorithm_version=self.version,
+                )
+                result.outputs["seg"] = str(seg)
+        else:
+            result.result = self._classification(case, image, folder, is_dicom, result)
+        result.result["case_id"] = case.case_id
+        result.result["engine"] = self.engine_name
+        (folder / "result.json").write_text(json.dumps(result.result, indent=1))
+        result.outputs["json"] = str(folder / "result.json")
+        return result
+
+    def _classification(self, case: InputCase, image: Image, folder: Path, is_dicom: bool, result) -> dict:
+        plan, names = self.bundle.plan, [label.name for label in self.bundle.labels]
+        if plan.lesion_level:
+            if not case.lesions:
+                raise ConfigError(
+                    f"case {case.case_id}: a lesion-level model needs lesion positions (--lesion x,y,z or a CSV)"
+                )
+            inputs = []
+            for position in case.lesions:
+                index = image.world_to_index(np.asarray(position, dtype=float))
+                if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
+                    raise ConfigError(f"case {case.case_id}: lesion at {position} mm (LPS) lies outside the image")
+                inputs.append(classifier_input(lesion_cube(image, position, plan), plan))
+        else:
+            inputs = [classifier_input(whole_image_input(image, plan), plan)]
+        probabilities = self.classify(inputs)
+        items = []
+        for i, p in enumerate(probabilities):
+            decision = self.decide(p)
+            item = {
+                "probabilities": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
+                "decision": names[decision],
+                "threshold": self.bundle.threshold,
+            }
+            if plan.lesion_level:
+                item["position_lps_mm"] = list(case.lesions[i])
+            items.append(item)
+        if is_dicom and plan.lesion_level:
+            result.outputs["sr"] = str(self._report(image, items, folder))
+        return {"findings": items} if plan.lesion_level else items[0]
+
+    def _report(self, image: Image, items: list[dict], folder: Path) -> Path:
+        from medmap.dicomout.codes import meaning_of
+        from medmap.dicomout.sr import LesionFinding, write_lesion_report
+
+        names = [label.name for label in self.bundle.labels]
+        positive = names[-1]  # the class order is negative first (medmap.data.layouts)
+        finding_type = meaning_of("nodule").type if self.bundle.plan.modality == "CT" else meaning_of("lesion").type
+        findings = []
+        for item in items:
+            decided = item["decision"]
+            meaning = next(label.meaning for label in self.bundle.labels if label.name == decided)
+            findings.append(
+                LesionFinding(
+                    position_lps=tuple(item["position_lps_mm"]),
+                    finding_type=finding_type,
+                    predicted_class=meaning.type,
+                    probability=item["probabilities"][positive],
+                    probability_name="Probability of cancer" if positive.lower() == "malignant" else "Probability",
+                    finding_site=meaning_of("lung").type if self.bundle.plan.modality == "CT" else None,
+                )
+            )
+        return write_lesion_report(
+            image, findings, folder / "sr.dcm", algorithm=self.algorithm, algorithm_version=self.version
+        )
+
+
+def predict(
+    bundle_path: str | Path,
+    source: str | Path,
+    out: str | Path,
+    *,
+    engine: str = "torch",
+    device: str = "cpu",
+    lesions: list[tuple[float, float, float]] | None = None,
+    progress: bool = False,
+) -> list[CaseResult]:
+    """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``."""
+    bundle = load_bundle(bundle_path)
+    cases = discover(Path(source), lesions)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(bundle, engine=engine, device=device)
+    results = []
+    for case in track(cases, "predicting", enabled=progress):
+        try:
+            results.append(predictor.run_case(case, out))
+        except MedmapError as exc:
+            message = str(exc) if case.case_id in str(exc) else f"case {case.case_id}: {exc}"
+            results.append(CaseResult(case.case_id, False, error=message))
+    summary = [{"case_id": r.case_id, "ok": r.ok, "outputs": r.outputs, "error": r.error} for r in results]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return results
