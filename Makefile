@@ -27,18 +27,27 @@ demo: $(STAMP)
 	$(BIN)/medmap demo-data $(DEMO)/data
 	$(BIN)/medmap dataset check $(DEMO)/data/nodules.csv
 	$(BIN)/medmap dataset check $(DEMO)/data/liver
-	$(BIN)/medmap dataset check $(DEMO)/data/radiographs.csv
-	$(BIN)/medmap plan $(DEMO)/data/nodules.csv -o $(DEMO)/nodules-plan.json
-	$(BIN)/medmap plan $(DEMO)/data/liver -o $(DEMO)/liver-plan.json
-	$(BIN)/medmap preprocess $(DEMO)/data/nodules.csv --plan $(DEMO)/nodules-plan.json --cache $(DEMO)/cache
-	$(BIN)/medmap preprocess $(DEMO)/data/liver --plan $(DEMO)/liver-plan.json --cache $(DEMO)/cache
 	$(BIN)/medmap info $(DEMO)/data/liver_dicom
-	$(BIN)/medmap convert $(DEMO)/data/liver_dicom/liver_024 $(DEMO)/liver_024.nii.gz
 	$(BIN)/medmap anonymize $(DEMO)/data/chest_ct/CHEST-0000 $(DEMO)/deidentified --date-shift-days -365
-	# the main job, on a short budget (README gives the full run): train, evaluate, report
-	$(BIN)/medmap train $(DEMO)/data/nodules.csv --task classification -o $(DEMO)/runs/nodules --epochs 10 \
+	# worked example 1: lung nodules, benign vs malignant (short budget; README gives the full run)
+	$(BIN)/medmap train $(DEMO)/data/nodules.csv --task classification -o $(DEMO)/runs/nodules --epochs 8 \
 		--cache $(DEMO)/cache
-	@echo "demo outputs are in $(DEMO)/; the nodule classifier's report: $(DEMO)/runs/nodules/report.html"
+	# worked example 2: liver and liver tumours (short budget; README gives the full run)
+	$(BIN)/medmap train $(DEMO)/data/liver --task segmentation -o $(DEMO)/runs/liver --epochs 4 --cache $(DEMO)/cache
+	$(BIN)/medmap report $(DEMO)/runs/nodules $(DEMO)/runs/liver -o $(DEMO)/report.html
+	# deployment: bundles, then predictions on DICOM studies with DICOM SEG and SR results
+	$(BIN)/medmap bundle create $(DEMO)/runs/nodules -o $(DEMO)/bundles/nodules
+	$(BIN)/medmap bundle create $(DEMO)/runs/liver -o $(DEMO)/bundles/liver
+	$(BIN)/medmap export $(DEMO)/bundles/liver --format onnx
+	$(BIN)/medmap predict $(DEMO)/bundles/liver $(DEMO)/data/liver_dicom -o $(DEMO)/predictions/liver --engine onnx
+	$(BIN)/medmap predict $(DEMO)/bundles/nodules $(DEMO)/data/chest_ct/CHEST-0047 -o $(DEMO)/predictions/nodules \
+		$$(awk -F, '$$1 == "chest_ct/CHEST-0047" {printf "--lesion %s,%s,%s ", $$2, $$3, $$4}' $(DEMO)/data/nodules.csv)
+	@echo
+	@echo "demo outputs in $(DEMO)/:"
+	@echo "  report (both models):        $(DEMO)/report.html"
+	@echo "  bundles with model cards:    $(DEMO)/bundles/{nodules,liver}/MODEL_CARD.md"
+	@echo "  liver label maps + DICOM SEG: $(DEMO)/predictions/liver/<case>/{labels.nii.gz,seg.dcm}"
+	@echo "  nodule findings + DICOM SR:  $(DEMO)/predictions/nodules/<case>/{result.json,sr.dcm}"
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
@@ -50,6 +59,9 @@ lint: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/dicom_load.py
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/sliding_window.py --overlap 0.25 --repeats 2
+	$(BIN)/python benchmarks/engines.py --seg $(DEMO)/bundles/liver --cls $(DEMO)/bundles/nodules \
+		--volume $(DEMO)/data/liver_dicom/liver_024
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

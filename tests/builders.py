@@ -84,3 +84,19 @@ def tiny_demo_size():
     from medmap.data.demo import DemoSize
 
     return DemoSize(chest_patients=2, nodules_per_patient=(3, 4), liver_train=3, liver_test=1, radiograph_patients=4)
+
+
+def ball_case(seed: int, shape=(14, 28, 28), spacing=(3.0, 1.5, 1.5)):
+    """An MR-like volume: a bright ball (label 1) holding a darker core (label 2), with noise."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    centre = [n * s / 2 + rng.uniform(-4, 4) for n, s in zip(shape, spacing, strict=True)]
+    r = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
+    label = np.zeros(shape, np.uint8)
+    label[r < rng.uniform(9, 13)] = 1
+    label[r < 4.5] = 2
+    intensity = np.choose(label, [10.0, 100.0, 55.0]) + rng.normal(0, 5, shape)
+    direction = rotation(0.1 * seed, 0.0, 0.05)
+    origin = (seed * 3.0, -20.0, 5.0)
+    image = Image(intensity.astype(np.float32), spacing, origin, direction)
+    return image, image.with_array(label)

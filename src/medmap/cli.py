@@ -462,6 +462,21 @@ def evaluate(
     _print_summary(evaluate_run(run, data, split=split, cache_root=cache, progress=True))
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or report.html files) to put on one page.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")],
+) -> None:
+    """One HTML page with the evaluation reports of several runs (e.g. the classifier and the segmenter)."""
+    from medmap.evaluation.report import combine_reports
+
+    pages = [r / "report.html" if r.is_dir() else r for r in runs]
+    missing = [p for p in pages if not p.is_file()]
+    if missing:
+        raise OutputError(f"{missing[0]}: no such report (train or evaluate the run first)")
+    out.print(f"report: {combine_reports(pages, output)}")
+
+
 bundle_app = typer.Typer(
     help="Trained models as verified folders: make one from a run, show one.", no_args_is_help=True
 )

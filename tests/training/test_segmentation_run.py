@@ -12,45 +12,12 @@ from medmap.io.image import Image
 from medmap.io.load import load
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
-from tests.builders import rotation
+from tests.builders import ball_case
 from tests.test_cli import medmap_cli
 
 
-def ball_case(seed: int, shape=(14, 28, 28), spacing=(3.0, 1.5, 1.5)):
-    """An MR-like volume: a bright ball (label 1) holding a darker core (label 2), with noise."""
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
-    centre = [n * s / 2 + rng.uniform(-4, 4) for n, s in zip(shape, spacing, strict=True)]
-    r = np.sqrt((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2)
-    label = np.zeros(shape, np.uint8)
-    label[r < rng.uniform(9, 13)] = 1
-    label[r < 4.5] = 2
-    intensity = np.choose(label, [10.0, 100.0, 55.0]) + rng.normal(0, 5, shape)
-    direction = rotation(0.1 * seed, 0.0, 0.05)
-    origin = (seed * 3.0, -20.0, 5.0)
-    image = Image(intensity.astype(np.float32), spacing, origin, direction)
-    return image, image.with_array(label)
-
-
-@pytest.fixture(scope="module")
-def balls(tmp_path_factory):
-    root = tmp_path_factory.mktemp("balls")
-    training = [(f"ball_{i:02d}", *ball_case(i)) for i in range(8)]
-    test = [("ball_99", ball_case(99)[0])]
-    return write_msd(root / "balls", "Balls", {0: "background", 1: "ball", 2: "core"}, "MR", training, test)
-
-
-@pytest.fixture(scope="module")
-def trained(balls, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "run"
-    overrides = ["patch_size=[8,16,16]", "batch_size=4", "network_width=8", "network_depth=3"]
-    config = TrainConfig(epochs=12, samples_per_epoch=48, workers=0, learning_rate=3e-3, warmup_epochs=1)
-    summary = train_run(balls, run, task="segmentation", overrides=overrides, config=config)
-    return run, summary
-
-
-def test_segmentation_trains_evaluates_and_keeps_geometry(balls, trained):
-    run, summary = trained
+def test_segmentation_trains_evaluates_and_keeps_geometry(balls, balls_run):
+    run, summary = balls_run
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["loss"] < history[0]["loss"]
     ball = summary["metrics"]["classes"]["ball"]
@@ -77,8 +44,8 @@ def test_segmentation_trains_evaluates_and_keeps_geometry(balls, trained):
     assert rows[0].startswith("case_id,class,dice") and len(rows) == 1 + 2 * summary["metrics"]["n"]
 
 
-def test_evaluate_command_reproduces_the_run(balls, trained):
-    run, summary = trained
+def test_evaluate_command_reproduces_the_run(balls, balls_run):
+    run, summary = balls_run
     result = medmap_cli("evaluate", str(run), str(balls), "--split", summary["split"])
     assert result.returncode == 0, result.stderr
     dice = summary["metrics"]["classes"]["ball"]["dice"]["mean"]

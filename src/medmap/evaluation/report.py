@@ -153,3 +153,22 @@ def segmentation_report(
         "predicted voxel of its class lies in it; a predicted component touching no true lesion is a false positive."
     )
     return write_page(path, title, intro, body, plots, notes, cases_csv)
+
+
+def combine_reports(reports: list[Path], path: str | Path, title: str = "medmap evaluation") -> Path:
+    """One page holding several runs' reports (their bodies, in order, each under its run's name)."""
+    import re
+
+    sections = []
+    for report in reports:
+        text = Path(report).read_text()
+        body = re.search(r"<body>(.*)</body>", text, re.S)
+        inner = body.group(1) if body else ""
+        inner = inner.replace("<h1>", "<h2 class=run>").replace("</h1>", "</h2>")
+        sections.append(f'<section><p class="note">{html.escape(str(report))}</p>{inner}</section><hr>')
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_STYLE} h2.run {{ font-size: 1.4em; }}</style></head><body><h1>{html.escape(title)}</h1>
+{"".join(sections)}</body></html>"""
+    path = Path(path)
+    path.write_text(page)
+    return path
