@@ -70,3 +70,30 @@ def test_bad_masks_are_named(tmp_path, fault):
     with pytest.raises(DatasetError, match=cid) as err:
         train_run(root, tmp_path / "run", overrides=["patch_size=[8,16,16]"], config=config)
     assert ("[7]" in str(err.value)) if fault == "undeclared" else ("shape" in str(err.value))
+
+
+def test_folds_and_a_patch_larger_than_the_volumes(balls, tmp_path):
+    """Two folds, each model segmenting the volumes of its validation fold for the post-processing choice;
+    the 16x32x32 patch exceeds the 14x28x28 volumes, which are padded, not refused."""
+    overrides = ["patch_size=[16,32,32]", "batch_size=2", "network_width=4", "network_depth=3"]
+    config = TrainConfig(epochs=1, samples_per_epoch=4, workers=0)
+    summary = train_run(balls, tmp_path / "run", overrides=overrides, config=config, folds=2)
+    assert summary["folds"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").glob("fold-*/checkpoints/best.pt")) == ["best.pt", "best.pt"]
+    folds = [json.loads(p.read_text())["val"] for p in sorted((tmp_path / "run").glob("fold-*/split.json"))]
+    assert not set(folds[0]) & set(folds[1])
+    log = json.loads((tmp_path / "run" / "postprocessing.json").read_text())["log"]
+    assert f"({len(folds[0]) + len(folds[1])} cases)" in log[0]  # every pool case, out of fold
+
+
+def test_deep_supervision_loss_weighs_every_level():
+    import torch
+
+    from medmap.tasks.segmentation import SegmentationLoss
+
+    loss = SegmentationLoss("dice_ce")
+    target = torch.randint(0, 3, (2, 8, 16, 16))
+    levels = torch.randn(2, 3, 3, 8, 16, 16, requires_grad=True)  # [B, S, K, ...]
+    value = loss(levels, target)
+    value.backward()
+    assert torch.isfinite(value) and all(levels.grad[:, s].abs().sum() > 0 for s in range(3))

@@ -52,6 +52,8 @@ def unet_layout(patch, spacing, depth: int) -> tuple[list[list[int]], list[list[
 def _dynunet(plan: Plan, dims: int, in_channels: int, classes: int, dropout: float) -> nn.Module:
     from monai.networks.nets import DynUNet
 
+    if plan.network_depth < 3:
+        raise ConfigError(f"network_depth {plan.network_depth}: the U-Net needs at least 3 levels")
     kernels, strides = unet_layout(plan.patch_size, plan.target_spacing, plan.network_depth)
     if dims == 2:
         kernels, strides = [k[-2:] for k in kernels], [s[-2:] for s in strides]

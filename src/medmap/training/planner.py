@@ -115,7 +115,7 @@ def decide_patch_size(fp: Fingerprint, spacing, budget_mb: int, device: str) -> 
 
 def decide_network(fp: Fingerprint, patch, device: str) -> tuple[str, int, int, str]:
     if fp.task == "segmentation":
-        depth = int(min(5, max(2, math.log2(max(min(p for p in patch if p > 1), 8) / 4) + 1)))
+        depth = int(min(5, max(3, math.log2(max(min(p for p in patch if p > 1), 8) / 4) + 1)))  # DynUNet: >= 3
         width = 16 if device == "cpu" else 32
         return "unet", width, depth, f"U-Net, {depth} levels (coarsest >= 4 voxels), {width} base features"
     width = 32 if device == "cpu" else 64
