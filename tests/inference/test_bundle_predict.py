@@ -175,6 +175,9 @@ def test_lesion_classifier_writes_a_valid_sr(tiny_demo, tmp_path):
     assert finding["decision"] == ("malignant" if finding["probabilities"]["malignant"] >= 0.5 else "benign")
     sr_path = case_dir / "sr.dcm"
     assert dciodvfy_errors(sr_path) == []
+    import pydicom
+
+    assert pydicom.dcmread(sr_path).Modality == "SR"
     sr = hd.sr.srread(sr_path)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     text = str(sr)

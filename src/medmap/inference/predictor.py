@@ -74,10 +74,13 @@ def discover(source: Path, lesions: list[tuple[float, float, float]] | None = No
         found = scan(source).series
     except InputNotFoundError:
         found = []
-    cases = [
-        InputCase(_safe(Path(s.files[0].path).parent.name) + (f"-{i}" if len(found) > 1 else ""), source, s.uid)
-        for i, s in enumerate(found)
-    ]
+    cases, seen = [], set()
+    for s in found:  # named by the series' folder; a number added only when two series share one
+        name = _safe(Path(s.files[0].path).parent.name)
+        if name in seen:
+            name = f"{name}-{s.uid[-8:]}"
+        seen.add(name)
+        cases.append(InputCase(name, source, s.uid))
     if not cases:
         files = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p))
         cases = [InputCase(_safe(p.name.split(".")[0]), p) for p in files]
