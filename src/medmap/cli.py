@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -562,6 +563,79 @@ def predict(
     out.print(f"{len(results) - len(failed)} of {len(results)} case(s) done; summary {output / 'summary.json'}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[list[Path], typer.Option(help="Bundle(s) to run; each takes series of its own modality.")],
+    data: Annotated[Path, typer.Option(help="Folder for the spool, results and the job database.")],
+    ae: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDMAP",
+    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    destination: Annotated[
+        str | None, typer.Option(help="Where results go by C-STORE: AET@HOST:PORT (e.g. the PACS).")
+    ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="Calling AE titles allowed (repeatable); default any.")
+    ] = None,
+    idle: Annotated[float, typer.Option(help="Seconds without a new instance after which a series is complete.")] = 10,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Run as a DICOM node: receive series (C-STORE), run the matching bundle, send SEG/SR to --destination."""
+    import logging
+    import signal
+
+    from medmap.deploy.node import Destination, Node, NodeConfig, Route
+    from medmap.inference.bundle import load_bundle
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    routes = [Route(b, modality=load_bundle(b).plan.modality or "") for b in bundle]
+    config = NodeConfig(
+        data=data,
+        routes=routes,
+        ae_title=ae,
+        port=port,
+        host=host,
+        destination=Destination.parse(destination) if destination else None,
+        allowed_ae=list(allow or []),
+        idle_seconds=idle,
+        device=device,
+    )
+    node = Node(config)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    node.start()
+    out.print(f"medmap node {ae} listening on {host}:{port}; data in {data}", highlight=False)
+    stopping.wait()
+    node.stop()
+    out.print("stopped")
+
+
+node_app = typer.Typer(help="The DICOM node's state.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+
+
+@node_app.command("status")
+def node_status(data: Annotated[Path, typer.Option(help="The node's data folder.")]) -> None:
+    """Jobs by state, the latest jobs, and results waiting to be sent."""
+    from medmap.deploy.jobs import JobStore
+
+    if not (data / "jobs.sqlite").is_file():
+        raise OutputError(f"{data}: no node data here (no jobs.sqlite)")
+    store = JobStore(data / "jobs.sqlite")
+    counts = store.counts()
+    out.print("jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"), highlight=False)
+    for job in store.jobs(20):
+        took = f"{job.finished - job.started:.1f}s" if job.finished and job.started else ""
+        out.print(
+            f"  job {job.id}: series {job.series_uid} {job.modality} from {job.calling_ae}: {job.state} {took} "
+            f"{job.error}",
+            highlight=False,
+        )
+    waiting = [row for row in store.outbox() if row[2] != "sent"]
+    out.print(f"outbox: {len(waiting)} result(s) waiting", highlight=False)
+    store.close()
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""medmap on the hospital network: the DICOM node (receive, process, send back) and its job store."""

@@ -1,0 +1,298 @@
+"""medmap as a DICOM node: receive studies (C-STORE SCP), run the bundle a route picks, send SEG/SR back.
+
+Receiving (pynetdicom): C-ECHO and C-STORE of the image storage classes medmap reads, uncompressed and
+compressed transfer syntaxes. Only calling AE titles on the allow-list may associate (others are
+rejected and logged). An instance is written to ``DATA/spool/<study>/<series>/<sop>.dcm``, fsync'ed
+(file and folder) and recorded in the job store *before* success is returned, so an acknowledged
+instance survives a crash.
+
+Processing (one worker thread): a series is complete when its association is released or after
+``idle_seconds`` without a new instance; the first route whose rules match (Modality,
+BodyPartExamined, SeriesDescription) names the bundle; the predictor writes NIfTI/SEG/SR under
+``DATA/results/<job>/``; the SEG/SR enter the outbox and are sent by C-STORE to the destination, retried
+with back-off until acknowledged. Logs name UIDs and AE titles, never patient identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medmap.deploy.jobs import JobStore
+from medmap.errors import ConfigError, MedmapError
+
+log = logging.getLogger("medmap.node")
+
+# Image storage classes medmap can process (CT, MR, CR, DX, MG, US, NM, PT, SC, enhanced CT/MR)
+STORAGE_CLASSES = {
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "Enhanced CT": "1.2.840.10008.5.1.4.1.1.2.1",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "Enhanced MR": "1.2.840.10008.5.1.4.1.1.4.1",
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "DX presentation": "1.2.840.10008.5.1.4.1.1.1.1",
+    "DX processing": "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "MG presentation": "1.2.840.10008.5.1.4.1.1.1.2",
+    "MG processing": "1.2.840.10008.5.1.4.1.1.1.2.1",
+    "US": "1.2.840.10008.5.1.4.1.1.6.1",
+    "US multi-frame": "1.2.840.10008.5.1.4.1.1.3.1",
+    "NM": "1.2.840.10008.5.1.4.1.1.20",
+    "PET": "1.2.840.10008.5.1.4.1.1.128",
+    "Secondary Capture": "1.2.840.10008.5.1.4.1.1.7",
+}
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE
+]
+
+
+@dataclass
+class Route:
+    """Which bundle processes a series: every given rule must match (regular expressions, case-insensitive)."""
+
+    bundle: Path
+    modality: str = ""
+    body_part: str = ""
+    description: str = ""
+
+    def accepts(self, modality: str, body_part: str, description: str) -> bool:
+        rules = ((self.modality, modality), (self.body_part, body_part), (self.description, description))
+        return all(not rule or re.fullmatch(rule, value or "", re.I) for rule, value in rules)
+
+
+@dataclass
+class Destination:
+    ae: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d+)", text)
+        if not match:
+            raise ConfigError(f"--destination {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
+        return cls(match.group(1), match.group(2), int(match.group(3)))
+
+
+@dataclass
+class NodeConfig:
+    data: Path
+    routes: list[Route]
+    ae_title: str = "MEDMAP"
+    port: int = 11112
+    host: str = "127.0.0.1"
+    destination: Destination | None = None
+    allowed_ae: list[str] = field(default_factory=list)  # empty: any calling AE
+    idle_seconds: float = 10.0
+    device: str = "cpu"
+
+
+def _fsync_write(ds, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    ds.save_as(tmp, enforce_file_format=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        if not config.routes:
+            raise ConfigError("the node needs at least one --bundle")
+        self.config = config
+        self.store = JobStore(config.data / "jobs.sqlite")
+        self.spool = config.data / "spool"
+        self.results = config.data / "results"
+        self._stop = threading.Event()
+        self._server = None
+        self._worker: threading.Thread | None = None
+        self._predictors: dict[str, object] = {}
+        self._series_by_assoc: dict[int, set[str]] = {}
+
+    # --- receiving ---------------------------------------------------------------------------------
+    def _on_store(self, event) -> int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            sop, series, study = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID)
+        except Exception as exc:  # an undecodable dataset: refuse it, keep serving
+            log.warning("C-STORE refused: cannot decode the dataset (%s)", type(exc).__name__)
+            return 0xC210
+        folder = self.spool / _safe(study) / _safe(series)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{_safe(sop)}.dcm"
+            _fsync_write(ds, path)
+            self.store.record_instance(
+                sop,
+                series,
+                str(path),
+                {
+                    "study_uid": study,
+                    "modality": str(ds.get("Modality", "")),
+                    "body_part": str(ds.get("BodyPartExamined", "")),
+                    "description": str(ds.get("SeriesDescription", "")),
+                    "calling_ae": event.assoc.requestor.ae_title,
+                    "folder": str(folder),
+                },
+            )
+        except OSError as exc:
+            log.error("C-STORE of %s failed: cannot write the spool (%s)", sop, exc)
+            return 0xA700  # out of resources
+        self._series_by_assoc.setdefault(id(event.assoc), set()).add(series)
+        return 0x0000
+
+    def _on_released(self, event) -> None:
+        series = self._series_by_assoc.pop(id(event.assoc), set())
+        if series:
+            self.store.complete(sorted(series))
+
+    def _on_rejected(self, event) -> None:
+        log.warning(
+            "association rejected: calling AE %r from %s", event.assoc.requestor.ae_title, event.assoc.requestor.address
+        )
+
+    def start(self) -> None:
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import Verification
+
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.results.mkdir(parents=True, exist_ok=True)
+        recovered = self.store.recover()
+        if recovered:
+            log.info("recovered %d interrupted job(s)", recovered)
+        ae = AE(ae_title=self.config.ae_title)
+        ae.add_supported_context(Verification)
+        for uid in STORAGE_CLASSES.values():
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        if self.config.allowed_ae:
+            ae.require_calling_aet = list(self.config.allowed_ae)
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        self._worker = threading.Thread(target=self._work, name="medmap-node-worker", daemon=True)
+        self._worker.start()
+        log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
+
+    def stop(self) -> None:
+        """Stop accepting, let the worker finish its current step; running jobs are re-queued at next start."""
+        if self._server is not None:
+            self._server.shutdown()
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=600)
+        self.store.close()
+
+    # --- processing --------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            busy = False
+            try:
+                self.store.complete_idle(self.config.idle_seconds)
+                job = self.store.next_queued()
+                if job is not None:
+                    busy = True
+                    self._process(job)
+                busy = self._send_due() or busy
+            except Exception:  # the worker never dies; the error is in the log and the job's record
+                log.exception("worker step failed")
+            if not busy:
+                self._stop.wait(0.5)
+
+    def _route(self, job) -> Route | None:
+        return next((r for r in self.config.routes if r.accepts(job.modality, job.body_part, job.description)), None)
+
+    def _predictor(self, bundle: Path):
+        key = str(bundle)
+        if key not in self._predictors:
+            from medmap.inference.bundle import load_bundle
+            from medmap.inference.predictor import Predictor
+
+            self._predictors[key] = Predictor(load_bundle(bundle), device=self.config.device)
+        return self._predictors[key]
+
+    def _process(self, job) -> None:
+        import json
+
+        from medmap.inference.predictor import InputCase
+
+        route = self._route(job)
+        if route is None:
+            self.store.set_state(job.id, "ignored", error="no bundle's route accepts this series")
+            log.info("job %d (series %s): ignored, no route for modality %s", job.id, job.series_uid, job.modality)
+            return
+        log.info("job %d (series %s): running %s", job.id, job.series_uid, route.bundle.name)
+        out = self.results / f"job-{job.id}"
+        try:
+            predictor = self._predictor(route.bundle)
+            case = InputCase(f"series-{job.id}", Path(job.folder), job.series_uid)
+            result = predictor.run_case(case, out)
+        except MedmapError as exc:
+            self.store.set_state(job.id, "failed", error=str(exc), bundle=str(route.bundle))
+            log.warning("job %d (series %s) failed: %s", job.id, job.series_uid, exc)
+            return
+        import pydicom
+
+        sendable = []
+        for key in ("seg", "sr"):
+            if key in result.outputs:
+                ds = pydicom.dcmread(result.outputs[key], stop_before_pixels=True)
+                sendable.append((str(ds.SOPInstanceUID), result.outputs[key]))
+        if self.config.destination is None:
+            sendable = []
+        self.store.set_state(job.id, "running", bundle=str(route.bundle))
+        self.store.results_ready(job.id, sendable, json.dumps({"outputs": result.outputs, **result.result}))
+        log.info("job %d (series %s): %d result(s) to send", job.id, job.series_uid, len(sendable))
+
+    def _send_due(self) -> bool:
+        due = self.store.due()
+        if not due or self.config.destination is None:
+            return False
+        import pydicom
+        from pynetdicom import AE
+
+        dest = self.config.destination
+        datasets = {uid: pydicom.dcmread(path) for uid, _, path, _ in due}
+        ae = AE(ae_title=self.config.ae_title)
+        for ds in datasets.values():
+            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae)
+        if not assoc.is_established:
+            for uid, _, _, attempts in due:
+                self.store.send_failed(uid, "association to the destination failed", min(60.0, 2.0**attempts))
+            log.warning("cannot reach %s@%s:%d; %d result(s) wait", dest.ae, dest.host, dest.port, len(due))
+            return False
+        try:
+            for uid, job_id, _, attempts in due:
+                status = assoc.send_c_store(datasets[uid])
+                code = getattr(status, "Status", None)
+                if code is not None and code in (0x0000, 0xB000, 0xB007, 0xB006):
+                    self.store.sent(uid)
+                    log.info("job %d: result %s stored at %s", job_id, uid, dest.ae)
+                else:
+                    self.store.send_failed(uid, f"C-STORE status {code}", min(60.0, 2.0**attempts))
+        finally:
+            assoc.release()
+        return True
+
+
+def _safe(uid: str) -> str:
+    return re.sub(r"[^0-9A-Za-z.\-]", "_", uid)[:64] or "unknown"

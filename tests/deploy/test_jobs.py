@@ -1,0 +1,71 @@
+"""The node's job store: the state machine, exactly-once sending by SOP Instance UID, crash recovery."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from medmap.deploy.jobs import JobStore
+from medmap.deploy.node import Destination, Route
+from medmap.errors import ConfigError
+
+
+def receive(store, sop, series="1.2.3"):
+    store.record_instance(sop, series, f"/spool/{sop}.dcm", {"folder": "/spool", "modality": "CT"})
+
+
+def test_a_series_goes_from_receiving_to_done(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    receive(store, "1")
+    receive(store, "2")
+    assert store.counts() == {"receiving": 1}
+    assert store.complete_idle(60) == []  # not idle yet
+    assert store.complete_idle(0) == ["1.2.3"]
+    job = store.next_queued()
+    assert job.state == "running" and job.attempts == 1 and store.next_queued() is None
+    store.results_ready(job.id, [("9.9.1", "/results/seg.dcm")], "{}")
+    assert store.counts() == {"sending": 1}
+    (due,) = store.due()
+    assert due[0] == "9.9.1"
+    store.send_failed("9.9.1", "refused", backoff=60)
+    assert store.due() == []  # backing off
+    store.sent("9.9.1")
+    assert store.counts() == {"done": 1}
+    store.results_ready(job.id, [("9.9.1", "/results/seg.dcm")], "{}")  # the same result again: ignored
+    assert [row[2] for row in store.outbox()] == ["sent"]
+
+
+def test_recovery_requeues_running_jobs_and_keeps_the_outbox(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    store = JobStore(path)
+    receive(store, "1", "A")
+    receive(store, "2", "B")
+    store.complete(["A", "B"])
+    first, second = store.next_queued(), store.next_queued()
+    store.results_ready(first.id, [("9.1", "/r/1.dcm")], "{}")
+    store.close()  # "crash": second was running, first's result unsent
+    again = JobStore(path)
+    assert again.recover() == 1
+    assert again.counts() == {"queued": 1, "sending": 1}
+    assert [row[0] for row in again.due()] == ["9.1"]
+    assert again.next_queued().id == second.id
+
+
+def test_a_new_instance_reopens_a_finished_series(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    receive(store, "1")
+    store.complete(["1.2.3"])
+    job = store.next_queued()
+    store.set_state(job.id, "failed", error="bad")
+    time.sleep(0.01)
+    receive(store, "2")
+    assert store.counts() == {"receiving": 1}
+
+
+def test_routes_and_destinations():
+    route = Route(Path("b"), modality="CT", body_part="ABDOMEN|LIVER")
+    assert route.accepts("CT", "abdomen", "")
+    assert not route.accepts("MR", "ABDOMEN", "")
+    assert Destination.parse("ORTHANC@127.0.0.1:4242") == Destination("ORTHANC", "127.0.0.1", 4242)
+    with pytest.raises(ConfigError, match="AET@HOST:PORT"):
+        Destination.parse("127.0.0.1:4242")

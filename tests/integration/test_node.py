@@ -1,0 +1,284 @@
+"""The DICOM node against real peers on 127.0.0.1: dcmtk's storescu/echoscu send to it, a real Orthanc
+(started here with its own storage) receives the SEG it sends back. Every process started is stopped."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medmap.inference.bundle import create_bundle
+from medmap.io.dicom.writer import SeriesInfo, write_series
+from tests.builders import ball_case
+from tests.integration.test_dciodvfy import require
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Orthanc:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.http, self.dicom = free_port(), free_port()
+        self.process = None
+
+    def start(self, medmap_port: int) -> None:
+        config = {
+            "Name": "medmap-test",
+            "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"),
+            "HttpPort": self.http,
+            "DicomPort": self.dicom,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": {"MEDMAP": ["MEDMAP", "127.0.0.1", medmap_port]},
+            "Plugins": [],
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(self.root / "orthanc.log", "w")  # noqa: SIM115 (open while Orthanc runs)
+        self.process = subprocess.Popen(
+            [require("Orthanc"), str(self.root / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+        )
+        wait_for(lambda: self._get("/system"), 60, "Orthanc's REST API")
+
+    def _get(self, path: str):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def find(self, level: str, query: dict) -> list:
+        body = json.dumps({"Level": level, "Query": query}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}/tools/find", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process:
+            self.log.close()
+
+
+class NodeProcess:
+    def __init__(self, bundle: Path, data: Path, port: int, destination: str) -> None:
+        self.args = [
+            sys.executable,
+            "-m",
+            "medmap.cli",
+            "serve",
+            "--bundle",
+            str(bundle),
+            "--data",
+            str(data),
+            "--port",
+            str(port),
+            "--destination",
+            destination,
+            "--allow",
+            "STORESCU",
+            "--allow",
+            "ORTHANC",
+            "--idle",
+            "3",
+        ]
+        self.port, self.data, self.process = port, data, None
+
+    def start(self) -> None:
+        data = self.data
+        data.mkdir(parents=True, exist_ok=True)
+        self.log = open(data / f"node-{len(list(data.glob('node-*.log')))}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self.echo, 60, "the node to answer C-ECHO")
+
+    def echo(self, aet: str = "STORESCU") -> bool:
+        result = subprocess.run(
+            [require("echoscu"), "-aet", aet, "-aec", "MEDMAP", "127.0.0.1", str(self.port)],
+            capture_output=True,
+            timeout=30,
+        )
+        return result.returncode == 0
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.log.close()
+
+    def logs(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.data.glob("node-*.log")))
+
+
+@pytest.fixture(scope="module")
+def ball_bundle(balls_run, tmp_path_factory):
+    run, _ = balls_run
+    return create_bundle(run, tmp_path_factory.mktemp("node-bundle") / "balls")
+
+
+def ball_series(folder: Path, seed: int = 99) -> tuple[Path, str]:
+    image, _ = ball_case(seed)
+    image = image.with_array(np.rint(image.array).astype(np.int16), modality="MR")
+    info = SeriesInfo(patient_name="TEST^NODE", patient_id=f"NODE-{seed}")
+    write_series(image, folder, modality="MR", info=info)
+    return folder, info.study_uid
+
+
+def storescu(port: int, files: list[Path], aet: str = "STORESCU") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [require("storescu"), "-aet", aet, "-aec", "MEDMAP", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def peers(ball_bundle, tmp_path):
+    orthanc = Orthanc(tmp_path / "orthanc")
+    port = free_port()
+    node = NodeProcess(ball_bundle, tmp_path / "node", port, f"ORTHANC@127.0.0.1:{orthanc.dicom}")
+    yield orthanc, node
+    node.stop()
+    orthanc.stop()
+
+
+def seg_series_in(orthanc: Orthanc, study_uid: str) -> list:
+    return orthanc.find("Series", {"StudyInstanceUID": study_uid, "Modality": "SEG"})
+
+
+def test_series_in_seg_out_in_the_same_study(peers, tmp_path):
+    orthanc, node = peers
+    orthanc.start(node.port)
+    node.start()
+    folder, study = ball_series(tmp_path / "series")
+    sent = storescu(node.port, sorted(folder.iterdir()))
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG to arrive in Orthanc")
+    instances = orthanc.find("Instance", {"StudyInstanceUID": study, "Modality": "SEG"})
+    assert len(instances) == 1
+    status = subprocess.run(
+        [sys.executable, "-m", "medmap.cli", "node", "status", "--data", str(node.data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "done 1" in status.stdout and "outbox: 0" in status.stdout
+    assert "TEST^NODE" not in node.logs()  # UIDs in the logs, never patient names
+
+
+def test_unknown_calling_ae_is_rejected(peers):
+    orthanc, node = peers
+    orthanc.start(node.port)
+    node.start()
+    assert not node.echo("INTRUDER")
+    assert node.echo("STORESCU")
+    assert "association rejected: calling AE 'INTRUDER'" in node.logs()
+
+
+def test_kill_minus_nine_loses_nothing_and_sends_once(peers, tmp_path):
+    """Results wait in the outbox while the PACS is down; the node is killed; after a restart with the PACS
+    up, the SEG arrives exactly once."""
+    orthanc, node = peers
+    node.start()  # Orthanc not started yet: the destination refuses
+    folder, study = ball_series(tmp_path / "series")
+    assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
+    db = node.data / "jobs.sqlite"
+
+    def waiting():
+        import sqlite3
+
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0] > 0
+
+    wait_for(waiting, 120, "a result waiting in the outbox")
+    node.kill()
+    orthanc.start(node.port)
+    node.start()
+    wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG after the restart")
+    time.sleep(3)  # a duplicate would arrive within the next send cycles
+    assert len(orthanc.find("Instance", {"StudyInstanceUID": study, "Modality": "SEG"})) == 1
+
+
+def test_corrupt_series_fails_with_a_reason_and_the_node_keeps_serving(peers, tmp_path):
+    orthanc, node = peers
+    orthanc.start(node.port)
+    node.start()
+    folder, _ = ball_series(tmp_path / "bad")
+    victim = sorted(folder.iterdir())[3]
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # truncated pixel data
+    ds.save_as(victim)
+    assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
+
+    def failed():
+        status = subprocess.run(
+            [sys.executable, "-m", "medmap.cli", "node", "status", "--data", str(node.data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return "failed 1" in status.stdout and status.stdout
+
+    text = wait_for(failed, 120, "the job to fail")
+    assert "failed" in text and node.echo()  # the reason is recorded; the node still answers
+    good, study = ball_series(tmp_path / "good", seed=98)
+    assert storescu(node.port, sorted(good.iterdir())).returncode == 0
+    wait_for(lambda: seg_series_in(orthanc, study), 120, "the next series' SEG")
+
+
+def test_orthanc_pushes_to_the_node(peers, tmp_path):
+    orthanc, node = peers
+    orthanc.start(node.port)
+    node.start()
+    folder, study = ball_series(tmp_path / "series")
+    for path in sorted(folder.iterdir()):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{orthanc.http}/instances", data=path.read_bytes(), method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+    (study_id,) = orthanc.find("Study", {"StudyInstanceUID": study})
+    body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{orthanc.http}/modalities/MEDMAP/store", data=body, method="POST"
+    )
+    urllib.request.urlopen(request, timeout=120).close()
+    wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG of the pushed study")
