@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian programs the integration tests and benchmarks start: dcmtk (storescu, dcmdump ...),
 # dicom3tools (dciodvfy, the independent DICOM validator), dcm2niix (benchmark baseline) and Orthanc (the
-# PACS the DICOM node tests talk to; its packaged service is stopped and disabled, the tests start their own).
+# PACS the DICOM node tests talk to; its packaged service is stopped and disabled, the tests start their own)
+# and Chromium (the web page is tested in it, headless, driven by Playwright with this executable).
 # Installs only what is missing; needs root (CI and our machines run as root).
 set -euo pipefail
 needed=()
@@ -9,6 +10,7 @@ command -v dcmdump  >/dev/null 2>&1 || needed+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || needed+=(dicom3tools)
 command -v dcm2niix >/dev/null 2>&1 || needed+=(dcm2niix)
 command -v Orthanc  >/dev/null 2>&1 || needed+=(orthanc)
+command -v chromium >/dev/null 2>&1 || needed+=(chromium)
 if [ ${#needed[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: missing Debian packages ${needed[*]}; install them as root: apt-get install ${needed[*]}" >&2

@@ -580,6 +580,10 @@ def serve(
     ] = None,
     idle: Annotated[float, typer.Option(help="Seconds without a new instance after which a series is complete.")] = 10,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    http: Annotated[int | None, typer.Option(help="Port of the REST API and web page (off when not given).")] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="File holding the bearer token the HTTP API requires.")
+    ] = None,
 ) -> None:
     """Run as a DICOM node: receive series (C-STORE), run the matching bundle, send SEG/SR to --destination."""
     import logging
@@ -600,13 +604,16 @@ def serve(
         allowed_ae=list(allow or []),
         idle_seconds=idle,
         device=device,
+        http_port=http,
+        token=token_file.read_text().strip() if token_file else None,
     )
     node = Node(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     node.start()
-    out.print(f"medmap node {ae} listening on {host}:{port}; data in {data}", highlight=False)
+    web = f"; web page and API on http://{host}:{http}/" if http else ""
+    out.print(f"medmap node {ae} listening on {host}:{port}{web}; data in {data}", highlight=False)
     stopping.wait()
     node.stop()
     out.print("stopped")

@@ -282,3 +282,48 @@ def test_orthanc_pushes_to_the_node(peers, tmp_path):
     )
     urllib.request.urlopen(request, timeout=120).close()
     wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG of the pushed study")
+
+
+def test_web_page_in_headless_chromium(ball_bundle, tmp_path):
+    """The page served next to the node, in a real browser: it loads, lists the job, shows its thumbnail."""
+    from playwright.sync_api import sync_playwright
+
+    http = free_port()
+    node = NodeProcess(ball_bundle, tmp_path / "node", free_port(), "NOWHERE@127.0.0.1:9")
+    (tmp_path / "token").write_text("page-token\n")
+    node.args += ["--http", str(http), "--token-file", str(tmp_path / "token")]
+    try:
+        node.start()
+        folder, _ = ball_series(tmp_path / "series")
+        assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
+        series_uid = pydicom.dcmread(next(folder.iterdir())).SeriesInstanceUID
+
+        def job_has_result():
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http}/v1/jobs", headers={"Authorization": "Bearer page-token"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as r:
+                jobs = json.loads(r.read())
+            return any(j["series_uid"] == series_uid and j["state"] in ("sending", "done") for j in jobs)
+
+        wait_for(job_has_result, 120, "the job's result")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=require("chromium"), args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{http}/?token=page-token")
+                row = page.locator(f"tr:has(td.uid:text-is('{series_uid}'))")
+                assert row.count() == 1
+                assert row.locator("td.state").inner_text() in ("sending", "done")
+                assert "ml" in row.inner_text()  # segment volumes shown
+                thumb = row.locator("img.thumb")
+                thumb.wait_for()
+                width = page.evaluate("img => img.complete && img.naturalWidth", thumb.element_handle())
+                assert width and width > 50
+                denied = browser.new_page()
+                response = denied.goto(f"http://127.0.0.1:{http}/")
+                assert response.status == 401
+            finally:
+                browser.close()
+    finally:
+        node.stop()

@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medmap.deploy.jobs import JobStore
 from medmap.errors import ConfigError, MedmapError
 
@@ -95,6 +97,8 @@ class NodeConfig:
     allowed_ae: list[str] = field(default_factory=list)  # empty: any calling AE
     idle_seconds: float = 10.0
     device: str = "cpu"
+    http_port: int | None = None  # the REST API and web page (medmap.deploy.api)
+    token: str | None = None  # bearer token for the HTTP API
 
 
 def _fsync_write(ds, path: Path) -> None:
@@ -125,34 +129,41 @@ class Node:
         self._series_by_assoc: dict[int, set[str]] = {}
 
     # --- receiving ---------------------------------------------------------------------------------
+    def ingest(self, ds, calling_ae: str) -> str:
+        """Write one instance durably into the spool and record it; returns its series UID.
+        Raises OSError when the spool cannot be written (C-STORE answers "out of resources")."""
+        sop, series, study = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID)
+        folder = self.spool / _safe(study) / _safe(series)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{_safe(sop)}.dcm"
+        _fsync_write(ds, path)
+        self.store.record_instance(
+            sop,
+            series,
+            str(path),
+            {
+                "study_uid": study,
+                "modality": str(ds.get("Modality", "")),
+                "body_part": str(ds.get("BodyPartExamined", "")),
+                "description": str(ds.get("SeriesDescription", "")),
+                "calling_ae": calling_ae,
+                "folder": str(folder),
+            },
+        )
+        return series
+
     def _on_store(self, event) -> int:
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
-            sop, series, study = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID)
+            str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID)
         except Exception as exc:  # an undecodable dataset: refuse it, keep serving
             log.warning("C-STORE refused: cannot decode the dataset (%s)", type(exc).__name__)
             return 0xC210
-        folder = self.spool / _safe(study) / _safe(series)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{_safe(sop)}.dcm"
-            _fsync_write(ds, path)
-            self.store.record_instance(
-                sop,
-                series,
-                str(path),
-                {
-                    "study_uid": study,
-                    "modality": str(ds.get("Modality", "")),
-                    "body_part": str(ds.get("BodyPartExamined", "")),
-                    "description": str(ds.get("SeriesDescription", "")),
-                    "calling_ae": event.assoc.requestor.ae_title,
-                    "folder": str(folder),
-                },
-            )
+            series = self.ingest(ds, event.assoc.requestor.ae_title)
         except OSError as exc:
-            log.error("C-STORE of %s failed: cannot write the spool (%s)", sop, exc)
+            log.error("C-STORE of %s failed: cannot write the spool (%s)", ds.SOPInstanceUID, exc)
             return 0xA700  # out of resources
         self._series_by_assoc.setdefault(id(event.assoc), set()).add(series)
         return 0x0000
@@ -190,12 +201,18 @@ class Node:
         self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
         self._worker = threading.Thread(target=self._work, name="medmap-node-worker", daemon=True)
         self._worker.start()
+        if self.config.http_port:
+            from medmap.deploy.api import create_app, serve_http
+
+            self._http = serve_http(create_app(self, self.config.token), self.config.host, self.config.http_port)
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
     def stop(self) -> None:
         """Stop accepting, let the worker finish its current step; running jobs are re-queued at next start."""
         if self._server is not None:
             self._server.shutdown()
+        if getattr(self, "_http", None) is not None:
+            self._http.should_exit = True
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=600)
@@ -251,6 +268,7 @@ class Node:
             return
         import pydicom
 
+        self._thumbnail(case, result, out)
         sendable = []
         for key in ("seg", "sr"):
             if key in result.outputs:
@@ -261,6 +279,24 @@ class Node:
         self.store.set_state(job.id, "running", bundle=str(route.bundle))
         self.store.results_ready(job.id, sendable, json.dumps({"outputs": result.outputs, **result.result}))
         log.info("job %d (series %s): %d result(s) to send", job.id, job.series_uid, len(sendable))
+
+    @staticmethod
+    def _thumbnail(case, result, out: Path) -> None:
+        """A small picture of the result for the web page (never fatal to the job)."""
+        try:
+            from medmap.evaluation.plots import thumbnail
+            from medmap.io.load import load
+
+            image = case.load()
+            labels = load(result.outputs["labels"]).array if "labels" in result.outputs else None
+            grey = image.array if image.channels == 1 else image.array[..., 0]
+            window = (image.meta.window_center or 60.0, image.meta.window_width or 400.0)
+            if image.meta.modality != "CT":
+                low, high = (float(v) for v in np.percentile(grey, [1, 99]))
+                window = ((low + high) / 2, max(high - low, 1.0))
+            (out / case.case_id / "thumbnail.png").write_bytes(thumbnail(grey, labels, window))
+        except Exception:
+            log.exception("thumbnail of %s failed", case.case_id)
 
     def _send_due(self) -> bool:
         due = self.store.due()

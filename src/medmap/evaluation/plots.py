@@ -173,3 +173,21 @@ def metric_boxplot(per_case: dict[str, dict], metric: str, names: list[str]) -> 
         ax.scatter(np.full(len(values), i) + np.linspace(-0.08, 0.08, len(values)), values, s=10, c="tab:blue")
     ax.set(ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} per case")
     return _png(fig)
+
+
+def thumbnail(image: np.ndarray, labels: np.ndarray | None, window: tuple[float, float] = (60.0, 400.0)) -> bytes:
+    """A small axial picture for a result list: the slice with the most foreground, label contours on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax((labels > 0).sum(axis=(1, 2)))) if labels is not None and labels.any() else image.shape[0] // 2
+    low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
+    fig, ax = plt.subplots(figsize=(2.4, 2.4))
+    ax.imshow(image[z], cmap="gray", vmin=low, vmax=high)
+    if labels is not None:
+        for i, value in enumerate(v for v in np.unique(labels[z]) if v > 0):
+            ax.contour((labels[z] == value).astype(float), levels=[0.5], colors=[PREDICTION_COLOURS[i % 4]])
+    ax.axis("off")
+    return _png(fig)
