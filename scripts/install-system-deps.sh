@@ -11,6 +11,7 @@ command -v dciodvfy >/dev/null 2>&1 || needed+=(dicom3tools)
 command -v dcm2niix >/dev/null 2>&1 || needed+=(dcm2niix)
 command -v Orthanc  >/dev/null 2>&1 || needed+=(orthanc)
 command -v chromium >/dev/null 2>&1 || needed+=(chromium)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || needed+=(orthanc-dicomweb)
 if [ ${#needed[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "error: missing Debian packages ${needed[*]}; install them as root: apt-get install ${needed[*]}" >&2

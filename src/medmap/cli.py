@@ -532,18 +532,32 @@ def _lesion(text: str) -> tuple[float, float, float]:
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="Bundle folder (medmap bundle create).")],
-    source: Annotated[
-        Path, typer.Argument(help="DICOM series or folder of studies, image file or folder, or CSV manifest.")
-    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="DICOM series or folder of studies, image file or folder, or CSV manifest."),
+    ] = None,
     engine: Annotated[str, typer.Option(help="torch, torchscript or onnx (ONNX Runtime).")] = "torch",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     lesion: Annotated[
         list[str] | None, typer.Option(help="Lesion position x,y,z in mm (LPS) for lesion classifiers; repeatable.")
     ] = None,
+    dicomweb: Annotated[str | None, typer.Option(help="DICOMweb root to fetch --study from (WADO-RS).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study Instance UID to fetch with --dicomweb.")] = None,
+    stow: Annotated[bool, typer.Option(help="Store the SEG/SR results back with STOW-RS (with --dicomweb).")] = False,
 ) -> None:
     """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, per case."""
     from medmap.inference.predictor import predict as run_predict
+
+    if dicomweb:  # pull mode: WADO-RS the study into OUT/input/<study>, predict, optionally STOW the results
+        from medmap.deploy.dicomweb import wado_study
+
+        if not study:
+            raise ConfigError("--dicomweb needs --study UID (the study to fetch)")
+        source = output / "input" / study
+        wado_study(dicomweb, study, source)
+    elif source is None:
+        raise ConfigError("give a SOURCE to predict on, or --dicomweb URL --study UID")
 
     results = run_predict(
         bundle,
@@ -557,6 +571,13 @@ def predict(
     for r in results:
         if r.ok:
             out.print(f"{r.case_id}: " + ", ".join(f"{k} {v}" for k, v in r.outputs.items()), highlight=False)
+    if stow and dicomweb:
+        from medmap.deploy.dicomweb import stow as stow_rs
+
+        stored = [r.outputs[k] for r in results if r.ok for k in ("seg", "sr") if k in r.outputs]
+        if stored:
+            stow_rs(dicomweb, stored)
+            out.print(f"stored {len(stored)} result(s) at {dicomweb} (STOW-RS)")
     failed = [r for r in results if not r.ok]
     for r in failed:
         sys.stderr.write(f"error: {_one_line(r.error)}\n")
@@ -580,6 +601,9 @@ def serve(
     ] = None,
     idle: Annotated[float, typer.Option(help="Seconds without a new instance after which a series is complete.")] = 10,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dicomweb: Annotated[
+        str | None, typer.Option(help="DICOMweb root to STOW results to when there is no --destination.")
+    ] = None,
     http: Annotated[int | None, typer.Option(help="Port of the REST API and web page (off when not given).")] = None,
     token_file: Annotated[
         Path | None, typer.Option(help="File holding the bearer token the HTTP API requires.")
@@ -604,6 +628,7 @@ def serve(
         allowed_ae=list(allow or []),
         idle_seconds=idle,
         device=device,
+        dicomweb=dicomweb,
         http_port=http,
         token=token_file.read_text().strip() if token_file else None,
     )

@@ -20,6 +20,7 @@ from tests.builders import ball_case
 from tests.integration.test_dciodvfy import require
 
 pytestmark = pytest.mark.integration
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian orthanc-dicomweb
 
 
 def free_port() -> int:
@@ -55,7 +56,8 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomModalities": {"MEDMAP": ["MEDMAP", "127.0.0.1", medmap_port]},
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).is_file() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config))
@@ -270,11 +272,7 @@ def test_orthanc_pushes_to_the_node(peers, tmp_path):
     orthanc.start(node.port)
     node.start()
     folder, study = ball_series(tmp_path / "series")
-    for path in sorted(folder.iterdir()):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{orthanc.http}/instances", data=path.read_bytes(), method="POST"
-        )
-        urllib.request.urlopen(request, timeout=10).close()
+    upload_to_orthanc(orthanc, folder)
     (study_id,) = orthanc.find("Study", {"StudyInstanceUID": study})
     body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
     request = urllib.request.Request(
@@ -327,3 +325,63 @@ def test_web_page_in_headless_chromium(ball_bundle, tmp_path):
                 browser.close()
     finally:
         node.stop()
+
+
+def upload_to_orthanc(orthanc: Orthanc, folder: Path) -> None:
+    for path in sorted(folder.iterdir()):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{orthanc.http}/instances", data=path.read_bytes(), method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+
+def test_predict_pulls_by_wado_and_stores_by_stow(ball_bundle, tmp_path):
+    assert Path(DICOMWEB_PLUGIN).is_file(), "orthanc-dicomweb is not installed (make test installs it)"
+    orthanc = Orthanc(tmp_path / "orthanc")
+    try:
+        orthanc.start(free_port())
+        folder, study = ball_series(tmp_path / "series")
+        upload_to_orthanc(orthanc, folder)
+        root = f"http://127.0.0.1:{orthanc.http}/dicom-web"
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "medmap.cli",
+                "predict",
+                str(ball_bundle),
+                "--dicomweb",
+                root,
+                "--study",
+                study,
+                "-o",
+                str(tmp_path / "out"),
+                "--stow",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(list((tmp_path / "out" / "input" / study).iterdir())) == len(list(folder.iterdir()))
+        assert len(orthanc.find("Instance", {"StudyInstanceUID": study, "Modality": "SEG"})) == 1
+    finally:
+        orthanc.stop()
+
+
+def test_node_stores_results_by_stow_when_asked(ball_bundle, tmp_path):
+    orthanc = Orthanc(tmp_path / "orthanc")
+    port = free_port()
+    node = NodeProcess(ball_bundle, tmp_path / "node", port, "unused@127.0.0.1:9")
+    i = node.args.index("--destination")
+    del node.args[i : i + 2]
+    try:
+        orthanc.start(port)
+        node.args += ["--dicomweb", f"http://127.0.0.1:{orthanc.http}/dicom-web"]
+        node.start()
+        folder, study = ball_series(tmp_path / "series")
+        assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
+        wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG stored by STOW-RS")
+    finally:
+        node.stop()
+        orthanc.stop()

@@ -97,6 +97,7 @@ class NodeConfig:
     allowed_ae: list[str] = field(default_factory=list)  # empty: any calling AE
     idle_seconds: float = 10.0
     device: str = "cpu"
+    dicomweb: str | None = None  # results by STOW-RS to this DICOMweb root when no C-STORE destination
     http_port: int | None = None  # the REST API and web page (medmap.deploy.api)
     token: str | None = None  # bearer token for the HTTP API
 
@@ -274,11 +275,25 @@ class Node:
             if key in result.outputs:
                 ds = pydicom.dcmread(result.outputs[key], stop_before_pixels=True)
                 sendable.append((str(ds.SOPInstanceUID), result.outputs[key]))
-        if self.config.destination is None:
+        if self.config.destination is None and not self.config.dicomweb:
             sendable = []
         self.store.set_state(job.id, "running", bundle=str(route.bundle))
         self.store.results_ready(job.id, sendable, json.dumps({"outputs": result.outputs, **result.result}))
         log.info("job %d (series %s): %d result(s) to send", job.id, job.series_uid, len(sendable))
+
+    def _stow_due(self, due) -> bool:
+        from medmap.deploy.dicomweb import stow
+
+        for uid, job_id, path, attempts in due:
+            try:
+                stow(self.config.dicomweb, [path])
+            except MedmapError as exc:
+                self.store.send_failed(uid, str(exc), min(60.0, 2.0**attempts))
+                log.warning("job %d: STOW of %s failed: %s", job_id, uid, exc)
+                continue
+            self.store.sent(uid)
+            log.info("job %d: result %s stored by STOW-RS", job_id, uid)
+        return True
 
     @staticmethod
     def _thumbnail(case, result, out: Path) -> None:
@@ -300,8 +315,10 @@ class Node:
 
     def _send_due(self) -> bool:
         due = self.store.due()
-        if not due or self.config.destination is None:
+        if not due:
             return False
+        if self.config.destination is None:
+            return self._stow_due(due) if self.config.dicomweb else False
         import pydicom
         from pynetdicom import AE
 
