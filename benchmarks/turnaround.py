@@ -35,12 +35,14 @@ def make_ct(folder: Path, slices: int, seed: int = 0) -> str:
 
 
 def storescu(port: int, files: list[Path], aet: str = "STORESCU") -> None:
-    subprocess.run(
+    done = subprocess.run(
         ["storescu", "-aet", aet, "-aec", "MEDMAP", "127.0.0.1", str(port), *map(str, files)],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"storescu of {len(files)} files failed: {done.stderr.strip()[-400:]}")
 
 
 def main() -> None:

@@ -588,19 +588,26 @@ def predict(
 
 @app.command()
 def serve(
-    bundle: Annotated[list[Path], typer.Option(help="Bundle(s) to run; each takes series of its own modality.")],
-    data: Annotated[Path, typer.Option(help="Folder for the spool, results and the job database.")],
-    ae: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDMAP",
-    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="JSON settings (keys as the options, plus routes); options win.")
+    ] = None,
+    bundle: Annotated[
+        list[Path] | None, typer.Option(help="Bundle(s) to run; each takes series of its own modality.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder for the spool, results and the job database.")] = None,
+    ae: Annotated[str | None, typer.Option(help="This node's AE title [MEDMAP].")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port to listen on [11112].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     destination: Annotated[
         str | None, typer.Option(help="Where results go by C-STORE: AET@HOST:PORT (e.g. the PACS).")
     ] = None,
     allow: Annotated[
         list[str] | None, typer.Option(help="Calling AE titles allowed (repeatable); default any.")
     ] = None,
-    idle: Annotated[float, typer.Option(help="Seconds without a new instance after which a series is complete.")] = 10,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    idle: Annotated[
+        float | None, typer.Option(help="Seconds without a new instance after which a series is complete [10].")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda [cpu].")] = None,
     dicomweb: Annotated[
         str | None, typer.Option(help="DICOMweb root to STOW results to when there is no --destination.")
     ] = None,
@@ -613,32 +620,34 @@ def serve(
     import logging
     import signal
 
-    from medmap.deploy.node import Destination, Node, NodeConfig, Route
-    from medmap.inference.bundle import load_bundle
+    from medmap.deploy.node import Node, node_config
 
+    given = {
+        "bundles": [str(b) for b in bundle] if bundle else None,
+        "data": str(data) if data else None,
+        "ae": ae,
+        "port": port,
+        "host": host,
+        "destination": destination,
+        "allow": allow,
+        "idle": idle,
+        "device": device,
+        "dicomweb": dicomweb,
+        "http": http,
+        "token_file": str(token_file) if token_file else None,
+    }
+    config = node_config(config_file, {k: v for k, v in given.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    routes = [Route(b, modality=load_bundle(b).plan.modality or "") for b in bundle]
-    config = NodeConfig(
-        data=data,
-        routes=routes,
-        ae_title=ae,
-        port=port,
-        host=host,
-        destination=Destination.parse(destination) if destination else None,
-        allowed_ae=list(allow or []),
-        idle_seconds=idle,
-        device=device,
-        dicomweb=dicomweb,
-        http_port=http,
-        token=token_file.read_text().strip() if token_file else None,
-    )
     node = Node(config)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     node.start()
-    web = f"; web page and API on http://{host}:{http}/" if http else ""
-    out.print(f"medmap node {ae} listening on {host}:{port}{web}; data in {data}", highlight=False)
+    web = f"; web page and API on http://{config.host}:{config.http_port}/" if config.http_port else ""
+    out.print(
+        f"medmap node {config.ae_title} listening on {config.host}:{config.port}{web}; data in {config.data}",
+        highlight=False,
+    )
     stopping.wait()
     node.stop()
     out.print("stopped")

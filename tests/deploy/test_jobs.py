@@ -69,3 +69,28 @@ def test_routes_and_destinations():
     assert Destination.parse("ORTHANC@127.0.0.1:4242") == Destination("ORTHANC", "127.0.0.1", 4242)
     with pytest.raises(ConfigError, match="AET@HOST:PORT"):
         Destination.parse("127.0.0.1:4242")
+
+
+def test_node_settings_from_a_file_with_the_command_line_on_top(tmp_path):
+    import json
+
+    from medmap.deploy.node import node_config
+
+    (tmp_path / "token").write_text("abc\n")
+    settings = {
+        "data": str(tmp_path / "node"),
+        "port": 4000,
+        "destination": "PACS@127.0.0.1:104",
+        "allow": ["CT1"],
+        "token_file": str(tmp_path / "token"),
+        "routes": [{"bundle": "b/liver", "modality": "CT", "body_part": "ABDOMEN"}],
+    }
+    (tmp_path / "node.json").write_text(json.dumps(settings))
+    config = node_config(tmp_path / "node.json", {"port": 5000})
+    assert config.port == 5000 and config.destination.ae == "PACS" and config.allowed_ae == ["CT1"]
+    assert config.token == "abc" and config.routes[0].accepts("CT", "abdomen", "any")
+    (tmp_path / "bad.json").write_text(json.dumps({**settings, "colour": "red"}))
+    with pytest.raises(ConfigError, match="unknown setting"):
+        node_config(tmp_path / "bad.json", {})
+    with pytest.raises(ConfigError, match="needs --data"):
+        node_config(None, {})

@@ -46,6 +46,7 @@ STORAGE_CLASSES = {
     "PET": "1.2.840.10008.5.1.4.1.1.128",
     "Secondary Capture": "1.2.840.10008.5.1.4.1.1.7",
 }
+MAX_ASSOCIATIONS = 64
 TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # explicit VR little endian
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -189,6 +190,7 @@ class Node:
         if recovered:
             log.info("recovered %d interrupted job(s)", recovered)
         ae = AE(ae_title=self.config.ae_title)
+        ae.maximum_associations = MAX_ASSOCIATIONS  # pynetdicom's default, 10, refuses a busy PACS's 11th
         ae.add_supported_context(Verification)
         for uid in STORAGE_CLASSES.values():
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
@@ -349,3 +351,74 @@ class Node:
 
 def _safe(uid: str) -> str:
     return re.sub(r"[^0-9A-Za-z.\-]", "_", uid)[:64] or "unknown"
+
+
+SETTINGS = {
+    "bundles",
+    "routes",
+    "data",
+    "ae",
+    "port",
+    "host",
+    "destination",
+    "allow",
+    "idle",
+    "device",
+    "dicomweb",
+    "http",
+    "token_file",
+}
+
+
+def node_config(path: str | Path | None, overrides: dict) -> NodeConfig:
+    """Settings from a JSON file (same names as ``medmap serve``'s options, plus ``routes``: a list of
+    ``{"bundle", "modality", "body_part", "description"}``), then the command line's values on top.
+    Bundles given without a route take series of their own modality."""
+    import json
+
+    settings: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            settings = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such configuration file") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        unknown = sorted(set(settings) - SETTINGS)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(SETTINGS))}")
+    settings.update(overrides)
+    if not settings.get("data"):
+        raise ConfigError("the node needs --data (a folder for its spool, results and job database)")
+    routes = []
+    for i, item in enumerate(settings.get("routes", [])):
+        if "bundle" not in item:
+            raise ConfigError(f"route {i + 1}: needs a bundle")
+        extra = set(item) - {"bundle", "modality", "body_part", "description"}
+        if extra:
+            raise ConfigError(f"route {i + 1}: unknown rule(s) {', '.join(sorted(extra))}")
+        routes.append(
+            Route(
+                Path(item["bundle"]), item.get("modality", ""), item.get("body_part", ""), item.get("description", "")
+            )
+        )
+    from medmap.inference.bundle import load_bundle
+
+    for bundle in settings.get("bundles", []):
+        routes.append(Route(Path(bundle), modality=load_bundle(bundle).plan.modality or ""))
+    token_file = settings.get("token_file")
+    return NodeConfig(
+        data=Path(settings["data"]),
+        routes=routes,
+        ae_title=settings.get("ae", "MEDMAP"),
+        port=int(settings.get("port", 11112)),
+        host=settings.get("host", "127.0.0.1"),
+        destination=Destination.parse(settings["destination"]) if settings.get("destination") else None,
+        allowed_ae=list(settings.get("allow", [])),
+        idle_seconds=float(settings.get("idle", 10.0)),
+        device=settings.get("device", "cpu"),
+        dicomweb=settings.get("dicomweb"),
+        http_port=settings.get("http"),
+        token=Path(token_file).read_text().strip() if token_file else None,
+    )
