@@ -615,6 +615,9 @@ def serve(
     token_file: Annotated[
         Path | None, typer.Option(help="File holding the bearer token the HTTP API requires.")
     ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="DICOM over TLS: the node's certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="DICOM over TLS: the node's private key (PEM).")] = None,
+    tls_ca: Annotated[Path | None, typer.Option(help="Require callers' certificates signed by this CA.")] = None,
 ) -> None:
     """Run as a DICOM node: receive series (C-STORE), run the matching bundle, send SEG/SR to --destination."""
     import logging
@@ -635,6 +638,9 @@ def serve(
         "dicomweb": dicomweb,
         "http": http,
         "token_file": str(token_file) if token_file else None,
+        "tls_cert": str(tls_cert) if tls_cert else None,
+        "tls_key": str(tls_key) if tls_key else None,
+        "tls_ca": str(tls_ca) if tls_ca else None,
     }
     config = node_config(config_file, {k: v for k, v in given.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

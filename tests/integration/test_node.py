@@ -385,3 +385,78 @@ def test_node_stores_results_by_stow_when_asked(ball_bundle, tmp_path):
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_dicom_over_tls(ball_bundle, tmp_path):
+    """With a certificate the node speaks DICOM over TLS only: echoscu with TLS trusting the certificate
+    is answered; plain TCP is not."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            require("openssl"),
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-days",
+            "1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    node = NodeProcess(ball_bundle, tmp_path / "node", free_port(), "NOWHERE@127.0.0.1:9")
+    node.args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+    def tls_echo() -> bool:
+        result = subprocess.run(
+            [
+                require("echoscu"),
+                "+tla",
+                "+cf",
+                str(cert),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "MEDMAP",
+                "127.0.0.1",
+                str(node.port),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+        return result.returncode == 0
+
+    node.echo = tls_echo  # the fixture's readiness check must speak TLS too
+    try:
+        node.start()
+        assert tls_echo()
+        plain = subprocess.run(
+            [
+                require("echoscu"),
+                "-to",
+                "5",
+                "-ta",
+                "5",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "MEDMAP",
+                "127.0.0.1",
+                str(node.port),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        assert plain.returncode != 0
+    finally:
+        node.stop()

@@ -101,6 +101,9 @@ class NodeConfig:
     dicomweb: str | None = None  # results by STOW-RS to this DICOMweb root when no C-STORE destination
     http_port: int | None = None  # the REST API and web page (medmap.deploy.api)
     token: str | None = None  # bearer token for the HTTP API
+    tls_cert: Path | None = None  # DICOM over TLS: this node's certificate (PEM) ...
+    tls_key: Path | None = None  # ... and its private key
+    tls_ca: Path | None = None  # when given, callers must present a certificate signed by it
 
 
 def _fsync_write(ds, path: Path) -> None:
@@ -201,7 +204,9 @@ class Node:
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        self._server = ae.start_server(
+            (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=self._tls()
+        )
         self._worker = threading.Thread(target=self._work, name="medmap-node-worker", daemon=True)
         self._worker.start()
         if self.config.http_port:
@@ -209,6 +214,23 @@ class Node:
 
             self._http = serve_http(create_app(self, self.config.token), self.config.host, self.config.http_port)
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
+
+    def _tls(self):
+        """The server's TLS context (BCP 195: TLS 1.2 or newer), or None for plain TCP."""
+        if not self.config.tls_cert:
+            return None
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+            if self.config.tls_ca:
+                context.load_verify_locations(self.config.tls_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS certificate or key {self.config.tls_cert}: {exc}") from None
+        return context
 
     def stop(self) -> None:
         """Stop accepting, let the worker finish its current step; running jobs are re-queued at next start."""
@@ -367,6 +389,9 @@ SETTINGS = {
     "dicomweb",
     "http",
     "token_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
 }
 
 
@@ -421,4 +446,7 @@ def node_config(path: str | Path | None, overrides: dict) -> NodeConfig:
         dicomweb=settings.get("dicomweb"),
         http_port=settings.get("http"),
         token=Path(token_file).read_text().strip() if token_file else None,
+        tls_cert=Path(settings["tls_cert"]) if settings.get("tls_cert") else None,
+        tls_key=Path(settings["tls_key"]) if settings.get("tls_key") else None,
+        tls_ca=Path(settings["tls_ca"]) if settings.get("tls_ca") else None,
     )
