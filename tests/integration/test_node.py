@@ -39,11 +39,26 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def stop_process(process, log, timeout: float) -> None:
+    """Terminate (then kill) a process this module started, and close its log."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if log is not None and not log.closed:
+        log.close()
+
+
 class Orthanc:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.http, self.dicom = free_port(), free_port()
-        self.process = None
+        self.process, self.log = None, None
 
     def start(self, medmap_port: int) -> None:
         config = {
@@ -81,15 +96,7 @@ class Orthanc:
             return json.loads(r.read())
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process:
-            self.log.close()
+        stop_process(self.process, self.log, timeout=30)
 
 
 class NodeProcess:
@@ -114,7 +121,7 @@ class NodeProcess:
             "--idle",
             "3",
         ]
-        self.port, self.data, self.process = port, data, None
+        self.port, self.data, self.process, self.log = port, data, None, None
 
     def start(self) -> None:
         data = self.data
@@ -137,14 +144,7 @@ class NodeProcess:
         self.log.close()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.log.close()
+        stop_process(self.process, self.log, timeout=60)
 
     def logs(self) -> str:
         return "".join(p.read_text() for p in sorted(self.data.glob("node-*.log")))
