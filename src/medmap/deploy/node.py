@@ -291,6 +291,10 @@ class Node:
             self.store.set_state(job.id, "failed", error=str(exc), bundle=str(route.bundle))
             log.warning("job %d (series %s) failed: %s", job.id, job.series_uid, exc)
             return
+        except Exception as exc:  # a fault of ours, not of the input: recorded, and the node goes on
+            self.store.set_state(job.id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            log.exception("job %d (series %s) failed with an internal error", job.id, job.series_uid)
+            return
         import pydicom
 
         self._thumbnail(case, result, out)
