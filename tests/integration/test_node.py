@@ -130,11 +130,23 @@ class NodeProcess:
         self.process = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for(self.echo, 60, "the node to answer C-ECHO")
 
-    def echo(self, aet: str = "STORESCU") -> bool:
+    echo_options: tuple[str, ...] = ()  # extra echoscu options for every echo (TLS, for instance)
+
+    def echo(self, aet: str = "STORESCU", options: tuple[str, ...] = ()) -> bool:
         result = subprocess.run(
-            [require("echoscu"), "-aet", aet, "-aec", "MEDMAP", "127.0.0.1", str(self.port)],
+            [
+                require("echoscu"),
+                *self.echo_options,
+                *options,
+                "-aet",
+                aet,
+                "-aec",
+                "MEDMAP",
+                "127.0.0.1",
+                str(self.port),
+            ],
             capture_output=True,
-            timeout=30,
+            timeout=60,
         )
         return result.returncode == 0
 
@@ -417,46 +429,11 @@ def test_dicom_over_tls(ball_bundle, tmp_path):
     node = NodeProcess(ball_bundle, tmp_path / "node", free_port(), "NOWHERE@127.0.0.1:9")
     node.args += ["--tls-cert", str(cert), "--tls-key", str(key)]
 
-    def tls_echo() -> bool:
-        result = subprocess.run(
-            [
-                require("echoscu"),
-                "+tla",
-                "+cf",
-                str(cert),
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "MEDMAP",
-                "127.0.0.1",
-                str(node.port),
-            ],
-            capture_output=True,
-            timeout=30,
-        )
-        return result.returncode == 0
-
-    node.echo = tls_echo  # the fixture's readiness check must speak TLS too
+    node.echo_options = ("+tla", "+cf", str(cert))  # the readiness check must speak TLS too
     try:
         node.start()
-        assert tls_echo()
-        plain = subprocess.run(
-            [
-                require("echoscu"),
-                "-to",
-                "5",
-                "-ta",
-                "5",
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "MEDMAP",
-                "127.0.0.1",
-                str(node.port),
-            ],
-            capture_output=True,
-            timeout=60,
-        )
-        assert plain.returncode != 0
+        assert node.echo()
+        node.echo_options = ()
+        assert not node.echo(options=("-to", "5", "-ta", "5"))  # plain TCP is not answered
     finally:
         node.stop()

@@ -129,18 +129,17 @@ def lesion_cube(image, position, plan: Plan) -> np.ndarray:
     return (cube if cube.ndim == 4 else cube[np.newaxis]).astype(np.float32)
 
 
-def whole_image_input(image, plan: Plan) -> np.ndarray:
-    """A whole image as a classifier sees it: resampled, normalised, centre padded/cropped to the patch."""
+def whole_image_input(image, plan: Plan):
+    """A whole image as a classifier sees it: resampled, normalised, centre padded/cropped to the patch.
+    Returns the array ``[C, *patch]`` and the resampled image (whose geometry the cache records)."""
     image = resample(image, plan.target_spacing, "linear")
     array = channels_first(normalize(image.array, plan.normalization), image.channels)
     centre = (np.asarray(array.shape[1:]) - 1) / 2
-    return extract_patch(array, centre, plan.patch_size, float(array.min())).astype(np.float32)
+    return extract_patch(array, centre, plan.patch_size, float(array.min())).astype(np.float32), image
 
 
 def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
-    image = case.load_image()
-    array = whole_image_input(image, plan)
-    image = resample(image, plan.target_spacing, "linear")
+    array, image = whole_image_input(case.load_image(), plan)
     _save(folder / f"{case.case_id}.npy", array)
     meta = {"case_id": case.case_id, "label": case.label, "geometry": _geometry(image)}
     (folder / f"{case.case_id}.json").write_text(json.dumps(meta))

@@ -84,11 +84,16 @@ class Bundle:
         return models
 
 
+def run_weights(run: Path) -> list[Path]:
+    """A training run's model weights: one per fold when trained with --folds, else the single best.pt
+    (which may not exist yet: callers check)."""
+    folds = sorted(Path(run).glob("fold-*/checkpoints/best.pt"))
+    return folds or [Path(run) / "checkpoints" / "best.pt"]
+
+
 def _run_weights(run: Path) -> list[Path]:
-    folds = sorted(run.glob("fold-*/checkpoints/best.pt"))
-    single = run / "checkpoints" / "best.pt"
-    weights = folds or ([single] if single.is_file() else [])
-    if not weights:
+    weights = run_weights(run)
+    if not weights[0].is_file():
         raise OutputError(f"{run}: not a trained run (no checkpoints/best.pt)")
     return weights
 

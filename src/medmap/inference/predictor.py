@@ -209,7 +209,7 @@ class Predictor:
                     raise ConfigError(f"case {case.case_id}: lesion at {position} mm (LPS) lies outside the image")
                 inputs.append(classifier_input(lesion_cube(image, position, plan), plan))
         else:
-            inputs = [classifier_input(whole_image_input(image, plan), plan)]
+            inputs = [classifier_input(whole_image_input(image, plan)[0], plan)]
         probabilities = self.classify(inputs)
         items = []
         for i, p in enumerate(probabilities):

@@ -25,6 +25,7 @@ from medmap.errors import ConfigError, DatasetError, OutputError
 from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
+from medmap.inference.bundle import run_weights
 from medmap.plan import Plan
 from medmap.tasks import task_for
 from medmap.training.planner import plan_dataset
@@ -199,17 +200,11 @@ def _train_folds(
     return {**summary, "folds": k, "epochs_run": sum(len(h) for h in histories)}
 
 
-def _weights(run_dir: Path) -> list[Path]:
-    """The run's model weights: one per fold when trained with --folds, else the single best.pt."""
-    folds = sorted(run_dir.glob("fold-*/checkpoints/best.pt"))
-    return folds or [run_dir / "checkpoints" / "best.pt"]
-
-
 def _ensemble_predict(trainer: Trainer, plan: Plan, run_dir: Path, dataset: PatchDataset):
     """Mean class probabilities of every model of the run; also returns the last model (for Grad-CAM)."""
     model = trainer.task.build_network(plan, trainer.config.dropout).to(trainer.device)
     predictions = []
-    for path in _weights(run_dir):
+    for path in run_weights(run_dir):
         model.load_state_dict(torch.load(path, map_location=trainer.device))
         pred, targets = trainer.predict(model, dataset)
         predictions.append(pred)
@@ -221,7 +216,7 @@ def _evaluate(run_dir: Path, plan: Plan, trainer: Trainer, splits, cached, **kwa
     if plan.task == "segmentation":
         from medmap.training.evaluate_segmentation import evaluate_segmentation
 
-        return evaluate_segmentation(run_dir, plan, trainer, splits, _weights(run_dir), **kwargs)
+        return evaluate_segmentation(run_dir, plan, trainer, splits, run_weights(run_dir), **kwargs)
     kwargs.pop("progress", None)
     return evaluate_cached(run_dir, plan, trainer, splits, cached, **kwargs)
 
@@ -309,7 +304,7 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/."""
     run_dir = Path(run_dir)
-    if not _weights(run_dir)[0].is_file():
+    if not run_weights(run_dir)[0].is_file():
         raise OutputError(f"{run_dir}: not a trained run (no checkpoints/best.pt)")
     plan = Plan.load(run_dir / "plan.json")
     config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
