@@ -8,7 +8,9 @@ Per engine: latency of one network call on one patch (median of --repeats after 
 throughput in patches per second at the plan's batch size; for the segmentation bundle also the
 whole-volume inference of --volume (a CT the bundle was made for) through medmap's predictor with each
 engine, and MONAI's sliding_window_inference with the torch network, the same window, overlap and
-Gaussian weighting. Ratios are against torch eager. Table printed, JSON written.
+Gaussian weighting. Engine ratios are against torch eager float32; whole-volume ratios against
+MONAI's float32 reference. bfloat16 rows run torch under autocast (fast only on hardware with native
+bfloat16: AVX512-BF16/AMX CPUs, recent GPUs). Table printed, JSON written.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-ENGINES = ("torch", "torchscript", "onnx")
+# (row name, engine, precision): bfloat16 is torch under autocast (medmap.inference.precision), the
+# default of `medmap predict` on hardware with native bfloat16
+ENGINES = (
+    ("torch", "torch", "float32"),
+    ("torch bfloat16", "torch", "bfloat16"),
+    ("torchscript", "torchscript", "float32"),
+    ("onnx", "onnx", "float32"),
+)
 
 
 def timed(fn, repeats: int) -> float:
@@ -40,8 +49,8 @@ def engine_table(bundle_path: Path, repeats: int) -> dict:
 
     bundle = load_bundle(bundle_path)
     out = {}
-    for name in ENGINES:
-        (engine,) = load_engines(bundle, name)[:1]
+    for name, engine_name, precision in ENGINES:
+        (engine,) = load_engines(bundle, engine_name, precision=precision)[:1]
         one = torch.randn_like(example_input(bundle, 1))
         batch = torch.randn_like(example_input(bundle, bundle.plan.batch_size))
         with torch.inference_mode():
@@ -57,6 +66,7 @@ def volume_table(bundle_path: Path, volume: Path, repeats: int) -> dict:
     from medmap.data.preprocess import segmentation_input
     from medmap.inference.bundle import load_bundle
     from medmap.inference.engines import load_engines
+    from medmap.inference.precision import autocast
     from medmap.inference.sliding_window import sliding_window
     from medmap.io.load import load
 
@@ -65,9 +75,9 @@ def volume_table(bundle_path: Path, volume: Path, repeats: int) -> dict:
     image = load(volume)
     array, _, _ = segmentation_input(image, plan.normalization, plan.target_spacing)
     settings = plan.inference
-    out = {}
-    for name in ENGINES:
-        engines = load_engines(bundle, name)
+    out, labels = {}, {}
+    for name, engine_name, precision in ENGINES:
+        engines = load_engines(bundle, engine_name, precision=precision)
 
         def run(engines=engines):
             return sliding_window(
@@ -75,24 +85,29 @@ def volume_table(bundle_path: Path, volume: Path, repeats: int) -> dict:
             )
 
         out[f"medmap + {name}"] = {"seconds": timed(run, repeats)}
+        labels[name] = run().labels
     (net,) = bundle.networks()[:1]
 
-    def monai():
-        with torch.inference_mode():
+    def monai(precision: str = "float32"):
+        with torch.inference_mode(), autocast(precision):
             return sliding_window_inference(
                 torch.from_numpy(array)[None],
                 roi_size=plan.patch_size,
                 sw_batch_size=settings.batch_size,
-                predictor=lambda x: torch.softmax(net(x), 1),
+                predictor=lambda x: torch.softmax(net(x).float(), 1),
                 overlap=settings.overlap,
                 mode="gaussian",
                 sigma_scale=0.125,
             )
 
     out["MONAI sliding_window_inference + torch"] = {"seconds": timed(monai, repeats)}
-    labels = run().labels
+    out["MONAI sliding_window_inference + torch bfloat16"] = {"seconds": timed(lambda: monai("bfloat16"), repeats)}
     reference = monai()[0].argmax(0).numpy()
-    out["label_agreement_with_monai"] = float((labels == reference).mean())
+    out["label_agreement"] = {
+        "medmap float32 vs MONAI float32": float((labels["torch"] == reference).mean()),
+        "medmap bfloat16 vs medmap float32": float((labels["torch bfloat16"] == labels["torch"]).mean()),
+        "medmap onnx vs medmap float32": float((labels["onnx"] == labels["torch"]).mean()),
+    }
     out["network_input_shape"] = list(array.shape)
     return out
 
@@ -108,7 +123,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    payload: dict = {"threads": args.threads, "repeats": args.repeats}
+    from medmap.inference.precision import resolve_precision
+
+    default = resolve_precision("auto")
+    payload: dict = {"threads": args.threads, "repeats": args.repeats, "predict_default_precision": default}
+    print(f"medmap predict's default precision on this machine (--precision auto): {default}")
     for kind, path in (("classification", args.cls), ("segmentation", args.seg)):
         if path is None:
             continue
@@ -125,13 +144,14 @@ def main() -> None:
     if args.seg and args.volume:
         table = volume_table(args.seg, args.volume, max(1, args.repeats // 2))
         payload["whole_volume"] = table
-        base = table["medmap + torch"]["seconds"]
+        monai = table["MONAI sliding_window_inference + torch"]["seconds"]
         print(f"\nwhole volume {args.volume} (network input {table['network_input_shape']}):")
-        print(f"{'method':40} {'seconds':>8} {'x medmap+torch':>15}")
+        print(f"{'method':48} {'seconds':>8} {'x faster than MONAI float32':>28}")
         for name, r in table.items():
-            if isinstance(r, dict):
-                print(f"{name:40} {r['seconds']:8.2f} {r['seconds'] / base:15.2f}")
-        print(f"label agreement with MONAI: {table['label_agreement_with_monai']:.5f}")
+            if isinstance(r, dict) and "seconds" in r:
+                print(f"{name:48} {r['seconds']:8.2f} {monai / r['seconds']:28.2f}")
+        for name, value in table["label_agreement"].items():
+            print(f"label agreement, {name}: {value:.5f}")
     (args.out / "engines.json").write_text(json.dumps(payload, indent=2))
     print(f"JSON: {args.out / 'engines.json'}")
 

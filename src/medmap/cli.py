@@ -456,11 +456,14 @@ def evaluate(
     data: Annotated[Path, typer.Argument(help="The dataset it was trained on.")],
     split: Annotated[str, typer.Option(help="Which of the run's splits to evaluate: test, val or train.")] = "test",
     cache: Annotated[Path | None, typer.Option(help="Preprocessing cache root (default RUN/cache).")] = None,
+    precision: Annotated[
+        str, typer.Option(help="float32, or bfloat16 to measure what `medmap predict` does in bfloat16.")
+    ] = "float32",
 ) -> None:
     """Evaluate a trained run: metrics with confidence intervals, per-case CSV, HTML report."""
     from medmap.training.run import evaluate_run
 
-    _print_summary(evaluate_run(run, data, split=split, cache_root=cache, progress=True))
+    _print_summary(evaluate_run(run, data, split=split, cache_root=cache, precision=precision, progress=True))
 
 
 @app.command()
@@ -539,6 +542,12 @@ def predict(
     ] = None,
     engine: Annotated[str, typer.Option(help="torch, torchscript or onnx (ONNX Runtime).")] = "torch",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    precision: Annotated[
+        str, typer.Option(help="auto (bfloat16 where the CPU/GPU has it natively), float32 or bfloat16.")
+    ] = "auto",
+    overlays: Annotated[
+        bool, typer.Option(help="Also write Secondary Capture overlay images (viewers without SEG support).")
+    ] = False,
     lesion: Annotated[
         list[str] | None, typer.Option(help="Lesion position x,y,z in mm (LPS) for lesion classifiers; repeatable.")
     ] = None,
@@ -565,6 +574,8 @@ def predict(
         output,
         engine=engine,
         device=device,
+        precision=precision,
+        overlays=overlays,
         lesions=[_lesion(t) for t in lesion or []] or None,
         progress=True,
     )
@@ -574,7 +585,7 @@ def predict(
     if stow and dicomweb:
         from medmap.deploy.dicomweb import stow as stow_rs
 
-        stored = [r.outputs[k] for r in results if r.ok for k in ("seg", "sr") if k in r.outputs]
+        stored = [path for r in results if r.ok for path in r.dicom_results()]
         if stored:
             stow_rs(dicomweb, stored)
             out.print(f"stored {len(stored)} result(s) at {dicomweb} (STOW-RS)")
@@ -608,6 +619,12 @@ def serve(
         float | None, typer.Option(help="Seconds without a new instance after which a series is complete [10].")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda [cpu].")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto (bfloat16 where the hardware has it natively), float32, bfloat16 [auto].")
+    ] = None,
+    overlays: Annotated[
+        bool | None, typer.Option(help="Also send Secondary Capture overlay images of segmentations.")
+    ] = None,
     dicomweb: Annotated[
         str | None, typer.Option(help="DICOMweb root to STOW results to when there is no --destination.")
     ] = None,
@@ -635,6 +652,8 @@ def serve(
         "allow": allow,
         "idle": idle,
         "device": device,
+        "precision": precision,
+        "overlays": overlays,
         "dicomweb": dicomweb,
         "http": http,
         "token_file": str(token_file) if token_file else None,

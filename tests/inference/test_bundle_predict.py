@@ -183,3 +183,50 @@ def test_lesion_classifier_writes_a_valid_sr(tiny_demo, tmp_path):
     text = str(sr)
     assert "Nodule" in text and finding["decision"].capitalize() in text
     assert f"{finding['probabilities']['malignant']:.6f}".rstrip("0")[:6] in text
+
+
+def test_bfloat16_prediction_agrees_with_float32(ball_bundle, ball_dicom, tmp_path):
+    folder, truth = ball_dicom
+    labels, dice = {}, {}
+    for precision in ("float32", "bfloat16"):
+        (result,) = predict(ball_bundle, folder, tmp_path / precision, precision=precision)
+        assert json.loads((tmp_path / precision / result.case_id / "result.json").read_text())["precision"] == precision
+        labels[precision] = load(result.outputs["labels"]).array
+        hit = ((labels[precision] == 1) & (truth.array == 1)).sum()
+        dice[precision] = 2 * hit / ((labels[precision] == 1).sum() + (truth.array == 1).sum())
+    assert (labels["bfloat16"] == labels["float32"]).mean() > 0.995
+    assert dice["bfloat16"] == pytest.approx(dice["float32"], abs=0.02)
+
+
+def test_overlay_images_are_valid_secondary_captures_of_the_labelled_slices(ball_bundle, ball_dicom, tmp_path):
+    import pydicom
+
+    from medmap.dicomout.overlay import PALETTE
+
+    folder, _ = ball_dicom
+    (result,) = predict(ball_bundle, folder, tmp_path / "out", overlays=True, precision="float32")
+    labels = load(result.outputs["labels"]).array
+    source = load(folder)
+    labelled = [z for z in range(labels.shape[0]) if labels[z].any()]
+    files = result.dicom_results()[1:]  # the SEG first, then the overlays
+    assert len(files) == len(labelled) == result.result["overlay_images"] > 0
+    assert dciodvfy_errors(files[0]) == [] and dciodvfy_errors(files[-1]) == []
+    series = {pydicom.dcmread(f).SeriesInstanceUID for f in files}
+    assert len(series) == 1
+    for z, path in zip(labelled, files, strict=True):
+        ds = pydicom.dcmread(path)
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.meta.slices[z].sop_instance_uid
+        assert ds.StudyInstanceUID == source.meta.study_uid
+        rgb = ds.pixel_array
+        assert rgb.shape == (*labels.shape[1:], 3)
+        background = labels[z] == 0
+        assert (rgb[background][:, 0] == rgb[background][:, 1]).all()  # no colour where nothing was found
+        ball = labels[z] == 1
+        if ball.any():  # the outline (at least one pixel) is drawn in the ball's full colour
+            assert (rgb[ball] == PALETTE[0]).all(axis=1).any()
+    # another toolkit (ITK's GDCM reader) decodes the same pixels
+    import SimpleITK as sitk
+
+    decoded = sitk.GetArrayFromImage(sitk.ReadImage(files[0]))
+    np.testing.assert_array_equal(decoded.reshape(-1, 3), pydicom.dcmread(files[0]).pixel_array.reshape(-1, 3))

@@ -97,3 +97,13 @@ def test_deep_supervision_loss_weighs_every_level():
     value = loss(levels, target)
     value.backward()
     assert torch.isfinite(value) and all(levels.grad[:, s].abs().sum() > 0 for s in range(3))
+
+
+def test_evaluate_in_bfloat16_measures_what_predict_would_do(balls, balls_run):
+    run, summary = balls_run
+    result = medmap_cli("evaluate", str(run), str(balls), "--split", summary["split"], "--precision", "bfloat16")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / f"evaluation-{summary['split']}-bfloat16" / "metrics.json").read_text())
+    assert metrics["precision"] == "bfloat16"
+    dice = summary["metrics"]["classes"]["ball"]["dice"]["mean"]
+    assert metrics["metrics"]["classes"]["ball"]["dice"]["mean"] == pytest.approx(dice, abs=0.02)

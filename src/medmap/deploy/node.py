@@ -98,6 +98,8 @@ class NodeConfig:
     allowed_ae: list[str] = field(default_factory=list)  # empty: any calling AE
     idle_seconds: float = 10.0
     device: str = "cpu"
+    precision: str = "auto"  # medmap.inference.precision
+    overlays: bool = False  # also send Secondary Capture overlay images (viewers without SEG support)
     dicomweb: str | None = None  # results by STOW-RS to this DICOMweb root when no C-STORE destination
     http_port: int | None = None  # the REST API and web page (medmap.deploy.api)
     token: str | None = None  # bearer token for the HTTP API
@@ -268,7 +270,12 @@ class Node:
             from medmap.inference.bundle import load_bundle
             from medmap.inference.predictor import Predictor
 
-            self._predictors[key] = Predictor(load_bundle(bundle), device=self.config.device)
+            self._predictors[key] = Predictor(
+                load_bundle(bundle),
+                device=self.config.device,
+                precision=self.config.precision,
+                overlays=self.config.overlays,
+            )
         return self._predictors[key]
 
     def _process(self, job) -> None:
@@ -299,10 +306,8 @@ class Node:
 
         self._thumbnail(case, result, out)
         sendable = []
-        for key in ("seg", "sr"):
-            if key in result.outputs:
-                ds = pydicom.dcmread(result.outputs[key], stop_before_pixels=True)
-                sendable.append((str(ds.SOPInstanceUID), result.outputs[key]))
+        for path in result.dicom_results():
+            sendable.append((str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID), path))
         if self.config.destination is None and not self.config.dicomweb:
             sendable = []
         self.store.set_state(job.id, "running", bundle=str(route.bundle))
@@ -390,6 +395,8 @@ SETTINGS = {
     "allow",
     "idle",
     "device",
+    "precision",
+    "overlays",
     "dicomweb",
     "http",
     "token_file",
@@ -437,6 +444,10 @@ def node_config(path: str | Path | None, overrides: dict) -> NodeConfig:
     for bundle in settings.get("bundles", []):
         routes.append(Route(Path(bundle), modality=load_bundle(bundle).plan.modality or ""))
     token_file = settings.get("token_file")
+    from medmap.inference.precision import PRECISIONS
+
+    if settings.get("precision", "auto") not in PRECISIONS:
+        raise ConfigError(f"--precision {settings['precision']}: choose one of {', '.join(PRECISIONS)}")
     return NodeConfig(
         data=Path(settings["data"]),
         routes=routes,
@@ -447,6 +458,8 @@ def node_config(path: str | Path | None, overrides: dict) -> NodeConfig:
         allowed_ae=list(settings.get("allow", [])),
         idle_seconds=float(settings.get("idle", 10.0)),
         device=settings.get("device", "cpu"),
+        precision=settings.get("precision", "auto"),
+        overlays=bool(settings.get("overlays", False)),
         dicomweb=settings.get("dicomweb"),
         http_port=settings.get("http"),
         token=Path(token_file).read_text().strip() if token_file else None,

@@ -101,12 +101,22 @@ def _fresh(bundle: Bundle, fmt: str) -> list[Path] | None:
     return paths
 
 
-def load_engines(bundle: Bundle, engine: str = "torch", device: str = "cpu") -> list[Engine]:
-    """One callable per fold model: ``x [B, C, *patch] -> logits`` (torch tensors)."""
+def load_engines(
+    bundle: Bundle, engine: str = "torch", device: str = "cpu", precision: str = "float32"
+) -> list[Engine]:
+    """One callable per fold model: ``x [B, C, *patch] -> logits`` (torch tensors, float32).
+
+    ``precision`` is a resolved one (`medmap.inference.precision.resolve_precision`): ``bfloat16`` runs
+    the torch networks under autocast.
+    """
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
     if engine == "torch":
-        return list(bundle.networks(device))
+        from medmap.inference.precision import with_precision
+
+        return [with_precision(network, precision, device) for network in bundle.networks(device)]
+    if precision != "float32":
+        raise ConfigError(f"--precision {precision} runs on the torch engine, not --engine {engine}")
     paths = _fresh(bundle, engine) or export(bundle, engine)
     if engine == "torchscript":
         return [torch.jit.load(str(p), map_location=device).eval() for p in paths]

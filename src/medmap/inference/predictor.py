@@ -30,6 +30,7 @@ from medmap.data.loader import classifier_input
 from medmap.errors import ConfigError, InputNotFoundError, MedmapError
 from medmap.inference.bundle import Bundle, load_bundle
 from medmap.inference.engines import load_engines
+from medmap.inference.precision import resolve_precision
 from medmap.inference.segment import check_input, segment_image
 from medmap.io.image import Image
 from medmap.io.load import is_image_file, load, save
@@ -54,6 +55,13 @@ class CaseResult:
     outputs: dict[str, str] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
     error: str = ""
+
+    def dicom_results(self) -> list[str]:
+        """The DICOM objects written for this case (SEG, SR, overlay images): what goes back to a PACS."""
+        files = [self.outputs[key] for key in ("seg", "sr") if key in self.outputs]
+        if "overlays" in self.outputs:
+            files += [str(p) for p in sorted(Path(self.outputs["overlays"]).glob("*.dcm"))]
+        return files
 
 
 def _safe(name: str) -> str:
@@ -135,10 +143,20 @@ def segment_summary(labels: Image, bundle: Bundle) -> dict:
 class Predictor:
     """A loaded bundle with its engines, ready for cases."""
 
-    def __init__(self, bundle: Bundle, *, engine: str = "torch", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        engine: str = "torch",
+        device: str = "cpu",
+        precision: str = "auto",
+        overlays: bool = False,
+    ) -> None:
         self.bundle, self.device = bundle, torch.device(device)
+        self.overlays = overlays  # also Secondary Capture overlay images (segmentation of DICOM input)
         self.engine_name = engine
-        self.engines = load_engines(bundle, engine, device)
+        self.precision = resolve_precision(precision, device, engine)
+        self.engines = load_engines(bundle, engine, device, self.precision)
         self.algorithm = f"medmap {bundle.plan.dataset} {bundle.task}"
         self.version = bundle.manifest.get("medmap_version", "")
 
@@ -187,10 +205,19 @@ class Predictor:
                     algorithm_version=self.version,
                 )
                 result.outputs["seg"] = str(seg)
+                if self.overlays:
+                    from medmap.dicomout.overlay import write_overlays
+
+                    written = write_overlays(
+                        labels, image, folder / "overlays", [s[:2] for s in segments], algorithm=self.algorithm
+                    )
+                    result.outputs["overlays"] = str(folder / "overlays")
+                    result.result["overlay_images"] = len(written)
         else:
             result.result = self._classification(case, image, folder, is_dicom, result)
         result.result["case_id"] = case.case_id
         result.result["engine"] = self.engine_name
+        result.result["precision"] = self.precision
         (folder / "result.json").write_text(json.dumps(result.result, indent=1))
         result.outputs["json"] = str(folder / "result.json")
         return result
@@ -259,15 +286,18 @@ def predict(
     *,
     engine: str = "torch",
     device: str = "cpu",
+    precision: str = "auto",
+    overlays: bool = False,
     lesions: list[tuple[float, float, float]] | None = None,
     progress: bool = False,
 ) -> list[CaseResult]:
     """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``."""
+    resolve_precision(precision, device, engine)  # a bad option fails before anything is loaded
     bundle = load_bundle(bundle_path)
     cases = discover(Path(source), lesions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(bundle, engine=engine, device=device)
+    predictor = Predictor(bundle, engine=engine, device=device, precision=precision, overlays=overlays)
     results = []
     for case in track(cases, "predicting", enabled=progress):
         try:

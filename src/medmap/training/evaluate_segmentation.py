@@ -24,6 +24,7 @@ from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curv
 from medmap.evaluation.report import segmentation_report
 from medmap.evaluation.segmentation import case_metrics, summarize
 from medmap.inference.postprocess import PostProcessing, choose_postprocessing
+from medmap.inference.precision import resolve_precision, with_precision
 from medmap.inference.segment import segment_image
 from medmap.io.load import save
 from medmap.plan import Plan
@@ -32,12 +33,14 @@ from medmap.progress import track
 TOLERANCE_MM = 2.0  # surface Dice tolerance (a voxel or two of typical abdominal CT)
 
 
-def load_models(trainer, plan: Plan, paths: list[Path]) -> list[torch.nn.Module]:
+def load_models(trainer, plan: Plan, paths: list[Path]) -> list:
+    """The networks of ``paths`` as ``x -> logits`` callables in the run's evaluation precision."""
+    precision = resolve_precision(trainer.config.evaluation_precision, trainer.device)
     models = []
     for path in paths:
         model = trainer.task.build_network(plan, trainer.config.dropout).to(trainer.device)
         model.load_state_dict(torch.load(path, map_location=trainer.device))
-        models.append(model.eval())
+        models.append(with_precision(model.eval(), precision, trainer.device))
     return models
 
 
@@ -119,6 +122,7 @@ def evaluate_segmentation(
         if pairs:
             postprocessing = choose_postprocessing([p[:2] for p in pairs], plan.labels, [p[2] for p in pairs])
         postprocessing.save(pp_file)
+    precision = resolve_precision(trainer.config.evaluation_precision, trainer.device)
     labelled = [c for c in splits.get(split, []) if c.mask is not None]
     evaluated = split if labelled else "val"
     models = load_models(trainer, plan, weights)
@@ -167,7 +171,8 @@ def evaluate_segmentation(
         f"network {plan.network} (width {plan.network_width}, {plan.network_depth} levels), patch {plan.patch_size} "
         f"at spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm; {len(weights)} model(s)",
         f"sliding window: overlap {plan.inference.overlap}, Gaussian weighting, mirroring "
-        f"{'on' if plan.inference.mirror else 'off'}; labels resampled back to each image's own grid",
+        f"{'on' if plan.inference.mirror else 'off'}; labels resampled back to each image's own grid; "
+        f"{precision}",
         *[f"post-processing: {line}" for line in postprocessing.log],
         *plan.notes,
     ]
@@ -180,6 +185,12 @@ def evaluate_segmentation(
         notes=notes,
         cases_csv=f"cases_{evaluated}.csv",
     )
-    payload = {"split": evaluated, "metrics": summary, "cases": per_case, "tolerance_mm": TOLERANCE_MM}
+    payload = {
+        "split": evaluated,
+        "precision": precision,
+        "metrics": summary,
+        "cases": per_case,
+        "tolerance_mm": TOLERANCE_MM,
+    }
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
     return {"metrics": summary, "report": str(report), "split": evaluated, "predictions": str(predictions_dir)}

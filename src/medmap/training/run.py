@@ -26,6 +26,7 @@ from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_s
 from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
 from medmap.inference.bundle import run_weights
+from medmap.inference.precision import resolve_precision
 from medmap.plan import Plan
 from medmap.tasks import task_for
 from medmap.training.planner import plan_dataset
@@ -286,6 +287,7 @@ def evaluate_cached(
     stored = {k: v for k, v in metrics.items() if k not in ("roc", "reliability")}
     payload = {
         "split": evaluated,
+        "precision": resolve_precision(trainer.config.evaluation_precision, trainer.device),
         "metrics": stored,
         "baseline": baseline
         and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
@@ -300,14 +302,17 @@ def evaluate_run(
     *,
     split: str = "test",
     cache_root: str | Path | None = None,
+    precision: str = "float32",
     progress: bool = False,
 ) -> dict:
-    """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/."""
+    """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/
+    (``evaluation-<split>-bfloat16/`` when evaluated in bfloat16)."""
     run_dir = Path(run_dir)
     if not run_weights(run_dir)[0].is_file():
         raise OutputError(f"{run_dir}: not a trained run (no checkpoints/best.pt)")
     plan = Plan.load(run_dir / "plan.json")
     config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    config.evaluation_precision = resolve_precision(precision, config.device)
     dataset = read_dataset(data)
     by_id = {c.case_id: c for c in dataset.cases}
     ids = json.loads((run_dir / "split.json").read_text())
@@ -325,7 +330,8 @@ def evaluate_run(
     if plan.task != "segmentation":
         cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
     trainer = Trainer(task_for(plan), plan, config, run_dir)
-    out_dir = run_dir / f"evaluation-{split}"
+    suffix = "" if config.evaluation_precision == "float32" else f"-{config.evaluation_precision}"
+    out_dir = run_dir / f"evaluation-{split}{suffix}"
     out_dir.mkdir(exist_ok=True)
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else None
     return _evaluate(

@@ -22,6 +22,7 @@ import torch
 from medmap.data.cache import CachedCase
 from medmap.data.loader import AugmentingLoader, PatchDataset
 from medmap.errors import ConfigError
+from medmap.inference.precision import autocast, resolve_precision
 from medmap.plan import Plan
 
 
@@ -42,6 +43,9 @@ class TrainConfig:
     pretrained: str | None = None  # local weights file (see medmap.models.pretrained)
     freeze_encoder_epochs: int = 0  # train only the head for this many epochs, then everything
     backbone_lr_factor: float = 0.1  # learning rate of pretrained layers relative to the head's
+    # precision of validation and evaluation passes (medmap.inference.precision); float32 by default so
+    # a run's metrics do not depend on the machine; `medmap evaluate --precision bfloat16` checks bfloat16
+    evaluation_precision: str = "float32"
 
 
 @dataclass
@@ -100,12 +104,13 @@ class Trainer:
         model.eval()
         outputs, targets = [], []
         batch = batch_size or self.plan.batch_size
+        precision = resolve_precision(self.config.evaluation_precision, self.device)
         with torch.no_grad():
             for start in range(0, len(dataset), batch):
                 items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
                 x = torch.stack([it["image"] for it in items]).to(self.device)
-                with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                    logits = model(x)
+                with autocast(precision, self.device):
+                    logits = model(x).float()
                 outputs.append(self.task.predictions(logits))
                 targets.append(torch.stack([it["target"] for it in items]).numpy())
         return np.concatenate(outputs), np.concatenate(targets)

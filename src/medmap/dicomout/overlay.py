@@ -1,0 +1,132 @@
+"""Secondary Capture overlay images: the predicted segments drawn on the source slices, for viewers and
+PACS workstations that do not display DICOM SEG.
+
+One RGB Secondary Capture instance per source slice that holds any segment (a new series in the source's
+study): the slice in its own display window (the source's Window Center/Width, else a soft-tissue window
+for CT, else the volume's 0.5-99.5 percentiles), each segment filled at 30 % opacity with its outline in
+full colour. The pixels are the source's own rows and columns, so a viewer's measurements stay in mm
+(Pixel Spacing carried over), and each image names the slice it was drawn on (Source Image Sequence).
+Nothing is burned in besides the colours; the series description names the colour of each segment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medmap import __version__
+from medmap.dicomout.seg import MANUFACTURER, source_datasets
+from medmap.io.image import Image
+
+# label value -> RGB, in order; chosen to stay distinguishable on grey anatomy
+PALETTE = (
+    (60, 200, 60),  # green
+    (235, 60, 60),  # red
+    (70, 140, 240),  # blue
+    (245, 200, 40),  # yellow
+    (210, 80, 220),  # magenta
+    (60, 215, 215),  # cyan
+)
+COLOUR_NAMES = ("green", "red", "blue", "yellow", "magenta", "cyan")
+FILL_OPACITY = 0.3
+CT_SOFT_TISSUE = (40.0, 400.0)  # window centre, width (HU)
+
+
+def display_window(source: Image) -> tuple[float, float]:
+    """(low, high) intensities mapped to black and white."""
+    meta = source.meta
+    if meta.window_center is not None and meta.window_width:
+        centre, width = meta.window_center, meta.window_width
+    elif meta.modality.upper() == "CT":
+        centre, width = CT_SOFT_TISSUE
+    else:
+        low, high = np.percentile(source.array, [0.5, 99.5])
+        return float(low), float(max(high, low + 1e-6))
+    return centre - width / 2, centre + width / 2
+
+
+def draw_overlay(grey: np.ndarray, labels: np.ndarray, window: tuple[float, float], values: list[int]) -> np.ndarray:
+    """An RGB uint8 picture of one slice with each label in ``values`` filled and outlined."""
+    low, high = window
+    scaled = np.clip((grey.astype(np.float32) - low) / (high - low), 0, 1) * 255
+    rgb = np.repeat(scaled[..., None], 3, axis=-1)
+    for i, value in enumerate(values):
+        mask = labels == value
+        if not mask.any():
+            continue
+        colour = np.asarray(PALETTE[i % len(PALETTE)], np.float32)
+        rgb[mask] = (1 - FILL_OPACITY) * rgb[mask] + FILL_OPACITY * colour
+        outline = mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool))
+        rgb[outline] = colour
+    return np.rint(rgb).astype(np.uint8)
+
+
+def _orientation_letter(cosines: np.ndarray) -> str:
+    """DICOM Patient Orientation of a direction in LPS: the letter of its main component (highdicom takes
+    one letter; for an oblique slice this is the nearest axis)."""
+    axis = int(np.argmax(np.abs(cosines)))
+    return ("L", "P", "H")[axis] if cosines[axis] > 0 else ("R", "A", "F")[axis]
+
+
+def write_overlays(
+    labels: Image,
+    source: Image,
+    folder: str | Path,
+    segments: list[tuple[int, str]],
+    *,
+    algorithm: str,
+    series_number: int = 902,
+) -> list[Path]:
+    """Write the overlay series of ``labels`` (on ``source``'s grid) into ``folder``; returns the files.
+
+    ``segments``: (label value, name) in the order their colours are assigned (PALETTE)."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+
+    datasets = source_datasets(source)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    window = display_window(source)
+    values = [value for value, _ in segments]
+    legend = ", ".join(f"{name}={COLOUR_NAMES[i % len(COLOUR_NAMES)]}" for i, (_, name) in enumerate(segments))
+    series_uid = hd.UID()
+    grey_volume, label_volume = np.asarray(source.array), np.asarray(labels.array)
+    if grey_volume.ndim == 4:  # multi-channel: draw on the first channel
+        grey_volume = grey_volume[..., 0]
+    paths = []
+    for z, ds in enumerate(datasets):
+        if not np.isin(label_volume[z], values).any():
+            continue
+        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ds,
+            pixel_array=draw_overlay(grey_volume[z], label_volume[z], window, values),
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=len(paths) + 1,
+            manufacturer=MANUFACTURER,
+            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
+            patient_orientation=(_orientation_letter(orientation[:3]), _orientation_letter(orientation[3:])),
+        )
+        sc.SeriesDescription = f"{algorithm} overlay: {legend}"[:64]
+        sc.ImageComments = f"{algorithm} (medmap {__version__}) overlay: {legend}. Not for primary diagnosis."[:10240]
+        sc.SoftwareVersions = f"medmap {__version__}"
+        sc.BurnedInAnnotation = "NO"
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = ds.SOPClassUID
+        reference.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        sc.SourceImageSequence = [reference]
+        sc.DerivationDescription = "segmentation outlines drawn on the source image"
+        # General Series Laterality is type 2C; dciodvfy cannot evaluate its condition (a paired body part
+        # without Image Laterality) and asks for it: carry the source's, present-but-empty when unknown
+        sc.Laterality = ds.get("Laterality", "")
+        path = folder / f"overlay-{z + 1:04d}.dcm"
+        sc.save_as(path)
+        paths.append(path)
+    return paths
