@@ -39,7 +39,7 @@ demo: $(STAMP)
 	$(BIN)/medmap bundle create $(DEMO)/runs/nodules -o $(DEMO)/bundles/nodules
 	$(BIN)/medmap bundle create $(DEMO)/runs/liver -o $(DEMO)/bundles/liver
 	$(BIN)/medmap export $(DEMO)/bundles/liver --format onnx
-	$(BIN)/medmap predict $(DEMO)/bundles/liver $(DEMO)/data/liver_dicom -o $(DEMO)/predictions/liver --engine onnx
+	$(BIN)/medmap predict $(DEMO)/bundles/liver $(DEMO)/data/liver_dicom -o $(DEMO)/predictions/liver --overlays
 	$(BIN)/medmap predict $(DEMO)/bundles/nodules $(DEMO)/data/chest_ct/CHEST-0047 -o $(DEMO)/predictions/nodules \
 		$$(awk -F, '$$1 == "chest_ct/CHEST-0047" {printf "--lesion %s,%s,%s ", $$2, $$3, $$4}' $(DEMO)/data/nodules.csv)
 	@echo
@@ -47,6 +47,8 @@ demo: $(STAMP)
 	@echo "  report (both models):        $(DEMO)/report.html"
 	@echo "  bundles with model cards:    $(DEMO)/bundles/{nodules,liver}/MODEL_CARD.md"
 	@echo "  liver label maps + DICOM SEG: $(DEMO)/predictions/liver/<case>/{labels.nii.gz,seg.dcm}"
+	@echo "  overlay images (DICOM SC):   $(DEMO)/predictions/liver/<case>/overlays/"
+	@echo "  the liver model in ONNX:     $(DEMO)/bundles/liver/export/model-0.onnx (predict --engine onnx)"
 	@echo "  nodule findings + DICOM SR:  $(DEMO)/predictions/nodules/<case>/{result.json,sr.dcm}"
 
 test: $(STAMP) system-deps

@@ -94,3 +94,8 @@ def test_node_settings_from_a_file_with_the_command_line_on_top(tmp_path):
         node_config(tmp_path / "bad.json", {})
     with pytest.raises(ConfigError, match="needs --data"):
         node_config(None, {})
+    assert config.precision == "auto" and not config.overlays
+    config = node_config(tmp_path / "node.json", {"precision": "float32", "overlays": True})
+    assert config.precision == "float32" and config.overlays
+    with pytest.raises(ConfigError, match="--precision half"):
+        node_config(tmp_path / "node.json", {"precision": "half"})

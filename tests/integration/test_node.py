@@ -280,8 +280,10 @@ def test_corrupt_series_fails_with_a_reason_and_the_node_keeps_serving(peers, tm
 
 
 def test_orthanc_pushes_to_the_node(peers, tmp_path):
+    """Orthanc sends a study to the node and gets the SEG and the overlay images (Secondary Capture) back."""
     orthanc, node = peers
     orthanc.start(node.port)
+    node.args.append("--overlays")
     node.start()
     folder, study = ball_series(tmp_path / "series")
     upload_to_orthanc(orthanc, folder)
@@ -292,6 +294,15 @@ def test_orthanc_pushes_to_the_node(peers, tmp_path):
     )
     urllib.request.urlopen(request, timeout=120).close()
     wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG of the pushed study")
+    written = sorted(node.data.rglob("overlays/*.dcm"))
+    assert written
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in written}
+
+    def overlays_stored():
+        found = orthanc.find("Instance", {"StudyInstanceUID": study, "Modality": "OT"})
+        return len(found) == len(uids) and found
+
+    wait_for(overlays_stored, 120, "every overlay image in Orthanc")
 
 
 def test_web_page_in_headless_chromium(ball_bundle, tmp_path):
