@@ -634,7 +634,12 @@ def serve(
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="DICOM over TLS: the node's certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="DICOM over TLS: the node's private key (PEM).")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="Require callers' certificates signed by this CA.")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="Require callers' (and the TLS destination's) certificates signed by this CA.")
+    ] = None,
+    destination_tls: Annotated[
+        bool | None, typer.Option(help="Send results to --destination over TLS (checked against --tls-ca).")
+    ] = None,
 ) -> None:
     """Run as a DICOM node: receive series (C-STORE), run the matching bundle, send SEG/SR to --destination."""
     import logging
@@ -660,6 +665,7 @@ def serve(
         "tls_cert": str(tls_cert) if tls_cert else None,
         "tls_key": str(tls_key) if tls_key else None,
         "tls_ca": str(tls_ca) if tls_ca else None,
+        "destination_tls": destination_tls,
     }
     config = node_config(config_file, {k: v for k, v in given.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

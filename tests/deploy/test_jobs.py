@@ -99,3 +99,56 @@ def test_node_settings_from_a_file_with_the_command_line_on_top(tmp_path):
     assert config.precision == "float32" and config.overlays
     with pytest.raises(ConfigError, match="--precision half"):
         node_config(tmp_path / "node.json", {"precision": "half"})
+
+
+def test_the_outbox_sends_more_objects_of_one_kind_than_an_association_has_contexts(tmp_path):
+    """An overlay series is hundreds of instances of one SOP class; DICOM allows 128 presentation contexts
+    per association, so the outbox must propose one per kind, not one per object."""
+    import socket
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pynetdicom import AE, StoragePresentationContexts, evt
+
+    from medmap.deploy.node import Node, NodeConfig
+
+    received = []
+
+    def on_store(event):
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pacs = AE("PACS")
+    pacs.supported_contexts = StoragePresentationContexts
+    server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        config = NodeConfig(
+            data=tmp_path / "node", routes=[Route(Path("b"))], destination=Destination("PACS", "127.0.0.1", port)
+        )
+        node = Node(config)
+        receive(node.store, "1")
+        node.store.complete(["1.2.3"])
+        job = node.store.next_queued()
+        results = []
+        for i in range(150):
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+            ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+                ds.SOPClassUID,
+                ds.SOPInstanceUID,
+            )
+            ds.Modality = "OT"
+            path = tmp_path / f"overlay-{i}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            results.append((str(ds.SOPInstanceUID), str(path)))
+        node.store.results_ready(job.id, results, "{}")
+        assert node._send_due()
+        assert sorted(received) == sorted(uid for uid, _ in results)
+        assert node.store.counts() == {"done": 1}
+    finally:
+        server.shutdown()

@@ -55,10 +55,11 @@ def stop_process(process, log, timeout: float) -> None:
 
 
 class Orthanc:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: dict | None = None) -> None:
         self.root = root
         self.http, self.dicom = free_port(), free_port()
         self.process, self.log = None, None
+        self.extra = extra or {}  # configuration on top of the defaults (TLS, modalities)
 
     def start(self, medmap_port: int) -> None:
         config = {
@@ -73,6 +74,7 @@ class Orthanc:
             "DicomModalities": {"MEDMAP": ["MEDMAP", "127.0.0.1", medmap_port]},
             "Plugins": [DICOMWEB_PLUGIN] if Path(DICOMWEB_PLUGIN).is_file() else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            **self.extra,
         }
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "orthanc.json").write_text(json.dumps(config))
@@ -410,33 +412,30 @@ def test_node_stores_results_by_stow_when_asked(ball_bundle, tmp_path):
         orthanc.stop()
 
 
+def openssl(*args: str) -> None:
+    subprocess.run([require("openssl"), *args], check=True, capture_output=True, timeout=60)
+
+
+def signed_by(ca: tuple[Path, Path], folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by ``ca``, usable as TLS server and client."""
+    cert, key, request, ext = (folder / f"{name}{s}" for s in (".pem", ".key", ".csr", ".ext"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(request), "-subj", f"/CN={name}")
+    ext.write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    openssl(
+        "x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+        "-out", str(cert), "-days", "1", "-extfile", str(ext),
+    )  # fmt: skip
+    return cert, key
+
+
 def test_dicom_over_tls(ball_bundle, tmp_path):
     """With a certificate the node speaks DICOM over TLS only: echoscu with TLS trusting the certificate
     is answered; plain TCP is not."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            require("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-subj",
-            "/CN=127.0.0.1",
-            "-days",
-            "1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+        "-subj", "/CN=127.0.0.1", "-days", "1", "-addext", "subjectAltName=IP:127.0.0.1",
+    )  # fmt: skip
     node = NodeProcess(ball_bundle, tmp_path / "node", free_port(), "NOWHERE@127.0.0.1:9")
     node.args += ["--tls-cert", str(cert), "--tls-key", str(key)]
 
@@ -448,3 +447,52 @@ def test_dicom_over_tls(ball_bundle, tmp_path):
         assert not node.echo(options=("-to", "5", "-ta", "5"))  # plain TCP is not answered
     finally:
         node.stop()
+
+
+def test_tls_both_ways_with_orthanc(ball_bundle, tmp_path):
+    """Mutual TLS end to end: Orthanc (TLS-only DICOM port) pushes a study to the node over TLS, and the node
+    sends the SEG back over TLS, each side checking the other's certificate against one CA."""
+    ca = tmp_path / "ca.pem", tmp_path / "ca.key"
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca[1]), "-out", str(ca[0]),
+        "-subj", "/CN=medmap test CA", "-days", "1",
+    )  # fmt: skip
+    node_cert, node_key = signed_by(ca, tmp_path, "node")
+    pacs_cert, pacs_key = signed_by(ca, tmp_path, "orthanc")
+    port = free_port()
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        {
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(pacs_cert),
+            "DicomTlsPrivateKey": str(pacs_key),
+            "DicomTlsTrustedCertificates": str(ca[0]),
+            "DicomTlsRemoteCertificateRequired": True,
+            "DicomModalities": {"MEDMAP": {"AET": "MEDMAP", "Host": "127.0.0.1", "Port": port, "UseDicomTls": True}},
+        },
+    )
+    node = NodeProcess(ball_bundle, tmp_path / "node", port, f"ORTHANC@127.0.0.1:{orthanc.dicom}")
+    node.args += ["--tls-cert", str(node_cert), "--tls-key", str(node_key), "--tls-ca", str(ca[0])]
+    node.args += ["--destination-tls"]
+    node.echo_options = ("+tls", str(node_key), str(node_cert), "+cf", str(ca[0]))
+    try:
+        orthanc.start(port)
+        node.start()
+        plain = subprocess.run(
+            [require("echoscu"), "-to", "5", "-ta", "5", "-aec", "ORTHANC", "127.0.0.1", str(orthanc.dicom)],
+            capture_output=True,
+            timeout=60,
+        )
+        assert plain.returncode != 0  # Orthanc's DICOM port speaks TLS only
+        folder, study = ball_series(tmp_path / "series")
+        upload_to_orthanc(orthanc, folder)
+        (study_id,) = orthanc.find("Study", {"StudyInstanceUID": study})
+        body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{orthanc.http}/modalities/MEDMAP/store", data=body, method="POST"
+        )
+        urllib.request.urlopen(request, timeout=120).close()
+        wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG sent back over TLS")
+    finally:
+        node.stop()
+        orthanc.stop()

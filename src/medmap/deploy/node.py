@@ -106,6 +106,7 @@ class NodeConfig:
     tls_cert: Path | None = None  # DICOM over TLS: this node's certificate (PEM) ...
     tls_key: Path | None = None  # ... and its private key
     tls_ca: Path | None = None  # when given, callers must present a certificate signed by it
+    destination_tls: bool = False  # send results over TLS (the destination's certificate checked by tls_ca)
 
 
 def _fsync_write(ds, path: Path) -> None:
@@ -133,6 +134,7 @@ class Node:
         self._server = None
         self._worker: threading.Thread | None = None
         self._predictors: dict[str, object] = {}
+        self._sending_tls = None  # ssl.SSLContext for --destination-tls, made at start
         self._series_by_assoc: dict[int, set[str]] = {}
 
     # --- receiving ---------------------------------------------------------------------------------
@@ -189,6 +191,10 @@ class Node:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification
 
+        if self.config.destination_tls:  # checked now, not at the first result
+            if self.config.destination is None:
+                raise ConfigError("--destination-tls needs a --destination to send to")
+            self._sending_tls = self._client_tls()
         self.spool.mkdir(parents=True, exist_ok=True)
         self.results.mkdir(parents=True, exist_ok=True)
         recovered = self.store.recover()
@@ -232,6 +238,20 @@ class Node:
                 context.verify_mode = ssl.CERT_REQUIRED
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"TLS certificate or key {self.config.tls_cert}: {exc}") from None
+        return context
+
+    def _client_tls(self):
+        """The TLS context for sending to the destination: its certificate checked against --tls-ca (else the
+        system's CAs) and its host name; this node's certificate presented when it has one."""
+        import ssl
+
+        try:
+            context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.config.tls_ca)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if self.config.tls_cert:
+                context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS for the destination ({self.config.tls_ca or 'system CAs'}): {exc}") from None
         return context
 
     def stop(self) -> None:
@@ -358,9 +378,12 @@ class Node:
         dest = self.config.destination
         datasets = {uid: pydicom.dcmread(path) for uid, _, path, _ in due}
         ae = AE(ae_title=self.config.ae_title)
-        for ds in datasets.values():
-            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae)
+        # one presentation context per kind of object, not per object: an overlay series has hundreds of
+        # instances of one SOP class, and an association may propose at most 128 contexts
+        for sop_class, syntax in sorted({(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets.values()}):
+            ae.add_requested_context(sop_class, syntax)
+        tls = (self._sending_tls, dest.host) if self.config.destination_tls else None
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae, tls_args=tls)
         if not assoc.is_established:
             for uid, _, _, attempts in due:
                 self.store.send_failed(uid, "association to the destination failed", min(60.0, 2.0**attempts))
@@ -403,6 +426,7 @@ SETTINGS = {
     "tls_cert",
     "tls_key",
     "tls_ca",
+    "destination_tls",
 }
 
 
@@ -466,4 +490,5 @@ def node_config(path: str | Path | None, overrides: dict) -> NodeConfig:
         tls_cert=Path(settings["tls_cert"]) if settings.get("tls_cert") else None,
         tls_key=Path(settings["tls_key"]) if settings.get("tls_key") else None,
         tls_ca=Path(settings["tls_ca"]) if settings.get("tls_ca") else None,
+        destination_tls=bool(settings.get("destination_tls", False)),
     )
