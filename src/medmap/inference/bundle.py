@@ -252,6 +252,9 @@ def model_card(plan: Plan, labels, metrics: dict, threshold, weight_hashes: dict
         "- The confidence intervals above are over the evaluated cases; a small test set gives wide intervals.",
         f"- Input must be {plan.modality or 'the same modality'}, {plan.channels} channel(s); medmap refuses other "
         "input with an error.",
+        "- The metrics were measured in float32. `medmap predict` runs in bfloat16 where the hardware computes "
+        "it natively (`--precision auto`; `--precision float32` to match the metrics exactly); `medmap evaluate "
+        "RUN DATA --precision bfloat16` measures the difference.",
         "",
         "## Versions and integrity",
         f"- medmap {__version__}, bundle format {FORMAT_VERSION}",
