@@ -95,11 +95,14 @@ def write_overlays(
     grey_volume, label_volume = np.asarray(source.array), np.asarray(labels.array)
     if grey_volume.ndim == 4:  # multi-channel: draw on the first channel
         grey_volume = grey_volume[..., 0]
+    direction = np.asarray(source.direction)  # columns: slice normal, column (row-to-row) and row directions
+    orientation = (_orientation_letter(direction[:, 2]), _orientation_letter(direction[:, 1]))
+    pixel_spacing = (float(source.spacing[1]), float(source.spacing[2]))
     paths = []
-    for z, ds in enumerate(datasets):
+    for z, ref in enumerate(source.meta.slices):
         if not np.isin(label_volume[z], values).any():
             continue
-        orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+        ds = datasets[0] if ref.frame is not None else datasets[z]  # multi-frame: one instance, frame ref.frame
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=ds,
             pixel_array=draw_overlay(grey_volume[z], label_volume[z], window, values),
@@ -111,8 +114,8 @@ def write_overlays(
             sop_instance_uid=hd.UID(),
             instance_number=len(paths) + 1,
             manufacturer=MANUFACTURER,
-            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing),
-            patient_orientation=(_orientation_letter(orientation[:3]), _orientation_letter(orientation[3:])),
+            pixel_spacing=pixel_spacing,
+            patient_orientation=orientation,
         )
         sc.SeriesDescription = f"{algorithm} overlay: {legend}"[:64]
         sc.ImageComments = f"{algorithm} (medmap {__version__}) overlay: {legend}. Not for primary diagnosis."[:10240]
@@ -121,6 +124,8 @@ def write_overlays(
         reference = Dataset()
         reference.ReferencedSOPClassUID = ds.SOPClassUID
         reference.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        if ref.frame is not None:
+            reference.ReferencedFrameNumber = ref.frame + 1
         sc.SourceImageSequence = [reference]
         sc.DerivationDescription = "segmentation outlines drawn on the source image"
         # General Series Laterality is type 2C; dciodvfy cannot evaluate its condition (a paired body part

@@ -28,15 +28,29 @@ def algorithm_identification(name: str, version: str):
 
 
 def source_datasets(image: Image) -> list:
-    """The DICOM instances ``image`` was read from, in the order of its slices (single-frame sources)."""
+    """The DICOM instances ``image`` was read from: one per slice, in slice order, for a classic series;
+    the one multi-frame instance (Enhanced CT/MR) whose frames are the slices (``SliceRef.frame``)."""
     import pydicom
 
     refs = image.meta.slices
     if not refs:
-        raise ConfigError("a DICOM SEG needs the DICOM series the image was read from (this image has none)")
+        raise ConfigError("a DICOM result needs the DICOM series the image was read from (this image has none)")
     if any(ref.frame is not None for ref in refs):
-        raise ConfigError("a DICOM SEG from multi-frame sources is not supported yet; convert to single frames")
+        if len({ref.path for ref in refs}) != 1:
+            raise ConfigError("a volume assembled from several multi-frame instances cannot be referenced yet")
+        return [pydicom.dcmread(refs[0].path)]
     return [pydicom.dcmread(ref.path) for ref in refs]
+
+
+def in_source_frame_order(image: Image, array: np.ndarray) -> np.ndarray:
+    """``array`` (one 2-D plane per slice of ``image``) reordered to the source's frame order: a multi-frame
+    source may store its frames in any order, and a SEG's frames follow the source's."""
+    frames = [ref.frame for ref in image.meta.slices]
+    if frames[0] is None:
+        return array
+    ordered = np.zeros_like(array)
+    ordered[frames] = array
+    return ordered
 
 
 def write_segmentation(
@@ -75,7 +89,7 @@ def write_segmentation(
         )
     seg = hd.seg.Segmentation(
         source_images=datasets,
-        pixel_array=segment_map,
+        pixel_array=in_source_frame_order(source, segment_map),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
