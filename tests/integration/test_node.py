@@ -288,13 +288,7 @@ def test_orthanc_pushes_to_the_node(peers, tmp_path):
     node.args.append("--overlays")
     node.start()
     folder, study = ball_series(tmp_path / "series")
-    upload_to_orthanc(orthanc, folder)
-    (study_id,) = orthanc.find("Study", {"StudyInstanceUID": study})
-    body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{orthanc.http}/modalities/MEDMAP/store", data=body, method="POST"
-    )
-    urllib.request.urlopen(request, timeout=120).close()
+    push_from_orthanc(orthanc, folder, study)
     wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG of the pushed study")
     written = sorted(node.data.rglob("overlays/*.dcm"))
     assert written
@@ -358,6 +352,17 @@ def upload_to_orthanc(orthanc: Orthanc, folder: Path) -> None:
             f"http://127.0.0.1:{orthanc.http}/instances", data=path.read_bytes(), method="POST"
         )
         urllib.request.urlopen(request, timeout=10).close()
+
+
+def push_from_orthanc(orthanc: Orthanc, folder: Path, study: str) -> None:
+    """Upload a series to Orthanc, then have Orthanc C-STORE the study to the node (its modality MEDMAP)."""
+    upload_to_orthanc(orthanc, folder)
+    (study_id,) = orthanc.find("Study", {"StudyInstanceUID": study})
+    body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{orthanc.http}/modalities/MEDMAP/store", data=body, method="POST"
+    )
+    urllib.request.urlopen(request, timeout=120).close()
 
 
 def test_predict_pulls_by_wado_and_stores_by_stow(ball_bundle, tmp_path):
@@ -485,13 +490,7 @@ def test_tls_both_ways_with_orthanc(ball_bundle, tmp_path):
         )
         assert plain.returncode != 0  # Orthanc's DICOM port speaks TLS only
         folder, study = ball_series(tmp_path / "series")
-        upload_to_orthanc(orthanc, folder)
-        (study_id,) = orthanc.find("Study", {"StudyInstanceUID": study})
-        body = json.dumps({"Resources": [study_id], "Synchronous": True}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{orthanc.http}/modalities/MEDMAP/store", data=body, method="POST"
-        )
-        urllib.request.urlopen(request, timeout=120).close()
+        push_from_orthanc(orthanc, folder, study)
         wait_for(lambda: seg_series_in(orthanc, study), 120, "the SEG sent back over TLS")
     finally:
         node.stop()
