@@ -9,8 +9,9 @@ instance survives a crash.
 Processing (one worker thread): a series is complete when its association is released or after
 ``idle_seconds`` without a new instance; the first route whose rules match (Modality,
 BodyPartExamined, SeriesDescription) names the bundle; the predictor writes NIfTI/SEG/SR under
-``DATA/results/<job>/``; the SEG/SR enter the outbox and are sent by C-STORE to the destination, retried
-with back-off until acknowledged. Logs name UIDs and AE titles, never patient identifiers.
+``DATA/results/<job>/``; the SEG/SR (and overlay images with ``overlays``) enter the outbox and are sent
+by C-STORE (over TLS with ``destination_tls``) to the destination, retried with back-off until
+acknowledged. Logs name UIDs and AE titles, never patient identifiers.
 """
 
 from __future__ import annotations
