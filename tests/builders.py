@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import EnhancedCTImageStorage, EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.io.image import Image, ImageMeta
@@ -35,15 +35,15 @@ def write_ct(image: Image, folder: Path, **info) -> list[Path]:
     return write_series(image, folder, info=SeriesInfo(**info) if info else None)
 
 
-def write_enhanced_ct(image: Image, path: Path, *, frame_order=None) -> Path:
-    """The same volume as one Enhanced CT multi-frame object (frames optionally stored out of order)."""
+def write_enhanced_ct(image: Image, path: Path, *, frame_order=None, modality: str = "CT") -> Path:
+    """The same volume as one Enhanced CT (or MR) multi-frame object (frames optionally stored out of order)."""
     n = image.shape[0]
     order = list(range(n)) if frame_order is None else list(frame_order)
     ds = Dataset()
-    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPClassUID = EnhancedCTImageStorage if modality == "CT" else EnhancedMRImageStorage
     ds.SOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.Modality = "CT"
+    ds.Modality = modality
     ds.PatientName, ds.PatientID = "MULTI^FRAME", "MF1"
     ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName, ds.AccessionNumber = "", "O", "", ""
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "20260101", "120000", "1", 1, 1
@@ -60,7 +60,8 @@ def write_enhanced_ct(image: Image, path: Path, *, frame_order=None) -> Path:
     orient.ImageOrientationPatient = [f"{v:.10g}" for v in (*image.direction[:, 2], *image.direction[:, 1])]
     shared.PlaneOrientationSequence = Sequence([orient])
     rescale = Dataset()
-    rescale.RescaleIntercept, rescale.RescaleSlope, rescale.RescaleType = "-1024", "1", "HU"
+    rescale.RescaleIntercept, rescale.RescaleSlope = "-1024", "1"
+    rescale.RescaleType = "HU" if modality == "CT" else "US"
     shared.PixelValueTransformationSequence = Sequence([rescale])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     per_frame = []

@@ -230,3 +230,27 @@ def test_overlay_images_are_valid_secondary_captures_of_the_labelled_slices(ball
 
     decoded = sitk.GetArrayFromImage(sitk.ReadImage(files[0]))
     np.testing.assert_array_equal(decoded.reshape(-1, 3), pydicom.dcmread(files[0]).pixel_array.reshape(-1, 3))
+
+
+def test_predict_on_an_enhanced_mr_writes_seg_and_overlays_in_its_frame_order(ball_bundle, tmp_path):
+    """One multi-frame instance with its frames stored out of order, as a modern scanner may send it."""
+    import highdicom as hd
+    import pydicom
+
+    from tests.builders import write_enhanced_ct
+
+    image, _ = ball_case(99)
+    order = list(range(image.shape[0]))[::-1]  # stored last slice first
+    path = write_enhanced_ct(image, tmp_path / "mr.dcm", frame_order=order, modality="MR")
+    (result,) = predict(ball_bundle, path, tmp_path / "out", overlays=True)
+    assert result.ok, result.error
+    labels = load(result.outputs["labels"]).array
+    assert dciodvfy_errors(result.outputs["seg"]) == []
+    source = load(path)
+    sop = pydicom.dcmread(path).SOPInstanceUID
+    frames = [ref.frame + 1 for ref in source.meta.slices]
+    decoded = hd.seg.segread(result.outputs["seg"]).get_pixels_by_source_frame(sop, frames, combine_segments=True)
+    np.testing.assert_array_equal(decoded, labels)
+    overlays = result.dicom_results()[1:]
+    assert len(overlays) == sum(labels[z].any() for z in range(labels.shape[0])) > 0
+    assert dciodvfy_errors(overlays[0]) == []
