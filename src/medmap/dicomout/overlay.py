@@ -85,7 +85,7 @@ def write_overlays(
     import highdicom as hd
     from pydicom.dataset import Dataset
 
-    datasets = source_datasets(source)
+    datasets = source_datasets(source, pixels=False)  # the pixels drawn come from ``source`` itself
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     window = display_window(source)

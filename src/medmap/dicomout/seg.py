@@ -27,9 +27,10 @@ def algorithm_identification(name: str, version: str):
     return AlgorithmIdentificationSequence(name=name, version=version, family=codes.DCM.ArtificialIntelligence)
 
 
-def source_datasets(image: Image) -> list:
+def source_datasets(image: Image, *, pixels: bool = True) -> list:
     """The DICOM instances ``image`` was read from: one per slice, in slice order, for a classic series;
-    the one multi-frame instance (Enhanced CT/MR) whose frames are the slices (``SliceRef.frame``)."""
+    the one multi-frame instance (Enhanced CT/MR) whose frames are the slices (``SliceRef.frame``).
+    ``pixels=False`` reads headers only (writers that reference the sources but never decode them)."""
     import pydicom
 
     refs = image.meta.slices
@@ -38,8 +39,8 @@ def source_datasets(image: Image) -> list:
     if any(ref.frame is not None for ref in refs):
         if len({ref.path for ref in refs}) != 1:
             raise ConfigError("a volume assembled from several multi-frame instances cannot be referenced yet")
-        return [pydicom.dcmread(refs[0].path)]
-    return [pydicom.dcmread(ref.path) for ref in refs]
+        return [pydicom.dcmread(refs[0].path, stop_before_pixels=not pixels)]
+    return [pydicom.dcmread(ref.path, stop_before_pixels=not pixels) for ref in refs]
 
 
 def in_source_frame_order(image: Image, array: np.ndarray) -> np.ndarray:

@@ -44,7 +44,7 @@ def write_lesion_report(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    datasets = source_datasets(source)
+    datasets = source_datasets(source, pixels=False)  # evidence references instances, never their pixels
     first = datasets[0]
     frame_of_reference = first.FrameOfReferenceUID
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm, version=algorithm_version)
