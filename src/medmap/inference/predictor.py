@@ -84,7 +84,7 @@ def discover(source: Path, lesions: list[tuple[float, float, float]] | None = No
         found = []
     cases, seen = [], set()
     for s in found:  # named by the series' folder; a number added only when two series share one
-        name = _safe(Path(s.files[0].path).parent.name)
+        name = _safe(Path(s.paths[0]).parent.name)
         if name in seen:
             name = f"{name}-{s.uid[-8:]}"
         seen.add(name)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from medmap.errors import CorruptFileError, InputNotFoundError, MedmapWarning, NotDicomError
+from medmap.errors import CorruptFileError, InputNotFoundError, MedmapError, MedmapWarning, NotDicomError
 from medmap.progress import track
 
 PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float and Double Float Pixel Data
@@ -25,6 +27,39 @@ _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+# Limits on what a header may declare, checked before anything is allocated: a hostile or damaged
+# header must not make the reader build a billion frames or ask for terabytes.
+MAX_FRAMES = 100_000
+MAX_VOLUME_BYTES = 64 * 1024**3
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+PHOTOMETRICS = (*MONOCHROME, "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+                "YBR_PARTIAL_420")
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@contextmanager
+def reading(
+    path: str | os.PathLike, what: str = "unreadable DICOM", passthrough: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """The one boundary around everything that interprets one file: whatever pydicom, its plugins or
+    numpy raise on damaged content (RecursionError on deep nesting, zlib errors, struct errors, pyo3
+    panics, which are BaseExceptions) becomes a one-line `CorruptFileError` naming the file."""
+    try:
+        yield
+    except (MedmapError, KeyboardInterrupt, SystemExit, GeneratorExit, *passthrough):
+        raise
+    except RecursionError:
+        raise CorruptFileError(f"{path}: {what} (sequences nested too deeply)") from None
+    except MemoryError:
+        raise CorruptFileError(f"{path}: {what} (it declares more data than memory can hold)") from None
+    except BaseException as exc:  # noqa: BLE001 - see the docstring: panics from Rust decoders included
+        raise CorruptFileError(f"{path}: {what} ({_reason(exc)})") from None
 
 
 def header_value(ds: Dataset | None, keyword: str):
@@ -44,7 +79,14 @@ def header_value(ds: Dataset | None, keyword: str):
     value = elem.value
     if not isinstance(value, bytes):
         return value
-    vr = elem.VR or dictionary_VR(tag)
+    standard = dictionary_VR(tag)
+    vr = elem.VR or standard
+    if vr == "UN":  # a standard attribute sent as UN: read it as its dictionary VR
+        vr = standard.split(" or ")[0]
+    elif vr not in standard.split(" or "):
+        # A value in the wrong representation is damage: reading it anyway would guess what it means.
+        raise ValueError(f"{keyword} is encoded as {vr}, the standard says {standard}")
+    vr = vr.split(" or ")[0]  # implicit VR: "US or SS" descriptors are read as US, as pydicom does
     if vr in _BINARY:
         fmt = _BINARY[vr]
         size = struct.calcsize(fmt)
@@ -62,6 +104,23 @@ def _to_int(value, default: int) -> int:
         return int(value) if value not in (None, "") else default
     except (TypeError, ValueError):
         return default
+
+
+def _required_int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """A Type 1 integer of the Image Pixel module; missing or garbled is an error, never a guess."""
+    value = header_value(ds, keyword)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if value in (None, "") and default is not None:
+        return default
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (TypeError, ValueError, OverflowError):
+        shown = "missing" if value in (None, "") else f"{str(value)[:40]!r}"
+        raise CorruptFileError(f"{keyword} is {shown}, not an integer") from None
 
 
 @dataclass(frozen=True)
@@ -83,6 +142,32 @@ class PixelFormat:
     def colour(self) -> bool:
         return self.samples > 1 or self.photometric == "PALETTE COLOR"
 
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame as stored uncompressed (1-bit data packed)."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples  # chroma shared by pixel pairs
+        bits = self.rows * self.columns * samples * (self.float_bits or self.bits_allocated)
+        return (bits + 7) // 8
+
+    def problem(self) -> str | None:
+        """What makes this pixel description undecodable or absurd, or None."""
+        if not (0 < self.rows <= 65535 and 0 < self.columns <= 65535):
+            return f"image size {self.columns}x{self.rows} is impossible"
+        if not 0 < self.frames <= MAX_FRAMES:
+            return f"NumberOfFrames {self.frames} is out of range (1 to {MAX_FRAMES})"
+        if self.float_bits:
+            return None if self.samples == 1 else f"float pixel data with {self.samples} samples per pixel"
+        if self.bits_allocated not in (1, 8, 16, 32, 64):
+            return f"BitsAllocated {self.bits_allocated} is not 1, 8, 16, 32 or 64"
+        if not 0 < self.bits_stored <= self.bits_allocated:
+            return f"BitsStored {self.bits_stored} does not fit BitsAllocated {self.bits_allocated}"
+        if self.photometric not in PHOTOMETRICS:
+            return f"PhotometricInterpretation {self.photometric!r} is not one medmap decodes"
+        expected = 1 if self.photometric in (*MONOCHROME, "PALETTE COLOR") else 3
+        if self.samples != expected:
+            return f"{self.photometric} needs SamplesPerPixel {expected}, the file says {self.samples}"
+        return None
+
 
 @dataclass
 class DicomFile:
@@ -93,6 +178,9 @@ class DicomFile:
     has_pixels: bool
     pixel_offset: int | None  # file offset of the pixel data element's tag; None if absent or not addressable
     pixel_tag: int | None = None  # (7FE0,0010) Pixel Data, or (7FE0,0008/0009) Float / Double Float Pixel Data
+    pixel_length: int | None = None  # the pixel data element's declared value length; None: encapsulated
+    file_size: int = 0
+    clean_end: bool = True  # what follows the pixel data element parses as an element (or nothing does)
 
     @cached_property
     def series_uid(self) -> str:
@@ -109,20 +197,66 @@ class DicomFile:
 
     @cached_property
     def pixel_format(self) -> PixelFormat:
+        """The Image Pixel module, strictly: a missing or garbled Type 1 value raises `CorruptFileError`."""
         ds = self.ds
-        bits = _to_int(header_value(ds, "BitsAllocated"), 16)
-        return PixelFormat(
-            rows=_to_int(header_value(ds, "Rows"), 0),
-            columns=_to_int(header_value(ds, "Columns"), 0),
-            frames=max(1, _to_int(header_value(ds, "NumberOfFrames"), 1)),
-            samples=_to_int(header_value(ds, "SamplesPerPixel"), 1),
-            bits_allocated=bits,
-            bits_stored=_to_int(header_value(ds, "BitsStored"), bits),
-            signed=_to_int(header_value(ds, "PixelRepresentation"), 0) == 1,
-            photometric=str(header_value(ds, "PhotometricInterpretation") or ""),
-            float_bits={0x7FE00008: 32, 0x7FE00009: 64}.get(self.pixel_tag or 0, 0),
-            modality_lut="ModalityLUTSequence" in ds,
-        )
+        float_bits = {0x7FE00008: 32, 0x7FE00009: 64}.get(self.pixel_tag or 0, 0)
+        try:
+            # Type 1 in the Image Pixel module: pydicom refuses to decode without them, and so do we
+            # (a default would be a guess at what the bytes mean). Float pixel data needs fewer.
+            default = 1 if float_bits else None
+            bits = _required_int(ds, "BitsAllocated", float_bits or None)
+            signed = _required_int(ds, "PixelRepresentation", 0 if float_bits else None)
+            if signed not in (0, 1):
+                raise CorruptFileError(f"PixelRepresentation is {signed}, not 0 or 1")
+            photometric = header_value(ds, "PhotometricInterpretation")
+            if not isinstance(photometric, str) or not photometric.strip():
+                if not float_bits:
+                    raise CorruptFileError(f"PhotometricInterpretation is {photometric or 'missing'!r}")
+                photometric = "MONOCHROME2"
+            fmt = PixelFormat(
+                rows=_required_int(ds, "Rows"),
+                columns=_required_int(ds, "Columns"),
+                frames=_required_int(ds, "NumberOfFrames", 1),
+                samples=_required_int(ds, "SamplesPerPixel", default),
+                bits_allocated=bits,
+                bits_stored=_required_int(ds, "BitsStored", bits if float_bits else None),
+                signed=signed == 1,
+                photometric=photometric.strip(),
+                float_bits=float_bits,
+                modality_lut="ModalityLUTSequence" in ds,
+            )
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{self.path}: {exc}") from None
+        problem = fmt.problem() or self._size_problem(fmt)
+        if problem:
+            raise CorruptFileError(f"{self.path}: {problem}")
+        return fmt
+
+    def _size_problem(self, fmt: PixelFormat) -> str | None:
+        """Does the file hold the bytes its header promises? Checked before anything is allocated."""
+        needed = fmt.frame_bytes * fmt.frames
+        if needed > MAX_VOLUME_BYTES:
+            return f"declares {needed / 1024**3:.0f} GiB of pixel data ({fmt.frames} frames of {fmt.columns}x{fmt.rows})"
+        if self.pixel_offset is None:
+            return None  # deflated: pydicom inflates it and the decoder checks the size
+        present = max(0, self.file_size - self.pixel_offset)
+        native = self.pixel_length is not None and self.transfer_syntax in _NATIVE_SYNTAXES
+        if native:  # the element holds every frame
+            if min(self.pixel_length, present) < needed:
+                return (
+                    f"pixel data truncated, {needed} bytes needed for {fmt.frames} frame(s) of "
+                    f"{fmt.columns}x{fmt.rows} but {min(self.pixel_length, present)} present"
+                )
+            if not self.clean_end:
+                return "bytes after the pixel data are not DICOM elements (data inserted or lengths damaged)"
+            if self.pixel_length >= needed + fmt.frame_bytes:  # loading would silently drop frames
+                return (
+                    f"pixel data holds {self.pixel_length // fmt.frame_bytes} frames but NumberOfFrames says "
+                    f"{fmt.frames}"
+                )
+        elif fmt.frames * 8 > present:  # encapsulated: each frame needs at least one 8-byte item header
+            return f"declares {fmt.frames} compressed frames but holds only {present} bytes of pixel data"
+        return None
 
     @property
     def n_frames(self) -> int:
@@ -139,38 +273,132 @@ def _pixel_tag_at(fp, little_endian: bool) -> int | None:
     return tag if tag in PIXEL_DATA_TAGS else None
 
 
+def _pixel_length_at(fp, offset: int, little_endian: bool, implicit: bool) -> tuple[int | None, bool]:
+    """The declared length of the pixel data element at ``offset`` (None when undefined: encapsulated),
+    and whether what follows the element is another element (False: inserted or shifted bytes)."""
+    fp.seek(offset + 4)
+    head = fp.read(8)
+    order = "<" if little_endian else ">"
+    if implicit:
+        length, header = struct.unpack(order + "I", head[:4])[0], 8
+    elif head[:2] in (b"OB", b"OW", b"OF", b"OD", b"UN"):
+        length, header = struct.unpack(order + "I", head[4:8])[0], 12
+    else:
+        length, header = struct.unpack(order + "H", head[2:4])[0], 8
+    if length == 0xFFFFFFFF:
+        return None, True
+    return length, _clean_tail(fp, offset + header + length, order, implicit)
+
+
+def _clean_tail(fp, pos: int, order: str, implicit: bool) -> bool:
+    """Whatever follows the pixel data must be whole elements with higher tags (e.g. Data Set Trailing
+    Padding) ending exactly at the end of the file; anything else means bytes were inserted or a length
+    is wrong, and the pixel values read by length would be shifted."""
+    previous = 0x7FE00010
+    end = os.fstat(fp.fileno()).st_size
+    if pos > end:
+        return True  # truncated: the size check says so
+    for _ in range(64):
+        if pos == end:
+            return True
+        fp.seek(pos)
+        head = fp.read(12)
+        if len(head) < 8:
+            return False
+        group, elem = struct.unpack(order + "HH", head[:4])
+        tag = (group << 16) | elem
+        if tag <= previous:
+            return False
+        previous = tag
+        if implicit:
+            length, size = struct.unpack(order + "I", head[4:8])[0], 8
+        elif not head[4:6].isalpha() or not head[4:6].isupper():
+            return False
+        elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"):
+            if len(head) < 12:
+                return False
+            length, size = struct.unpack(order + "I", head[8:12])[0], 12
+        else:
+            length, size = struct.unpack(order + "H", head[6:8])[0], 8
+        if length == 0xFFFFFFFF:
+            return True  # a sequence of undefined length: pydicom parses it; nothing to measure here
+        pos += size + length
+    return pos == end
+
+
 def read_header(path: str | os.PathLike) -> DicomFile:
-    """Read a file's header up to its pixel data; raise `NotDicomError` / `CorruptFileError`."""
+    """Read a file's header up to its pixel data and check what it declares about its pixels.
+
+    Raises `NotDicomError` (not DICOM at all), `CorruptFileError` (damaged: the message names the file
+    and what is wrong) or `DamagedInstanceError` (damaged, but its series is known: the series must not
+    load without it). Everything the loader later needs from the header is parsed here, inside the one
+    boundary that turns any parser failure into a one-line error.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as fp, warnings.catch_warnings():
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputNotFoundError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise NotDicomError(f"{path}: is a folder, not a DICOM file")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block open() or never end
+        raise NotDicomError(f"{path}: not a regular file (FIFO, socket or device)")
+    try:
+        with (
+            reading(path, "unreadable DICOM header", passthrough=(InvalidDicomError,)),
+            open(path, "rb") as fp,
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")  # pydicom's value-validation chatter is not the user's problem
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             offset = fp.tell()
-            little = getattr(ds, "is_little_endian", None)
-            if little is None:  # pydicom 3 keeps the encoding on the dataset's original_encoding
-                little = ds.original_encoding[1] if ds.original_encoding else True
+            implicit, little = ds.original_encoding if ds.original_encoding else (False, True)
             tag = _pixel_tag_at(fp, bool(little))
             has_pixels = tag is not None
             deflated_tag = None
+            length, clean_end = (
+                _pixel_length_at(fp, offset, bool(little), bool(implicit)) if tag is not None else (None, True)
+            )
             if str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
                 # The whole dataset is deflated: offsets in the file mean nothing; look for pixels by reading it.
                 fp.seek(0)
                 found = PIXEL_DATA_TAGS & {int(elem.tag) for elem in pydicom.dcmread(fp)}
                 has_pixels, tag = bool(found), None
                 deflated_tag = min(found) if found else None
+            f = DicomFile(path, ds, has_pixels, offset if tag is not None else None, tag or deflated_tag, length,
+                          info.st_size, clean_end)
+            sop_class = str(header_value(ds, "SOPClassUID") or "")
+            for keyword in ("SeriesInstanceUID", "SOPInstanceUID", "Modality", "StudyInstanceUID"):
+                header_value(ds, keyword)  # raises here, inside the boundary, if the value is damaged
+            f.series_uid, f.sop_instance_uid, f.transfer_syntax  # noqa: B018 - parsed once, here
     except InvalidDicomError as exc:
         raise NotDicomError(f"{path}: not a DICOM file ({exc})") from None
-    except FileNotFoundError:
-        raise InputNotFoundError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NotDicomError(f"{path}: is a folder, not a DICOM file") from None
-    except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError, AttributeError) as exc:
-        raise CorruptFileError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-    sop_class = getattr(ds.get("SOPClassUID"), "name", "")
-    if not has_pixels and (("Rows" in ds and "Columns" in ds) or "Image Storage" in str(sop_class)):
-        raise CorruptFileError(f"{path}: truncated or damaged, the header describes an image but pixel data is missing")
-    return DicomFile(path, ds, has_pixels, offset if tag is not None else None, tag or deflated_tag)
+    describes_image = "Rows" in ds and "Columns" in ds
+    try:
+        name = pydicom.uid.UID(sop_class).name if sop_class else ""
+    except Exception:  # noqa: BLE001 - a garbled UID has no name
+        name = ""
+    if not has_pixels and (describes_image or "Image Storage" in name):
+        raise DamagedInstanceError(
+            f"{path}: truncated or damaged, the header describes an image but pixel data is missing", f.series_uid
+        )
+    if has_pixels:
+        try:
+            with reading(path, "damaged image header"):
+                f.pixel_format  # noqa: B018 - validated once, here
+        except CorruptFileError as exc:
+            raise DamagedInstanceError(str(exc), f.series_uid) from None
+    return f
+
+
+class DamagedInstanceError(CorruptFileError):
+    """A damaged file whose SeriesInstanceUID could still be read: its series cannot be loaded whole."""
+
+    def __init__(self, message: str, series_uid: str):
+        super().__init__(message)
+        self.series_uid = series_uid
 
 
 @dataclass
@@ -179,6 +407,7 @@ class Series:
 
     uid: str
     files: list[DicomFile] = field(default_factory=list)
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # its files that cannot be read, and why
 
     @property
     def first(self) -> Dataset:
@@ -186,16 +415,16 @@ class Series:
 
     @property
     def modality(self) -> str:
-        return str(self.first.get("Modality", ""))
+        return str(header_value(self.first, "Modality") or "") if self.files else ""
 
     @property
     def study_uid(self) -> str:
-        return str(self.first.get("StudyInstanceUID", ""))
+        return str(header_value(self.first, "StudyInstanceUID") or "") if self.files else ""
 
     @property
     def label(self) -> str:
         """How messages name the series: its UID and where its files are (never a patient name)."""
-        folders = sorted({str(f.path.parent) for f in self.files})
+        folders = sorted({str(p.parent) for p in [*(f.path for f in self.files), *(p for p, _ in self.damaged)]})
         where = folders[0] if len(folders) == 1 else f"{folders[0]} (+{len(folders) - 1} folders)"
         return f"{self.uid} in {where}"
 
@@ -203,11 +432,17 @@ class Series:
     def n_frames(self) -> int:
         return sum(f.n_frames for f in self.files)
 
+    @property
+    def paths(self) -> list[Path]:
+        """Every file of the series, readable or damaged."""
+        return [f.path for f in self.files] + [p for p, _ in self.damaged]
+
 
 @dataclass
 class ScanResult:
     series: list[Series]
     skipped: list[tuple[Path, str]]  # files that are not usable DICOM images, and why
+    damaged: list[tuple[Path, str]] = field(default_factory=list)  # damaged DICOM of unknown series
 
 
 def _iter_files(root: Path) -> Iterable[Path]:
@@ -234,10 +469,21 @@ def scan(root: str | os.PathLike, *, progress: bool = False) -> ScanResult:
         raise InputNotFoundError(f"{root}: folder is empty")
     by_uid: dict[str, Series] = {}
     skipped: list[tuple[Path, str]] = []
+    damaged: list[tuple[Path, str]] = []
     for path in track(paths, "reading DICOM headers", enabled=progress):
         try:
             f = read_header(path)
-        except (NotDicomError, CorruptFileError) as exc:
+        except DamagedInstanceError as exc:
+            why = str(exc).removeprefix(f"{path}: ")
+            if exc.series_uid:
+                by_uid.setdefault(exc.series_uid, Series(exc.series_uid)).damaged.append((path, why))
+            else:
+                damaged.append((path, why))
+            continue
+        except CorruptFileError as exc:
+            damaged.append((path, str(exc).removeprefix(f"{path}: ")))
+            continue
+        except NotDicomError as exc:
             skipped.append((path, str(exc).removeprefix(f"{path}: ")))
             continue
         if header_value(f.ds, "SOPClassUID") == _MEDIA_STORAGE_DIRECTORY:
@@ -254,12 +500,18 @@ def scan(root: str | os.PathLike, *, progress: bool = False) -> ScanResult:
             MedmapWarning(f"{root}: ignored {len(skipped)} file(s) that are not DICOM images, e.g. {example}: {why}"),
             stacklevel=2,
         )
+    if damaged and by_uid:
+        example, why = damaged[0]
+        warnings.warn(
+            MedmapWarning(f"{root}: {len(damaged)} damaged DICOM file(s) of unknown series, e.g. {example}: {why}"),
+            stacklevel=2,
+        )
     series = sorted(by_uid.values(), key=lambda s: (s.study_uid, _series_number(s), s.uid))
-    return ScanResult(series, skipped)
+    return ScanResult(series, skipped, damaged)
 
 
 def _series_number(s: Series) -> int:
     try:
-        return int(s.first.get("SeriesNumber", 0) or 0)
-    except (TypeError, ValueError):
+        return _to_int(header_value(s.first, "SeriesNumber"), 0) if s.files else 0
+    except (ValueError, KeyError):  # only used to order series: damage here changes nothing else
         return 0

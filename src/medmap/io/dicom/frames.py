@@ -8,16 +8,24 @@ classic series, enhanced multi-frame objects and mixtures of the two.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from medmap.errors import SeriesError
-from medmap.io.dicom.files import DicomFile, header_value
+from pydicom.multival import MultiValue
+
+from medmap.errors import CorruptFileError, MedmapWarning, SeriesError
+from medmap.io.dicom.files import DicomFile, header_value, reading
 
 ORIENTATION_TOL = 1e-3  # direction cosines that differ by less are the same orientation
 TILT_TOL_DEG = 0.05
+UNIT_TOL = 0.01  # ImageOrientationPatient: unit vectors within this (rounded cosines pass)
+ORTHOGONAL_TOL = 1e-3  # and orthogonal within this
+MAX_POSITION_MM = 1e6  # beyond a kilometre from the origin a position is damage, not anatomy
+MAX_SPACING_MM = 1e4
+MAX_RESCALE = 1e9
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,58 @@ def _float(value, default: float | None = None) -> float | None:
         return default
 
 
+def _absent(value) -> bool:
+    return value is None or value == "" or (isinstance(value, list | MultiValue) and len(value) == 0)
+
+
+def _vector(ds: Dataset | None, keyword: str, n: int, where: str) -> np.ndarray | None:
+    """``n`` finite numbers, None when absent; present but damaged is an error, never a default."""
+    value = header_value(ds, keyword)
+    if _absent(value):
+        return None
+    items = value if isinstance(value, list | tuple | MultiValue) else [value]
+    arr = _floats(items, n)
+    if arr is None:
+        raise CorruptFileError(f"{where}: {keyword} {_shown(value)} is not {n} finite numbers")
+    return arr
+
+
+def _scalar(ds: Dataset | None, keyword: str, where: str) -> float | None:
+    arr = _vector(ds, keyword, 1, where)
+    return None if arr is None else float(arr[0])
+
+
+def _shown(value) -> str:
+    text = "\\".join(map(str, value)) if isinstance(value, list | tuple | MultiValue) else str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _positive(ds: Dataset | None, keyword: str, where: str) -> float | None:
+    value = _scalar(ds, keyword, where)
+    if value is not None and not 0 < value <= MAX_SPACING_MM:
+        raise CorruptFileError(f"{where}: {keyword} {value:g} mm is not a positive length")
+    return value
+
+
+def _position(ds: Dataset | None, where: str) -> np.ndarray | None:
+    pos = _vector(ds, "ImagePositionPatient", 3, where)
+    if pos is not None and np.abs(pos).max() > MAX_POSITION_MM:
+        raise CorruptFileError(f"{where}: ImagePositionPatient {pos.tolist()} is more than 1 km from the origin")
+    return pos
+
+
+def _orientation(ds: Dataset | None, where: str) -> np.ndarray | None:
+    iop = _vector(ds, "ImageOrientationPatient", 6, where)
+    if iop is None:
+        return None
+    row, col = iop[:3], iop[3:]
+    if abs(np.linalg.norm(row) - 1) > UNIT_TOL or abs(np.linalg.norm(col) - 1) > UNIT_TOL or abs(row @ col) > ORTHOGONAL_TOL:
+        raise CorruptFileError(
+            f"{where}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors"
+        )
+    return iop
+
+
 def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
     if ds is None:
         return None
@@ -69,22 +129,30 @@ def _first_item(ds: Dataset | None, keyword: str) -> Dataset | None:
     return seq[0] if seq else None
 
 
-def _spacing_of(ds: Dataset | None) -> tuple[float, float] | None:
+def _spacing_of(ds: Dataset | None, where: str) -> tuple[float, float] | None:
     if ds is None:
         return None
     for keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
-        if keyword in ds:
-            ps = _floats(header_value(ds, keyword), 2)
-            if ps is not None and np.all(ps > 0):
-                return float(ps[0]), float(ps[1])
+        ps = _vector(ds, keyword, 2, where)
+        if ps is not None:
+            if not (np.all(ps > 0) and np.all(ps <= MAX_SPACING_MM)):
+                raise CorruptFileError(f"{where}: {keyword} {ps.tolist()} mm is not two positive lengths")
+            return float(ps[0]), float(ps[1])
     return None
 
 
-def _rescale_of(ds: Dataset | None) -> tuple[float, float] | None:
-    slope, intercept = header_value(ds, "RescaleSlope"), header_value(ds, "RescaleIntercept")
+def _rescale_of(ds: Dataset | None, where: str) -> tuple[float, float] | None:
+    """(slope, intercept), None when neither is present. Damaged, zero or absurd values are errors: a
+    wrong rescale turns every voxel into a wrong HU without any other sign."""
+    slope, intercept = _scalar(ds, "RescaleSlope", where), _scalar(ds, "RescaleIntercept", where)
     if slope is None and intercept is None:
         return None
-    return _float(slope, 1.0) or 1.0, _float(intercept, 0.0) or 0.0
+    if slope is None or intercept is None:  # DICOM has both or neither; pydicom then ignores the one
+        present = "RescaleSlope" if intercept is None else "RescaleIntercept"
+        raise CorruptFileError(f"{where}: {present} without its partner; the rescale is ambiguous")
+    if slope == 0 or abs(slope) > MAX_RESCALE or abs(intercept) > MAX_RESCALE:
+        raise CorruptFileError(f"{where}: rescale slope {slope:g} / intercept {intercept:g} is not usable")
+    return slope, intercept
 
 
 def _enhanced_frames(f: DicomFile) -> list[Frame]:
@@ -92,25 +160,38 @@ def _enhanced_frames(f: DicomFile) -> list[Frame]:
     ds = f.ds
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) < f.n_frames:
+        raise CorruptFileError(
+            f"{f.path}: {len(per_frame)} per-frame functional groups for NumberOfFrames "
+            f"{header_value(ds, 'NumberOfFrames') or '(missing)'}"
+        )
+    if len(per_frame) > f.n_frames:  # the pixel data holds no more frames (checked with the header)
+        warnings.warn(
+            MedmapWarning(f"{f.path}: {len(per_frame)} per-frame functional groups for {f.n_frames} frame(s); "
+                          "the first are used"),
+            stacklevel=2,
+        )
+        per_frame = per_frame[: f.n_frames]
     frames = []
     for i, groups in enumerate(per_frame):
 
         def group(keyword: str, groups: Dataset = groups) -> Dataset | None:
             return _first_item(groups, keyword) or _first_item(shared, keyword)
 
-        plane = group("PlanePositionSequence")
-        orient = group("PlaneOrientationSequence")
+        where = f"{f.path} frame {i + 1}"
         measures = group("PixelMeasuresSequence")
-        rescale = _rescale_of(group("PixelValueTransformationSequence")) or _rescale_of(ds) or (1.0, 0.0)
+        rescale = (
+            _rescale_of(group("PixelValueTransformationSequence"), where) or _rescale_of(ds, where) or (1.0, 0.0)
+        )
         frames.append(
             Frame(
                 f,
                 i,
-                _floats(plane.get("ImagePositionPatient"), 3) if plane is not None else None,
-                _floats(orient.get("ImageOrientationPatient"), 6) if orient is not None else None,
-                _spacing_of(measures) or _spacing_of(ds),
+                _position(group("PlanePositionSequence"), where),
+                _orientation(group("PlaneOrientationSequence"), where),
+                _spacing_of(measures, where) or _spacing_of(ds, where),
                 *rescale,
-                slice_thickness=_float(measures.get("SliceThickness")) if measures is not None else None,
+                slice_thickness=_positive(measures, "SliceThickness", where),
             )
         )
     return frames
@@ -123,17 +204,21 @@ def _legacy_multiframe(f: DicomFile) -> list[Frame]:
     RT dose, SpacingBetweenSlices for NM tomography); otherwise they are cine/time frames without position.
     """
     ds = f.ds
+    where = str(f.path)
     source = ds if "ImagePositionPatient" in ds else _first_item(ds, "DetectorInformationSequence")
-    ipp = _floats(source.get("ImagePositionPatient"), 3) if source is not None else None
-    iop = _floats(source.get("ImageOrientationPatient"), 6) if source is not None else None
-    slope, intercept = _rescale_of(ds) or (1.0, 0.0)
-    spacing = _spacing_of(ds)
+    ipp = _position(source, where)
+    iop = _orientation(source, where)
+    slope, intercept = _rescale_of(ds, where) or (1.0, 0.0)
+    spacing = _spacing_of(ds, where)
+    thickness = _positive(ds, "SliceThickness", where)
     n = f.n_frames
     offsets = None
     if ipp is not None and iop is not None:
-        grid = _floats(ds.get("GridFrameOffsetVector", []), n) if "GridFrameOffsetVector" in ds else None
-        step = _float(ds.get("SpacingBetweenSlices"))
+        grid = _vector(ds, "GridFrameOffsetVector", n, where) if "GridFrameOffsetVector" in ds else None
+        step = _positive(ds, "SpacingBetweenSlices", where)
         if grid is not None:
+            if np.abs(grid).max() > MAX_POSITION_MM:
+                raise CorruptFileError(f"{where}: GridFrameOffsetVector reaches beyond 1 km")
             offsets = grid
         elif step:
             offsets = np.arange(n) * step
@@ -144,34 +229,49 @@ def _legacy_multiframe(f: DicomFile) -> list[Frame]:
             pos, ori = ipp + offsets[i] * normal, iop
         else:
             pos, ori = None, iop
-        frames.append(Frame(f, i, pos, ori, spacing, slope, intercept, _float(ds.get("SliceThickness"))))
+        frames.append(Frame(f, i, pos, ori, spacing, slope, intercept, thickness))
     return frames
 
 
 def frames_of(f: DicomFile) -> list[Frame]:
-    """Every frame of one instance, each with the geometry and rescale that apply to it."""
+    """Every frame of one instance, each with the geometry and rescale that apply to it.
+
+    Damaged geometry or rescale values (non-finite, garbled, zero or absurd) raise `CorruptFileError`
+    naming the file: a default in their place would load the image in the wrong place or in wrong HU.
+    """
+    with reading(f.path, "damaged image header"):
+        return _frames_of(f)
+
+
+def _frames_of(f: DicomFile) -> list[Frame]:
     ds = f.ds
-    if f.n_frames > 1 and "PerFrameFunctionalGroupsSequence" in ds:
+    if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frames(f)
     if f.n_frames > 1:
         return _legacy_multiframe(f)
+    where = str(f.path)
     source = ds if "ImagePositionPatient" in ds else _first_item(ds, "DetectorInformationSequence")
-    slope, intercept = _rescale_of(ds) or (1.0, 0.0)
+    slope, intercept = _rescale_of(ds, where) or (1.0, 0.0)
     return [
         Frame(
             f,
             None,
-            _floats(header_value(source, "ImagePositionPatient"), 3),
-            _floats(header_value(source, "ImageOrientationPatient"), 6),
-            _spacing_of(ds),
+            _position(source, where),
+            _orientation(source, where),
+            _spacing_of(ds, where),
             slope,
             intercept,
-            _float(header_value(ds, "SliceThickness")),
+            _positive(ds, "SliceThickness", where),
         )
     ]
 
 
-def _check_same(frames: list[Frame], label: str) -> None:
+def check_instances(frames: list[Frame], label: str) -> None:
+    """Every instance of a series must describe its pixels the same way and have its own SOP Instance UID.
+
+    One 8-bit, RGB or unsigned slice among 16-bit signed ones would otherwise decide (or break) the
+    output type of the whole volume; a repeated SOP Instance UID is a copied or mislabelled slice.
+    """
     sizes: dict[tuple[int, int], Frame] = {}
     for fr in frames:
         fmt = fr.file.pixel_format
@@ -181,6 +281,25 @@ def _check_same(frames: list[Frame], label: str) -> None:
         raise SeriesError(
             f"series {label}: mixed image sizes, {f1.where} is {s1[1]}x{s1[0]} but {f2.where} is {s2[1]}x{s2[0]}"
         )
+    first = frames[0].file
+    seen: dict[str, DicomFile] = {}
+    for f in {id(fr.file): fr.file for fr in frames}.values():
+        a, b = first.pixel_format, f.pixel_format
+        for name in ("samples", "bits_allocated", "bits_stored", "signed", "photometric", "float_bits", "modality_lut"):
+            if getattr(a, name) != getattr(b, name):
+                raise SeriesError(
+                    f"series {label}: mixed pixel formats, {first.path} has {name} {getattr(a, name)} but "
+                    f"{f.path} has {getattr(b, name)}"
+                )
+        other = seen.setdefault(f.sop_instance_uid, f)
+        if other is not f:
+            raise SeriesError(
+                f"series {label}: {other.path} and {f.path} have the same SOP Instance UID "
+                f"{f.sop_instance_uid[:64]} (a copied or mislabelled slice)"
+            )
+
+
+def _check_same(frames: list[Frame], label: str) -> None:
     ref = frames[0]
     for fr in frames[1:]:
         if np.abs(fr.orientation - ref.orientation).max() > ORIENTATION_TOL:
@@ -202,7 +321,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def _in_plane(fr: Frame) -> tuple[np.ndarray, np.ndarray, tuple[float, float], list[str]]:
     notes = []
     if fr.orientation is not None:
-        row_dir, col_dir = _unit(fr.orientation[:3]), _unit(fr.orientation[3:])
+        row_dir = _unit(fr.orientation[:3])
+        col_dir = fr.orientation[3:]
+        col_dir = _unit(col_dir - (col_dir @ row_dir) * row_dir)  # rounded cosines: make them exactly orthogonal
     else:
         row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
     spacing = fr.pixel_spacing
@@ -221,10 +342,13 @@ def layout(frames: list[Frame], label: str) -> Layout:
     """
     if not frames:
         raise SeriesError(f"series {label}: no frames")
+    check_instances(frames, label)
     first = frames[0]
     row_dir, col_dir, (ps_row, ps_col), notes = _in_plane(first)
     normal = np.cross(row_dir, col_dir)
-    thickness = first.slice_thickness or _float(first.file.ds.get("SpacingBetweenSlices")) or 1.0
+    with reading(first.file.path, "damaged image header"):
+        step = _positive(first.file.ds, "SpacingBetweenSlices", str(first.file.path))
+    thickness = first.slice_thickness or step or 1.0
 
     if len(frames) == 1:
         origin = first.position if first.position is not None else np.zeros(3)
@@ -260,6 +384,8 @@ def layout(frames: list[Frame], label: str) -> Layout:
             f"{depth[dup[0]]:.2f} mm along the normal (several echoes, phases or acquisitions in one series?)"
         )
     dz = float(np.median(steps))
+    if dz > MAX_SPACING_MM:
+        raise SeriesError(f"series {label}: slices {dz:g} mm apart, the positions are damaged")
     gaps = np.flatnonzero(steps > 1.5 * dz)
     if gaps.size:
         g = gaps[0]

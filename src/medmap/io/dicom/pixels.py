@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, UnsupportedFormatError
-from medmap.io.dicom.files import DicomFile, PixelFormat
+from medmap.io.dicom.files import DicomFile, PixelFormat, header_value, reading
 from medmap.io.dicom.frames import Frame
 from medmap.progress import track
 
@@ -64,8 +64,7 @@ def _safe_dtype(frames: list[Frame]) -> np.dtype:
     if fmt.float_bits:
         return np.dtype(np.float32 if fmt.float_bits == 32 else np.float64)
     if fmt.photometric == "PALETTE COLOR":
-        descriptor = frames[0].file.ds.get("RedPaletteColorLookupTableDescriptor", [0, 0, 16])
-        return np.dtype(np.uint8 if int(descriptor[2]) <= 8 else np.uint16)
+        return np.dtype(np.uint8 if _palette_bits(frames[0].file) <= 8 else np.uint16)
     if fmt.colour:
         return np.dtype({8: np.uint8, 16: np.uint16}.get(fmt.bits_allocated, np.uint32))
     if any(fr.file.pixel_format.modality_lut for fr in frames):
@@ -80,6 +79,17 @@ def _safe_dtype(frames: list[Frame]) -> np.dtype:
                 return np.dtype(dtype)
         return np.dtype(np.float64)
     return np.dtype(np.float32)
+
+
+def _palette_bits(f: DicomFile) -> int:
+    """Bits per palette entry, after checking the three descriptors a palette image must carry."""
+    bits = set()
+    for colour in ("Red", "Green", "Blue"):
+        descriptor = header_value(f.ds, f"{colour}PaletteColorLookupTableDescriptor")
+        if not isinstance(descriptor, list) or len(descriptor) != 3 or descriptor[2] not in (8, 16):
+            raise CorruptFileError(f"{f.path}: {colour}PaletteColorLookupTableDescriptor {descriptor!r} is not usable")
+        bits.add(int(descriptor[2]))
+    return max(bits)
 
 
 def _raw_layout(f: DicomFile, fp) -> tuple[int, np.dtype, int] | None:
@@ -124,28 +134,34 @@ def _unused_bits(buf: np.ndarray, fmt: PixelFormat) -> None:
 
 def _decode_with_pydicom(f: DicomFile) -> tuple[np.ndarray, Dataset]:
     """All frames of an instance as pydicom decodes them: ``(frames, rows, cols[, samples])``."""
+    fmt = f.pixel_format
     try:
-        with warnings.catch_warnings():
+        with reading(f.path, "pixel data cannot be decoded"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(f.path)
             arr = ds.pixel_array
-    except Exception as exc:  # pydicom and its plugins raise many types for damaged data
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if "no available" in reason.lower() or "plugin" in reason.lower() or "unable to decompress" in reason.lower():
+            if fmt.photometric == "PALETTE COLOR":
+                _palette_bits(f)
+                arr = pydicom.pixels.apply_color_lut(arr, ds)
+    except CorruptFileError as exc:
+        reason = str(exc).lower()
+        if "no available" in reason or "plugin" in reason or "unable to decompress" in reason:
             raise UnsupportedFormatError(
-                f"{f.path}: cannot decode transfer syntax {f.transfer_syntax} ({reason})"
+                f"{f.path}: cannot decode transfer syntax {f.transfer_syntax} ({str(exc).split('(', 1)[-1]}"
             ) from None
-        raise CorruptFileError(f"{f.path}: pixel data cannot be decoded ({reason})") from None
-    if f.pixel_format.photometric == "PALETTE COLOR":
-        arr = pydicom.pixels.apply_color_lut(arr, ds)
-    frame_dims = 3 if f.pixel_format.colour else 2
-    if arr.ndim == frame_dims:
+        raise
+    frame_shape = (fmt.rows, fmt.columns, 3) if fmt.colour else (fmt.rows, fmt.columns)
+    if arr.ndim == len(frame_shape):
         arr = arr[np.newaxis]
+    if arr.shape[1:] != frame_shape:
+        raise CorruptFileError(f"{f.path}: decoded frames are {arr.shape[1:]}, the header describes {frame_shape}")
     return arr, ds
 
 
 def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -> None:
     """out = stored * slope + intercept (or the modality LUT), in out's dtype without overflow."""
+    if not stored.dtype.isnative:  # big-endian data: reinterpreting its bytes below would swap them
+        stored = stored.astype(stored.dtype.newbyteorder("="))
     if fr.file.pixel_format.modality_lut:
         out[...] = pydicom.pixels.apply_modality_lut(stored, ds)
     elif fr.slope == 1 and fr.intercept == 0:
@@ -177,13 +193,22 @@ def _invert_monochrome1(out: np.ndarray, fr: Frame) -> None:
     lo, hi = stored_range(fr.file.pixel_format)
     edge = (lo + hi) * fr.slope + 2 * fr.intercept
     if np.issubdtype(out.dtype, np.integer):
-        out[...] = (int(edge) - out.astype(np.int64)).astype(out.dtype)
+        flipped = int(edge) - out.astype(np.int64)
+        info = np.iinfo(out.dtype)
+        if flipped.min() < info.min or flipped.max() > info.max:
+            raise DoesNotFit
+        out[...] = flipped
     else:
         np.subtract(edge, out, out=out)
 
 
 def _decode_file(f: DicomFile, targets: list[tuple[int, Frame]], out: np.ndarray) -> None:
-    """Decode one instance's frames into their slots of ``out``."""
+    """Decode one instance's frames into their slots of ``out`` (any failure: one line naming the file)."""
+    with reading(f.path, "pixel data cannot be decoded", passthrough=(DoesNotFit,)):
+        _decode_into(f, targets, out)
+
+
+def _decode_into(f: DicomFile, targets: list[tuple[int, Frame]], out: np.ndarray) -> None:
     fmt = f.pixel_format
     monochrome1 = fmt.photometric == "MONOCHROME1"
     with open(f.path, "rb", buffering=0) as fp:

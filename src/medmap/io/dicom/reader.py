@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.multival import MultiValue
 
-from medmap.errors import MedmapError, MedmapWarning, NotAnImageError, SeriesError
-from medmap.io.dicom.files import DicomFile, Series, read_header, scan
+from medmap.errors import CorruptFileError, MedmapError, MedmapWarning, NotAnImageError, SeriesError
+from medmap.io.dicom.files import DicomFile, Series, header_value, read_header, reading, scan
 from medmap.io.dicom.frames import Frame, Layout, frames_of, layout
 from medmap.io.dicom.pixels import DoesNotFit, fill, output_dtypes, stored_range
 from medmap.io.image import Image, ImageMeta, SliceRef
@@ -21,7 +21,15 @@ def series_frames(series: Series) -> list[Frame]:
 
 
 def plan_series(series: Series) -> Layout:
-    """The grid a series would load into, without reading pixels (``medmap info`` uses it)."""
+    """The grid a series would load into, without reading pixels (``medmap info`` uses it).
+
+    Raises for everything the headers alone show: a damaged member file, mixed pixel formats, a
+    repeated SOP Instance UID, damaged geometry, missing or duplicate slices.
+    """
+    if series.damaged:
+        path, why = series.damaged[0]
+        more = f" (and {len(series.damaged) - 1} more damaged file(s))" if len(series.damaged) > 1 else ""
+        raise CorruptFileError(f"{path}: {why}; series {series.uid[:64]} cannot be loaded without it{more}")
     return layout(series_frames(series), series.label)
 
 
@@ -36,14 +44,34 @@ def _first_number(value) -> float | None:
 
 
 def _window(ds) -> tuple[float | None, float | None]:
+    """The display window, if the header has a usable one (it is a display hint: damage is ignored)."""
     source = ds
-    if "WindowCenter" not in ds and "SharedFunctionalGroupsSequence" in ds:
+    if "WindowCenter" not in ds and ds.get("SharedFunctionalGroupsSequence"):
         voi = ds.SharedFunctionalGroupsSequence[0].get("FrameVOILUTSequence")
         source = voi[0] if voi else ds
-    return _first_number(source.get("WindowCenter")), _first_number(source.get("WindowWidth"))
+    try:
+        center = _first_number(header_value(source, "WindowCenter"))
+        width = _first_number(header_value(source, "WindowWidth"))
+    except ValueError:  # a damaged display hint is no hint
+        return None, None
+    if center is None or width is None or not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        return None, None
+    return center, width
+
+
+def _text(ds, keyword: str) -> str:
+    value = header_value(ds, keyword)
+    if isinstance(value, list):
+        value = "\\".join(map(str, value))
+    return "" if value is None else str(value).strip()
 
 
 def _meta(series: Series, lay: Layout) -> ImageMeta:
+    with reading(series.files[0].path, "damaged header"):
+        return _meta_of(series, lay)
+
+
+def _meta_of(series: Series, lay: Layout) -> ImageMeta:
     ds = series.first
     fr0 = lay.frames[0]
     center, width = _window(ds)
@@ -53,19 +81,19 @@ def _meta(series: Series, lay: Layout) -> ImageMeta:
         lo, hi = stored_range(fmt)
         center = (lo + hi) * fr0.slope + 2 * fr0.intercept - center
     return ImageMeta(
-        modality=str(ds.get("Modality", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
+        modality=_text(ds, "Modality"),
+        study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=series.uid,
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
-        sop_class_uid=str(ds.get("SOPClassUID", "")),
+        frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
         slices=tuple(SliceRef(fr.file.path, fr.file.sop_instance_uid, fr.index) for fr in lay.frames),
         rescale_slope=float(fr0.slope),
         rescale_intercept=float(fr0.intercept),
         window_center=center,
         window_width=width,
         photometric=photometric,
-        body_part=str(ds.get("BodyPartExamined", "")),
-        series_description=str(ds.get("SeriesDescription", "")),
+        body_part=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
         source_path=series.files[0].path if len(series.files) == 1 else series.files[0].path.parent,
         notes=tuple(lay.notes),
     )
@@ -80,14 +108,22 @@ def load_series(series: Series, *, progress: bool = False) -> Image:
     shape: tuple[int, ...] = (len(lay.frames), fmt.rows, fmt.columns)
     if fmt.colour:
         shape = (*shape, 3)
-    for dtype in output_dtypes(lay.frames):
-        out = np.empty(shape, dtype=dtype)
+    meta = _meta(series, lay)
+    with reading(series.files[0].path, "damaged image header"):
+        dtypes = output_dtypes(lay.frames)
+    for dtype in dtypes:
+        try:
+            out = np.empty(shape, dtype=dtype)
+        except MemoryError:
+            gib = np.prod(shape) * np.dtype(dtype).itemsize / 1024**3
+            raise MedmapError(f"series {series.label}: needs {gib:.1f} GiB of memory, more than is free") from None
         try:
             fill(out, lay.frames, progress=progress)
-            break
+            return Image(out, lay.spacing, lay.origin, lay.direction, meta)
         except DoesNotFit:
             continue
-    return Image(out, lay.spacing, lay.origin, lay.direction, _meta(series, lay))
+    # The safe dtype holds every value the header allows; pixels beyond it contradict the header.
+    raise CorruptFileError(f"series {series.label}: pixel values outside the range BitsStored and the rescale allow")
 
 
 def choose_series(found: list[Series], where: str | os.PathLike, series_uid: str | None = None) -> Series:
@@ -117,6 +153,14 @@ def load_dicom(path: str | os.PathLike, series_uid: str | None = None, *, progre
         return load_series(Series(f.series_uid or f.sop_instance_uid, [f]), progress=progress)
     result = scan(path, progress=progress)
     if not result.series:
-        example = f", e.g. {result.skipped[0][0]}: {result.skipped[0][1]}" if result.skipped else ""
+        problems = result.damaged or result.skipped
+        example = f", e.g. {problems[0][0]}: {problems[0][1]}" if problems else ""
         raise MedmapError(f"{path}: no DICOM image series found{example}")
-    return load_series(choose_series(result.series, path, series_uid), progress=progress)
+    series = choose_series(result.series, path, series_uid)
+    folders = {p.parent for p in series.paths}
+    for damaged, why in result.damaged:  # unreadable, so of unknown series: in this one's folder, it may be a slice
+        if damaged.parent in folders:
+            raise CorruptFileError(
+                f"{damaged}: {why}; it sits with series {series.uid[:64]} and may be one of its slices"
+            )
+    return load_series(series, progress=progress)
