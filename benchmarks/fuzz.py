@@ -78,9 +78,9 @@ def write_generated(name: str, folder: Path) -> None:
     """A small generated series (or multi-frame file) under ``folder``."""
     import numpy as np
     import pydicom
+    from tests.builders import AXIAL, write_ct, write_enhanced_ct
 
     from medmap.io.image import Image, ImageMeta
-    from tests.builders import AXIAL, write_ct, write_enhanced_ct
 
     rng = np.random.default_rng(3)
     arr = rng.integers(-1000, 1500, size=(6, 16, 12)).astype(np.int16)
@@ -129,9 +129,10 @@ PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"
 
 def draw_mutations(rng: random.Random, series: bool) -> list[dict]:
     """1-3 mutations, as plain data (so that a recipe can be stored and replayed)."""
-    kinds = ["flip", "truncate", "zero", "insert", "set", "set", "set", "delete", "raw_length", "raw_vr", "nest"]
+    kinds = ["flip", "truncate", "zero", "insert", "set", "set", "set", "delete", "raw_length", "raw_vr", "nest",
+             "sparse"]
     if series:
-        kinds += ["other_format", "dup_sop", "copy_slice", "drop_slice", "rgb_slice"]
+        kinds += ["other_format", "dup_sop", "copy_slice", "drop_slice", "rgb_slice", "fifo", "sparse_file"]
     ops = []
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
         kind = rng.choice(kinds)
@@ -181,8 +182,8 @@ def _write(ds, path: Path) -> None:
 
 
 def _raw_element(ds, keyword: str, vr: str, value: bytes):
-    from pydicom.dataelem import RawDataElement
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
     little = ds.original_encoding[1] if getattr(ds, "original_encoding", None) else True
@@ -244,6 +245,14 @@ def apply_mutation(op: dict, files: list[Path], case_dir: Path) -> None:
             _write(ds, target)
     elif kind in ("other_format", "rgb_slice"):
         _reformat_slice(op, target)
+    elif kind == "sparse":  # a 3 GB file of which all but the original bytes are a hole (zeros)
+        os.truncate(target, 3 * 1024**3)
+    elif kind == "sparse_file":  # a 3 GB sparse file with a DICOM preamble next to the series
+        big = case_dir / "zz_sparse.dcm"
+        big.write_bytes(bytes(128) + b"DICM")
+        os.truncate(big, 3 * 1024**3)
+    elif kind == "fifo":
+        os.mkfifo(case_dir / "zz_fifo")
 
 
 def _mutate_header(op: dict, target: Path) -> None:
@@ -366,7 +375,7 @@ def build_case(recipe: dict, seed_cache: Path, case_dir: Path) -> Path:
         target = case_dir / "case.dcm"
         shutil.copyfile(_pydicom_file(seed), target)
     for op in recipe["ops"]:
-        files = sorted(p for p in case_dir.iterdir() if p.is_file())
+        files = sorted(p for p in case_dir.iterdir() if p.is_file() and p.stat().st_size < 1024**3)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -403,7 +412,7 @@ def judge(path: Path) -> dict:
         return {"outcome": "refused", "detail": message[:300]}
     except MemoryError:
         return {"outcome": "oom", "detail": "MemoryError"}
-    except BaseException as exc:  # noqa: BLE001 - PanicException and friends are exactly what we look for
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
@@ -417,7 +426,6 @@ def verify(image) -> str | None:
     """Why a loaded image is wrong, or None: values against pydicom, geometry against the slices' headers."""
     import numpy as np
     import pydicom
-
     from tests.reference import pydicom_reference
 
     arr = image.array
@@ -443,7 +451,7 @@ def verify(image) -> str | None:
         if key not in references:
             try:
                 references[key] = pydicom_reference(Path(s.path))
-            except Exception:  # noqa: BLE001 - pydicom failing on damage it does not catch itself
+            except Exception:
                 references[key] = None
         ref = references[key]
         if ref is None:
@@ -539,7 +547,7 @@ def run_campaign(recipes: list[dict], *, timeout: float, memory_gb: float, progr
             case_dir = tmp_path / f"case-{i}"
             try:
                 target = build_case(recipe, seed_cache, case_dir)
-            except Exception as exc:  # noqa: BLE001 - a broken recipe is the fuzzer's bug, not medmap's
+            except Exception as exc:
                 results.append({**recipe, "outcome": "skipped", "detail": f"{type(exc).__name__}: {exc}"})
                 continue
             result = worker.run(target, timeout + (60 if first else 0))
@@ -602,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in bad:
             key = hashlib.sha256(json.dumps([r["seed"], r["ops"]]).encode()).hexdigest()
             if key not in known:
-                kept.append({"id": r["id"], "seed": r["seed"], "ops": r["ops"], "found": f"{r['outcome']}: {r['detail']}"})
+                found = f"{r['outcome']}: {r['detail']}"
+                kept.append({"id": r["id"], "seed": r["seed"], "ops": r["ops"], "found": found})
                 known.add(key)
         args.keep_failures.write_text(json.dumps(kept, indent=1) + "\n")
     return 1 if bad else 0

@@ -54,12 +54,15 @@ def test_info_lists_series_without_patient_identity(tmp_path):
     assert table.returncode == 0 and "axial" in table.stdout and "SECRET" not in table.stdout
 
 
-def test_info_reports_a_broken_series_as_a_problem(tmp_path):
+def test_info_reports_a_broken_series_as_a_problem_and_an_error(tmp_path):
     paths = write_ct(volume(), tmp_path / "s")
+    write_ct(volume(seed=1), tmp_path / "good")
     paths[4].unlink()
     r = medmap_cli("info", tmp_path, "--json")
-    assert r.returncode == 0
-    assert "missing slice" in r.stdout
+    assert r.returncode == 1  # what the loader would refuse, info refuses too
+    assert "missing slice" in r.stdout and r.stdout.count('"series"') == 2  # the table lists both
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("error: series ") and "missing slice" in line and "0004.dcm" in line
 
 
 def test_convert_writes_nifti_with_the_series_geometry(tmp_path):

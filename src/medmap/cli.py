@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medmap import __version__
-from medmap.errors import ConfigError, MedmapError, MedmapWarning, OutputError, SeriesError
+from medmap.errors import ConfigError, MedmapError, MedmapWarning, OutputError
 
 app = typer.Typer(
     name="medmap",
@@ -73,11 +73,12 @@ def info(
     Sizes and spacings are shown x (columns) by y (rows) by z (slices).
     """
     from medmap.io.dicom import scan
-    from medmap.io.dicom.reader import plan_series
+    from medmap.io.dicom.reader import check_neighbours, plan_series, series_text
     from medmap.io.image import orientation_label
     from medmap.io.load import is_image_file, load
 
     rows = []
+    refused: list[str] = []  # series the loader would refuse: each an error line, and exit status 1
     if is_image_file(path):
         img = load(path)
         rows.append(
@@ -98,19 +99,21 @@ def info(
             problems: list[str] = []
             size, spacing, orientation = None, None, "-"
             try:
+                check_neighbours(s, result)
                 lay = plan_series(s)
-                ds = s.first
-                size = [int(ds.Columns), int(ds.Rows), len(lay.frames)]
+                fmt = s.files[0].pixel_format
+                size = [fmt.columns, fmt.rows, len(lay.frames)]
                 spacing = list(lay.spacing[::-1])
                 orientation = orientation_label(lay.direction)
                 problems += lay.notes
-            except SeriesError as exc:
+            except MedmapError as exc:
                 problems.append(str(exc).split(": ", 1)[-1])
+                refused.append(str(exc))
             rows.append(
                 {
                     "series": s.uid,
                     "modality": s.modality,
-                    "body_part": str(s.first.get("BodyPartExamined", "")),
+                    "body_part": series_text(s, "BodyPartExamined"),
                     "size": size,
                     "spacing_mm": spacing,
                     "orientation": orientation,
@@ -135,6 +138,7 @@ def info(
             )
     if as_json:
         out.print_json(json.dumps(rows))
+        _refuse(refused)
         return
     table = Table(title=str(path), show_lines=False)
     for col in ("#", "series", "modality", "body part", "size x*y*z", "spacing mm", "orientation", "files", "problems"):
@@ -152,6 +156,15 @@ def info(
             "; ".join(r["problems"]) or "-",
         )
     out.print(table)
+    _refuse(refused)
+
+
+def _refuse(refused: list[str]) -> None:
+    """Each series `medmap info` found unloadable as an ``error:`` line; exit status 1 if any."""
+    for message in refused:
+        sys.stderr.write(f"error: {_one_line(message)}\n")
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command()

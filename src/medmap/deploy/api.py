@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from medmap import __version__
+from medmap.errors import MedmapError
 
 
 def create_app(node, token: str | None = None) -> FastAPI:
@@ -82,7 +83,10 @@ def create_app(node, token: str | None = None) -> FastAPI:
                 raise HTTPException(status_code=400, detail=f"{upload_file.filename}: not a DICOM file") from None
             if "PixelData" not in ds:
                 raise HTTPException(status_code=400, detail=f"{upload_file.filename}: no pixel data")
-            series.add(node.ingest(ds, calling_ae="HTTP"))
+            try:
+                series.add(node.ingest(ds, calling_ae="HTTP"))
+            except MedmapError as exc:
+                raise HTTPException(status_code=400, detail=f"{upload_file.filename}: {exc}") from None
         node.store.complete(sorted(series))
         jobs = [describe(j) for j in node.store.jobs(10_000) if j.series_uid in series]
         return {"jobs": jobs}

@@ -123,6 +123,10 @@ def _fsync_write(ds, path: Path) -> None:
         os.close(folder)
 
 
+class InvalidInstanceError(MedmapError):
+    """An instance the node refuses to store (and answers with a failure status)."""
+
+
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         if not config.routes:
@@ -143,6 +147,9 @@ class Node:
         """Write one instance durably into the spool and record it; returns its series UID.
         Raises OSError when the spool cannot be written (C-STORE answers "out of resources")."""
         sop, series, study = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID)
+        for name, uid in (("SOP Instance UID", sop), ("Series Instance UID", series), ("Study Instance UID", study)):
+            if not valid_uid(uid):  # the spool is named by UIDs: an invalid one could collide with another's file
+                raise InvalidInstanceError(f"{name} {uid[:80]!r} is not a valid DICOM UID")
         folder = self.spool / _safe(study) / _safe(series)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{_safe(sop)}.dcm"
@@ -172,6 +179,9 @@ class Node:
             return 0xC210
         try:
             series = self.ingest(ds, event.assoc.requestor.ae_title)
+        except InvalidInstanceError as exc:
+            log.warning("C-STORE from %s refused: %s", event.assoc.requestor.ae_title, exc)
+            return 0xC211  # "cannot understand": the SCU learns it was not stored
         except OSError as exc:
             log.error("C-STORE of %s failed: cannot write the spool (%s)", ds.SOPInstanceUID, exc)
             return 0xA700  # out of resources
@@ -405,7 +415,18 @@ class Node:
 
 
 def _safe(uid: str) -> str:
-    return re.sub(r"[^0-9A-Za-z.\-]", "_", uid)[:64] or "unknown"
+    """A UID as a file name. Only valid UIDs reach the spool (`valid_uid`), so this is the UID itself and
+    two instances never share a file; anything else is made safe and cut, for display only."""
+    return uid if valid_uid(uid) else re.sub(r"[^0-9A-Za-z.\-]", "_", uid)[:64] or "unknown"
+
+
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def valid_uid(uid: object) -> bool:
+    """A DICOM UID (PS3.5 9.1): digits and dots, no leading zeros in a component, at most 64 characters."""
+    text = str(uid)
+    return 0 < len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
 SETTINGS = {

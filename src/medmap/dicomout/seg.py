@@ -39,8 +39,23 @@ def source_datasets(image: Image, *, pixels: bool = True) -> list:
     if any(ref.frame is not None for ref in refs):
         if len({ref.path for ref in refs}) != 1:
             raise ConfigError("a volume assembled from several multi-frame instances cannot be referenced yet")
-        return [pydicom.dcmread(refs[0].path, stop_before_pixels=not pixels)]
-    return [pydicom.dcmread(ref.path, stop_before_pixels=not pixels) for ref in refs]
+        return [_with_type2(pydicom.dcmread(refs[0].path, stop_before_pixels=not pixels))]
+    return [_with_type2(pydicom.dcmread(ref.path, stop_before_pixels=not pixels)) for ref in refs]
+
+
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the source into
+# every derived object: a source that omits one (allowed for some IODs, common in the wild) would
+# otherwise fail the writer with an AttributeError. Empty is what the standard says "unknown" is.
+_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _with_type2(ds):
+    """The source dataset (an in-memory copy; the file is untouched) with absent Type 2 values empty."""
+    for keyword in _COPIED_TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
 
 
 def in_source_frame_order(image: Image, array: np.ndarray) -> np.ndarray:

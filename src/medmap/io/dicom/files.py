@@ -16,6 +16,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, InputNotFoundError, MedmapError, MedmapWarning, NotDicomError
@@ -58,7 +59,7 @@ def reading(
         raise CorruptFileError(f"{path}: {what} (sequences nested too deeply)") from None
     except MemoryError:
         raise CorruptFileError(f"{path}: {what} (it declares more data than memory can hold)") from None
-    except BaseException as exc:  # noqa: BLE001 - see the docstring: panics from Rust decoders included
+    except BaseException as exc:
         raise CorruptFileError(f"{path}: {what} ({_reason(exc)})") from None
 
 
@@ -236,7 +237,8 @@ class DicomFile:
         """Does the file hold the bytes its header promises? Checked before anything is allocated."""
         needed = fmt.frame_bytes * fmt.frames
         if needed > MAX_VOLUME_BYTES:
-            return f"declares {needed / 1024**3:.0f} GiB of pixel data ({fmt.frames} frames of {fmt.columns}x{fmt.rows})"
+            size = f"{fmt.frames} frames of {fmt.columns}x{fmt.rows}"
+            return f"declares {needed / 1024**3:.0f} GiB of pixel data ({size})"
         if self.pixel_offset is None:
             return None  # deflated: pydicom inflates it and the decoder checks the size
         present = max(0, self.file_size - self.pixel_offset)
@@ -261,6 +263,60 @@ class DicomFile:
     @property
     def n_frames(self) -> int:
         return self.pixel_format.frames
+
+
+class _HeaderGuard:
+    """pydicom's ``stop_when``: stop before the pixel data, and refuse elements out of ascending order.
+
+    Why the order check: a file padded with zeros (a sparse or pre-allocated file, a damaged copy)
+    parses as millions of (0000,0000) elements, so pydicom would read for minutes; DICOM requires
+    ascending tags, so the first repeated or backward tag ends the read with a clear error.
+    """
+
+    def __init__(self, stop_at_pixels: bool = True) -> None:
+        self.stop_at_pixels = stop_at_pixels
+        self.previous = -1
+        self.first: int | None = None
+        self.restarts = 0
+
+    def __call__(self, tag, vr, length) -> bool:
+        if tag == self.first and self.restarts < 2:  # pydicom rereads when the VR encoding was misdeclared
+            self.restarts += 1
+            self.previous = -1
+        if self.first is None:
+            self.first = tag
+        if tag <= self.previous:
+            raise ValueError(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) out of order: damaged or zero-filled")
+        self.previous = tag
+        return self.stop_at_pixels and tag in PIXEL_DATA_TAGS
+
+
+def read_dataset(fp, *, pixels: bool = True) -> Dataset:
+    """``pydicom.dcmread`` with the element-order guard (see `_HeaderGuard`) and `_check_start`."""
+    _check_start(fp)
+    return read_partial(fp, _HeaderGuard(stop_at_pixels=not pixels))
+
+
+def _check_start(fp) -> None:
+    """Refuse a Part 10 file whose dataset starts with command elements (group 0000), e.g. zeros.
+
+    pydicom reads group 0000 before the ``stop_when`` guard sees anything, and a zero-filled (sparse,
+    pre-allocated) file is an endless run of (0000,0000) elements to it. Leaves ``fp`` at the start.
+    """
+    head = fp.read(144)
+    fp.seek(0)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return  # not Part 10: pydicom decides (it refuses files without the prefix)
+    if head[132:134] != b"\x02\x00":
+        raise ValueError("no file meta information after the DICM prefix")
+    if head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL" or len(head) < 144:
+        return  # no group length: pydicom finds the end of the meta itself
+    (group_length,) = struct.unpack("<I", head[140:144])
+    fp.seek(144 + group_length)
+    first = fp.read(2)
+    fp.seek(0)
+    if first == b"\x00\x00":
+        raise ValueError("the dataset starts with command elements or zeros, not an image header")
 
 
 def _pixel_tag_at(fp, little_endian: bool) -> int | None:
@@ -352,7 +408,7 @@ def read_header(path: str | os.PathLike) -> DicomFile:
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore")  # pydicom's value-validation chatter is not the user's problem
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            ds = read_dataset(fp, pixels=False)
             offset = fp.tell()
             implicit, little = ds.original_encoding if ds.original_encoding else (False, True)
             tag = _pixel_tag_at(fp, bool(little))
@@ -364,7 +420,7 @@ def read_header(path: str | os.PathLike) -> DicomFile:
             if str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
                 # The whole dataset is deflated: offsets in the file mean nothing; look for pixels by reading it.
                 fp.seek(0)
-                found = PIXEL_DATA_TAGS & {int(elem.tag) for elem in pydicom.dcmread(fp)}
+                found = PIXEL_DATA_TAGS & {int(elem.tag) for elem in read_dataset(fp)}
                 has_pixels, tag = bool(found), None
                 deflated_tag = min(found) if found else None
             f = DicomFile(path, ds, has_pixels, offset if tag is not None else None, tag or deflated_tag, length,
@@ -378,7 +434,7 @@ def read_header(path: str | os.PathLike) -> DicomFile:
     describes_image = "Rows" in ds and "Columns" in ds
     try:
         name = pydicom.uid.UID(sop_class).name if sop_class else ""
-    except Exception:  # noqa: BLE001 - a garbled UID has no name
+    except Exception:
         name = ""
     if not has_pixels and (describes_image or "Image Storage" in name):
         raise DamagedInstanceError(

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
-
 from pydicom.multival import MultiValue
 
 from medmap.errors import CorruptFileError, MedmapWarning, SeriesError
@@ -115,7 +114,8 @@ def _orientation(ds: Dataset | None, where: str) -> np.ndarray | None:
     if iop is None:
         return None
     row, col = iop[:3], iop[3:]
-    if abs(np.linalg.norm(row) - 1) > UNIT_TOL or abs(np.linalg.norm(col) - 1) > UNIT_TOL or abs(row @ col) > ORTHOGONAL_TOL:
+    unit = abs(np.linalg.norm(row) - 1) <= UNIT_TOL and abs(np.linalg.norm(col) - 1) <= UNIT_TOL
+    if not unit or abs(row @ col) > ORTHOGONAL_TOL:
         raise CorruptFileError(
             f"{where}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors"
         )

@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, UnsupportedFormatError
-from medmap.io.dicom.files import DicomFile, PixelFormat, header_value, reading
+from medmap.io.dicom.files import DicomFile, PixelFormat, header_value, read_dataset, reading
 from medmap.io.dicom.frames import Frame
 from medmap.progress import track
 
@@ -138,7 +138,8 @@ def _decode_with_pydicom(f: DicomFile) -> tuple[np.ndarray, Dataset]:
     try:
         with reading(f.path, "pixel data cannot be decoded"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(f.path)
+            with open(f.path, "rb") as fp:
+                ds = read_dataset(fp)
             arr = ds.pixel_array
             if fmt.photometric == "PALETTE COLOR":
                 _palette_bits(f)

@@ -10,7 +10,7 @@ import numpy as np
 from pydicom.multival import MultiValue
 
 from medmap.errors import CorruptFileError, MedmapError, MedmapWarning, NotAnImageError, SeriesError
-from medmap.io.dicom.files import DicomFile, Series, header_value, read_header, reading, scan
+from medmap.io.dicom.files import DicomFile, ScanResult, Series, header_value, read_header, reading, scan
 from medmap.io.dicom.frames import Frame, Layout, frames_of, layout
 from medmap.io.dicom.pixels import DoesNotFit, fill, output_dtypes, stored_range
 from medmap.io.image import Image, ImageMeta, SliceRef
@@ -64,6 +64,14 @@ def _text(ds, keyword: str) -> str:
     if isinstance(value, list):
         value = "\\".join(map(str, value))
     return "" if value is None else str(value).strip()
+
+
+def series_text(series: Series, keyword: str) -> str:
+    """A text attribute of the series' first file ('' when absent or damaged: for display only)."""
+    try:
+        return _text(series.first, keyword) if series.files else ""
+    except (ValueError, KeyError):
+        return ""
 
 
 def _meta(series: Series, lay: Layout) -> ImageMeta:
@@ -157,10 +165,16 @@ def load_dicom(path: str | os.PathLike, series_uid: str | None = None, *, progre
         example = f", e.g. {problems[0][0]}: {problems[0][1]}" if problems else ""
         raise MedmapError(f"{path}: no DICOM image series found{example}")
     series = choose_series(result.series, path, series_uid)
+    check_neighbours(series, result)
+    return load_series(series, progress=progress)
+
+
+def check_neighbours(series: Series, result: ScanResult) -> None:
+    """Refuse a series with an unreadable DICOM file in its folder: of unknown series, it may be a slice
+    (a missing end slice leaves no gap to detect, so loading would silently cut the volume short)."""
     folders = {p.parent for p in series.paths}
-    for damaged, why in result.damaged:  # unreadable, so of unknown series: in this one's folder, it may be a slice
+    for damaged, why in result.damaged:
         if damaged.parent in folders:
             raise CorruptFileError(
                 f"{damaged}: {why}; it sits with series {series.uid[:64]} and may be one of its slices"
             )
-    return load_series(series, progress=progress)
