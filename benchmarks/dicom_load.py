@@ -133,7 +133,7 @@ def make_series(folder: Path, slices: int, size: int) -> None:
     from medmap.data.phantoms import chest_ct
     from medmap.io.dicom.writer import write_series
 
-    img = chest_ct((slices, size, size), (1.0, 0.7, 0.7), seed=1, n_nodules=5)
+    img = chest_ct((slices, size, size), (1.0, 0.7, 0.7), seed=1, n_nodules=5).image
     write_series(img, folder, progress=True)
 
 
@@ -143,8 +143,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
     parser.add_argument("--worker", nargs=2, metavar=("LOADER", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.slices, args.size, args.repeats = 12, 96, 1
     if args.worker:
         worker(args.worker[0], Path(args.worker[1]))
         return

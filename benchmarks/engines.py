@@ -119,8 +119,11 @@ def main() -> None:
     parser.add_argument("--volume", type=Path, help="a volume for whole-volume timing (segmentation bundle)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     from medmap.inference.precision import resolve_precision

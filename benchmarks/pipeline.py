@@ -167,8 +167,11 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--samples", type=int, default=96, help="patches per epoch")
+    parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.quick:
+        args.cases, args.epochs, args.samples = 3, 1, 8
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = make_data(Path(tmp), args.cases)

@@ -121,8 +121,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per method, interleaved; medians")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.slices, args.size, args.window, args.repeats = 24, 64, [16, 32, 32], 1
     args.window = tuple(args.window)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.worker:

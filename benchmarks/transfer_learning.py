@@ -75,8 +75,11 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=15)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.pretrain_epochs, args.fractions = 1, 1, [1.0]
     dataset = read_dataset(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -24,14 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.test_node import NodeProcess, Orthanc, free_port, wait_for
 
 
-def make_ct(folder: Path, slices: int, seed: int = 0) -> str:
+def make_ct(folder: Path, slices: int, seed: int = 0, modality: str = "CT", size: int = 256) -> str:
+    """The abdominal phantom as a DICOM series, written as the modality the bundle takes."""
     from medmap.data.phantoms import abdomen_ct
     from medmap.io.dicom.writer import SeriesInfo, write_series
 
-    case = abdomen_ct((slices, 256, 256), (1.0, 1.5, 1.5), seed=seed)
+    case = abdomen_ct((slices, size, size), (1.0, 1.5, 1.5), seed=seed)
     info = SeriesInfo(patient_name="BENCH^TURNAROUND", body_part="ABDOMEN")
-    write_series(case.image, folder, info=info)
+    image = case.image if modality == "CT" else case.image.with_array(case.image.array.clip(0, None))
+    write_series(image, folder, info=info, modality=modality)
     return info.study_uid
+
+
+def bundle_modality(bundle: Path) -> str:
+    return json.loads((bundle / "bundle.json").read_text()).get("input", {}).get("modality") or "CT"
 
 
 def storescu(port: int, files: list[Path], aet: str = "STORESCU") -> None:
@@ -51,8 +57,11 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--associations", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.quick:
+        args.slices, args.instances, args.associations = 8, 40, 4
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="medmap-turnaround-"))
     orthanc = Orthanc(work / "orthanc")
@@ -63,7 +72,7 @@ def main() -> None:
     try:
         print("generating the CT series ...", flush=True)
         series = work / "ct"
-        study = make_ct(series, args.slices)
+        study = make_ct(series, args.slices, modality=bundle_modality(args.bundle), size=96 if args.quick else 256)
         files = sorted(series.iterdir())
 
         # the bundle's own inference time on the same series (the limit the node cannot beat)

@@ -8,7 +8,22 @@ from __future__ import annotations
 
 
 class MedmapError(Exception):
-    """Base class of every error caused by the user's input or configuration."""
+    """Base class of every error caused by the user's input or configuration.
+
+    The message is made printable on one line here, once for all: messages quote values from damaged
+    files, and a NUL, a line break or an escape sequence from a file must not reach a terminal or a log.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(printable(str(message)), *args)
+
+
+def printable(text: str) -> str:
+    """``text`` with line breaks as spaces and other unprintable characters escaped (``\\x00``)."""
+    if text.isprintable():
+        return text
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class InputNotFoundError(MedmapError):

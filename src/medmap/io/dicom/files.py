@@ -258,6 +258,10 @@ class DicomFile:
                 )
         elif fmt.frames * 8 > present:  # encapsulated: each frame needs at least one 8-byte item header
             return f"declares {fmt.frames} compressed frames but holds only {present} bytes of pixel data"
+        elif present > 2 * needed + 65536 * fmt.frames + 2**20:
+            # Compressed frames are never much larger than raw ones; a file that is (a zero-filled or
+            # sparse tail) would make the decoder scan gigabytes for the end of the pixel data.
+            return f"holds {present} bytes of compressed pixel data for {needed} bytes of frames"
         return None
 
     @property
@@ -292,9 +296,38 @@ class _HeaderGuard:
 
 
 def read_dataset(fp, *, pixels: bool = True) -> Dataset:
-    """``pydicom.dcmread`` with the element-order guard (see `_HeaderGuard`) and `_check_start`."""
+    """``pydicom.dcmread`` with the guards against zero-filled files (`_HeaderGuard`, `_check_start`,
+    `_ZeroRunGuard`)."""
     _check_start(fp)
-    return read_partial(fp, _HeaderGuard(stop_at_pixels=not pixels))
+    return read_partial(_ZeroRunGuard(fp), _HeaderGuard(stop_at_pixels=not pixels))
+
+
+class _ZeroRunGuard:
+    """A file wrapper that stops pydicom in a run of zero-filled element headers.
+
+    Inside a sequence item pydicom reads elements without any ``stop_when``, so a damaged length that
+    lands in a zero-filled region (a sparse or pre-allocated file) means gigabytes of (0000,0000)
+    elements. Real headers never hold hundreds of all-zero element headers in a row.
+    """
+
+    LIMIT = 256
+
+    def __init__(self, fp) -> None:
+        self._fp = fp
+        self._zeros = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fp.read(size)
+        if 0 < len(data) <= 12 and not any(data):
+            self._zeros += 1
+            if self._zeros > self.LIMIT:
+                raise ValueError(f"zero-filled region at byte {self._fp.tell()}: damaged lengths or a sparse file")
+        elif data:
+            self._zeros = 0
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._fp, name)
 
 
 def _check_start(fp) -> None:

@@ -1,0 +1,106 @@
+"""Every benchmark's quick mode runs, prints its table and writes its JSON, so that none can rot unseen.
+
+The figures themselves are not checked (machines are shared and noisy); what is checked is that each
+benchmark still runs end to end against the current code, compares the same voxels where it says so,
+and reports every side it claims to compare.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medmap.inference.bundle import create_bundle
+from medmap.io.load import save
+from tests.builders import ball_case
+from tests.integration.test_dciodvfy import require
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(name: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{name} --quick failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def quick_bundle(balls_run, tmp_path_factory):
+    return create_bundle(balls_run[0], tmp_path_factory.mktemp("bench-bundle") / "balls")
+
+
+def test_dicom_load(tmp_path):
+    bench("dicom_load", "--out", tmp_path)
+    results = json.loads((tmp_path / "dicom_load.json").read_text())["results"]
+    assert {"medmap", "simpleitk", "pydicom loop"} <= set(results)
+    assert results["simpleitk"]["same_voxels_as_medmap"] and results["pydicom loop"]["same_voxels_as_medmap"]
+
+
+def test_pipeline(tmp_path):
+    bench("pipeline", "--out", tmp_path)
+    payload = json.loads((tmp_path / "pipeline.json").read_text())
+    assert {"medmap", "monai"} <= set(payload["results"])
+
+
+def test_sliding_window(tmp_path):
+    out = bench("sliding_window", "--out", tmp_path).stdout
+    payload = json.loads((tmp_path / "sliding_window.json").read_text())
+    assert {"medmap", "monai", "network only"} <= set(payload["results"])
+    assert payload["label_agreement"] > 0.9 and "label agreement" in out
+
+
+def test_engines(quick_bundle, tmp_path):
+    image, _ = ball_case(5)
+    volume = save(image, tmp_path / "ball.nii.gz")
+    bench("engines", "--seg", quick_bundle, "--volume", volume, "--out", tmp_path)
+    payload = json.loads((tmp_path / "engines.json").read_text())
+    text = json.dumps(payload)
+    assert "onnx" in text.lower() and "torchscript" in text.lower() and "monai" in text.lower()
+
+
+def test_transfer_learning(tiny_demo, tmp_path):
+    bench("transfer_learning", "--data", tiny_demo / "nodules.csv", "--out", tmp_path)
+    assert json.loads((tmp_path / "transfer_learning.json").read_text())
+
+
+def test_fuzz(tmp_path):
+    """The DICOM fuzz campaign in small, seeded by the test run: every case a correct load or a
+    one-line MedmapError, none hangs or runs out of memory (benchmarks/fuzz.py says how each is judged)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fuzz.py"), "--quick", "--json", str(tmp_path / "fuzz.json")],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    results = json.loads((tmp_path / "fuzz.json").read_text())["results"]
+    bad = [f"{r['seed']} {r['ops']}: {r['outcome']}: {r['detail']}" for r in results if r["outcome"] not in (
+        "loaded", "refused", "skipped")]
+    assert not bad, f"seed {json.loads((tmp_path / 'fuzz.json').read_text())['seed']}:\n" + "\n".join(bad[:10])
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcomes = {r["outcome"] for r in results}
+    assert {"loaded", "refused"} <= outcomes  # the mutator both breaks files and leaves some loadable
+
+
+def test_fuzz_regressions():
+    """Every case the fuzzer ever failed on, replayed."""
+    cases = ROOT / "tests" / "io" / "fuzz_regressions.json"
+    assert len(json.loads(cases.read_text())) >= 10
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fuzz.py"), "--replay", str(cases)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+@pytest.mark.integration
+def test_turnaround(quick_bundle, tmp_path):
+    require("Orthanc")
+    require("storescu")
+    bench("turnaround", "--bundle", quick_bundle, "--out", tmp_path)
+    results = json.loads((tmp_path / "turnaround.json").read_text())
+    recorded = next(v for k, v in results.items() if k.startswith("instances recorded"))
+    sent, total = recorded.split(" of ")
+    assert sent == total  # none lost
