@@ -55,8 +55,8 @@ def run_one(name, plan, train, val, test, run_dir, epochs, samples, seed, pretra
     pred, y = trainer.predict(model, PatchDataset(test, plan, train=False))
     metrics = binary_metrics(y, pred[:, 1], 0.5, seed=seed)
     curve = [h["val"].get("auc", float("nan")) for h in result["history"]]
-    best = float(np.nanmax(curve))
-    reach = next(i + 1 for i, v in enumerate(curve) if v >= 0.95 * best)
+    best = float(np.nanmax(curve)) if np.isfinite(curve).any() else float("nan")  # one class in val: no AUC
+    reach = next((i + 1 for i, v in enumerate(curve) if v >= 0.95 * best), None)
     return {
         "name": name,
         "test_auc": metrics["auc"],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from medmap.data.demo import DemoSize, write_demo_data
 from medmap.inference.bundle import create_bundle
 from medmap.io.load import save
 from tests.builders import ball_case
@@ -63,8 +64,11 @@ def test_engines(quick_bundle, tmp_path):
     assert "onnx" in text.lower() and "torchscript" in text.lower() and "monai" in text.lower()
 
 
-def test_transfer_learning(tiny_demo, tmp_path):
-    bench("transfer_learning", "--data", tiny_demo / "nodules.csv", "--out", tmp_path)
+def test_transfer_learning(tmp_path):
+    # Enough patients that validation and test each get some (the session's tiny demo has two).
+    size = DemoSize(chest_patients=8, nodules_per_patient=(2, 3), liver_train=2, liver_test=1, radiograph_patients=2)
+    write_demo_data(tmp_path / "data", seed=3, size=size)
+    bench("transfer_learning", "--data", tmp_path / "data" / "nodules.csv", "--out", tmp_path)
     assert json.loads((tmp_path / "transfer_learning.json").read_text())
 
 

@@ -21,14 +21,21 @@ import numpy as np
 
 from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot
 from medmap.errors import DatasetError, InputNotFoundError
+from medmap.io.guard import reading
 from medmap.io.image import Image
 
 SPLITS = ("train", "val", "test")
 
 
 def read_dataset(path: str | Path) -> Dataset:
-    """Recognise the layout at ``path`` and read it."""
+    """Recognise the layout at ``path`` and read it. Whatever a damaged file makes a parser raise
+    becomes one line naming it (`reading`); the checks below name the case and what is wrong."""
     path = Path(path)
+    with reading(path, "not a readable dataset"):
+        return _read_dataset(path)
+
+
+def _read_dataset(path: Path) -> Dataset:
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file or folder")
     if path.suffix == ".npz":
@@ -47,9 +54,12 @@ def read_dataset(path: str | Path) -> Dataset:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: invalid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise DatasetError(f"{path}: must hold a JSON object, not a {type(spec).__name__}")
+    return spec
 
 
 # --- MSD -----------------------------------------------------------------------------------------------------
@@ -160,6 +170,10 @@ def read_medmnist(path: Path) -> Dataset:
         with np.load(path, mmap_mode="r") as npz:
             keys = set(npz.files)
             counts = {s: len(npz[f"{s}_labels"]) for s in SPLITS if f"{s}_images" in keys and f"{s}_labels" in keys}
+            for split in counts:
+                images = len(npz[f"{split}_images"])
+                if images != counts[split]:  # zip() would silently drop the unmatched ones
+                    raise DatasetError(f"{path}: {images} {split}_images but {counts[split]} {split}_labels")
             labels_all = np.concatenate(
                 [np.asarray(npz[f"{s}_labels"]).reshape(len(npz[f"{s}_labels"]), -1)[:, 0] for s in counts]
             )
@@ -184,10 +198,18 @@ def read_medmnist(path: Path) -> Dataset:
 
 # --- CSV manifest -----------------------------------------------------------------------------------------------------
 def read_csv_manifest(path: Path) -> Dataset:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: not a readable CSV file ({exc})") from None
     if not rows:
         raise DatasetError(f"{path}: manifest has no rows")
+    for line, row in enumerate(rows, start=2):
+        if None in row.values() or None in row:  # csv.DictReader pads short rows with None, keeps long ones
+            raise DatasetError(f"{path}: line {line}: its fields do not match the header's (an unclosed quote?)")
     columns = set(rows[0])
     if "image" not in columns:
         raise DatasetError(f"{path}: manifest needs an 'image' column (has {sorted(columns)})")

@@ -7,12 +7,16 @@ SimpleITK do, so a NIfTI written by medmap and one written by SimpleITK from the
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from medmap.errors import CorruptFileError, OutputError, UnsupportedFormatError
+from medmap.io.guard import check_geometry, reading
 from medmap.io.image import Image, ImageMeta
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -32,14 +36,14 @@ def read_nifti(path: str | os.PathLike) -> Image:
     import nibabel as nib
 
     path = Path(path)
-    try:
+    with reading(path, "not a readable NIfTI file"), warnings.catch_warnings(), _quiet_nibabel():
+        warnings.simplefilter("ignore")  # nibabel's header-fixing chatter; what matters is checked below
         img = nib.load(str(path))
+        _check_declared_size(path, img)
         proxy = img.dataobj
         scaled = proxy.slope not in (1.0, None) or proxy.inter not in (0.0, None)
         data = np.asanyarray(proxy) if not scaled else img.get_fdata(dtype=np.float32)
         affine = img.affine
-    except Exception as exc:  # nibabel raises many types for damaged files
-        raise CorruptFileError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     if data.ndim == 2:
         data = data[:, :, np.newaxis]
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector images: (i, j, k, 1, c)
@@ -53,8 +57,42 @@ def read_nifti(path: str | os.PathLike) -> Image:
     spacing = np.linalg.norm(columns, axis=0)
     if np.any(spacing == 0):
         raise CorruptFileError(f"{path}: NIfTI affine has a zero-length axis: {affine.tolist()}")
+    with np.errstate(invalid="ignore"):
+        direction = columns / spacing
+    check_geometry(path, array, spacing, lps[:3, 3], direction)
     meta = ImageMeta(source_path=path)
-    return Image(array, tuple(spacing), tuple(lps[:3, 3]), columns / spacing, meta)
+    return Image(array, tuple(spacing), tuple(lps[:3, 3]), direction, meta)
+
+
+MAX_IMAGE_BYTES = 64 * 1024**3
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel logs what it finds wrong in a header ("data code 1234 not recognized") before raising;
+    the error line medmap prints says it once."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_declared_size(path: Path, img) -> None:
+    """The header's shape must fit in the file (uncompressed) and in reason, before anything is allocated."""
+    header = img.header
+    needed = int(np.prod(header.get_data_shape(), dtype=np.float64)) * header.get_data_dtype().itemsize
+    if needed > MAX_IMAGE_BYTES:
+        raise CorruptFileError(f"{path}: header declares {needed / 1024**3:.0f} GiB of voxels")
+    if not str(path).endswith(".gz"):
+        offset = int(header.get("vox_offset", 0) or 0)
+        if offset + needed > path.stat().st_size:
+            raise CorruptFileError(
+                f"{path}: truncated, the header declares {needed} bytes of voxels but the file holds "
+                f"{max(0, path.stat().st_size - offset)}"
+            )
 
 
 def write_nifti(image: Image, path: str | os.PathLike) -> Path:
@@ -89,11 +127,22 @@ def read_itk(path: str | os.PathLike) -> Image:
     import SimpleITK as sitk
 
     path = Path(path)
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK's own stderr lines; its errors are raised below
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header alone: the declared size is checked before reading voxels
+        size = reader.GetSize()
+        needed = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents() * 8
+        if needed > MAX_IMAGE_BYTES:
+            raise CorruptFileError(f"{path}: header declares {size} voxels, more than medmap reads")
+        img = reader.Execute()
     except RuntimeError as exc:
         raise CorruptFileError(f"{path}: not readable by SimpleITK ({str(exc).strip().splitlines()[-1]})") from None
-    return Image.from_sitk(img, ImageMeta(source_path=path))
+    with reading(path, "not a readable image"):
+        image = Image.from_sitk(img, ImageMeta(source_path=path))
+    check_geometry(path, image.array, image.spacing, image.origin, image.direction)
+    return image
 
 
 def write_itk(image: Image, path: str | os.PathLike) -> Path:
@@ -105,31 +154,35 @@ def write_itk(image: Image, path: str | os.PathLike) -> Path:
 
 # --- PNG / JPEG / TIFF -------------------------------------------------------------------------------------
 def read_raster(path: str | os.PathLike) -> Image:
-    """A 2-D picture as a one-slice image. Pictures carry no physical size: 1 mm pixels are assumed."""
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
+    """A 2-D picture as a one-slice image. Pictures carry no physical size: 1 mm pixels are assumed.
 
+    Pillow refuses decompression bombs (over about 179 megapixels) itself; the boundary makes that, and
+    any other damage, one line naming the file."""
     path = Path(path)
-    try:
-        with PILImage.open(path) as pic:
-            pic.load()
-            if pic.mode == "P":
-                pic = pic.convert("RGBA" if "transparency" in pic.info else "RGB")
-            if pic.mode in ("LA", "PA"):
-                pic = pic.convert("L")
-            if pic.mode in ("RGBA", "CMYK", "YCbCr", "HSV", "LAB"):
-                pic = pic.convert("RGB")
-            if pic.mode == "1":
-                pic = pic.convert("L")
-            arr = np.asarray(pic)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: not a readable picture ({exc})") from None
+    with reading(path, "not a readable picture"):
+        arr = _picture_pixels(path)
     meta = ImageMeta(
         source_path=path,
         photometric="RGB" if arr.ndim == 3 else "MONOCHROME2",
         notes=("picture without physical pixel size: 1 mm pixels assumed",),
     )
     return Image(arr[np.newaxis], meta=meta)
+
+
+def _picture_pixels(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as pic:
+        pic.load()
+        if pic.mode == "P":
+            pic = pic.convert("RGBA" if "transparency" in pic.info else "RGB")
+        if pic.mode in ("LA", "PA"):
+            pic = pic.convert("L")
+        if pic.mode in ("RGBA", "CMYK", "YCbCr", "HSV", "LAB"):
+            pic = pic.convert("RGB")
+        if pic.mode == "1":
+            pic = pic.convert("L")
+        return np.asarray(pic)
 
 
 def write_raster(image: Image, path: str | os.PathLike) -> Path:

@@ -6,8 +6,7 @@ import os
 import stat
 import struct
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +18,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from medmap.errors import CorruptFileError, InputNotFoundError, MedmapError, MedmapWarning, NotDicomError
+from medmap.errors import CorruptFileError, InputNotFoundError, MedmapWarning, NotDicomError
+from medmap.io.guard import reading
 from medmap.progress import track
 
 PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float and Double Float Pixel Data
@@ -37,30 +37,6 @@ MAX_VOLUME_BYTES = 64 * 1024**3
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 PHOTOMETRICS = (*MONOCHROME, "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
                 "YBR_PARTIAL_420")
-
-
-def _reason(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-@contextmanager
-def reading(
-    path: str | os.PathLike, what: str = "unreadable DICOM", passthrough: tuple[type[BaseException], ...] = ()
-) -> Iterator[None]:
-    """The one boundary around everything that interprets one file: whatever pydicom, its plugins or
-    numpy raise on damaged content (RecursionError on deep nesting, zlib errors, struct errors, pyo3
-    panics, which are BaseExceptions) becomes a one-line `CorruptFileError` naming the file."""
-    try:
-        yield
-    except (MedmapError, KeyboardInterrupt, SystemExit, GeneratorExit, *passthrough):
-        raise
-    except RecursionError:
-        raise CorruptFileError(f"{path}: {what} (sequences nested too deeply)") from None
-    except MemoryError:
-        raise CorruptFileError(f"{path}: {what} (it declares more data than memory can hold)") from None
-    except BaseException as exc:
-        raise CorruptFileError(f"{path}: {what} ({_reason(exc)})") from None
 
 
 def header_value(ds: Dataset | None, keyword: str):
@@ -92,6 +68,8 @@ def header_value(ds: Dataset | None, keyword: str):
         fmt = _BINARY[vr]
         size = struct.calcsize(fmt)
         count = len(value) // size
+        if len(value) % size:
+            raise ValueError(f"{keyword} holds {len(value)} bytes, not a whole number of {vr} values")
         numbers = struct.unpack(("<" if elem.is_little_endian else ">") + fmt * count, value[: count * size])
         return numbers[0] if count == 1 else list(numbers)
     if vr in ("OB", "OW", "OF", "OD", "UN", "SQ"):
