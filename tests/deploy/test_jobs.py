@@ -152,3 +152,32 @@ def test_the_outbox_sends_more_objects_of_one_kind_than_an_association_has_conte
         assert node.store.counts() == {"done": 1}
     finally:
         server.shutdown()
+
+
+def test_a_resent_instance_does_not_reopen_a_finished_series_but_a_new_one_does(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    receive(store, "1")
+    receive(store, "2")
+    store.complete(["1.2.3"])
+    job = store.next_queued()
+    store.set_state(job.id, "done")
+    receive(store, "2")  # a sender unsure whether "2" was stored sends it again
+    assert store.counts() == {"done": 1}
+    receive(store, "3")  # the series grew: answer it again
+    assert store.counts() == {"receiving": 1}
+
+
+def test_recovery_restarts_the_idle_clock_of_series_cut_off_by_the_crash(tmp_path):
+    path = tmp_path / "jobs.sqlite"
+    store = JobStore(path)
+    receive(store, "1")
+    store.close()
+    time.sleep(1.1)  # the node was down for a while
+    store = JobStore(path)
+    assert store.complete_idle(1.0) == ["1.2.3"]  # without recovery the series would count as idle
+    store.close()
+    store = JobStore(path)
+    receive(store, "2", series="4.5.6")
+    time.sleep(1.1)
+    store.recover()
+    assert store.complete_idle(1.0) == []  # its sender gets the idle time again after the restart

@@ -94,16 +94,21 @@ class JobStore:
 
     # --- receiving ---------------------------------------------------------------------------------
     def record_instance(self, sop_uid: str, series_uid: str, path: str, series: dict) -> None:
-        """An instance is safely on disk: remember it, and open (or extend) its series' job."""
+        """An instance is safely on disk: remember it, and open (or extend) its series' job.
+
+        A finished job is reopened by a *new* instance of its series (the series grew), never by one it
+        already has: senders resend what they are unsure was stored (after an aborted association, a
+        restart), and that must not make the series answered twice.
+        """
         now = time.time()
         self._many(
             [
-                ("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?)", (sop_uid, series_uid, path, now)),
                 (
                     "INSERT INTO jobs (series_uid, study_uid, modality, body_part, description, calling_ae, folder,"
                     " state, first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?)"
                     " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
-                    " state = CASE WHEN jobs.state IN ('done', 'failed', 'ignored') THEN 'receiving'"
+                    " state = CASE WHEN jobs.state IN ('done', 'failed', 'ignored')"
+                    " AND NOT EXISTS (SELECT 1 FROM instances WHERE sop_uid = ?) THEN 'receiving'"
                     " ELSE jobs.state END",
                     (
                         series_uid,
@@ -115,8 +120,10 @@ class JobStore:
                         series["folder"],
                         now,
                         now,
+                        sop_uid,
                     ),
                 ),
+                ("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?)", (sop_uid, series_uid, path, now)),
             ]
         )
 
@@ -194,7 +201,10 @@ class JobStore:
 
     # --- recovery and reporting --------------------------------------------------------------------
     def recover(self) -> int:
-        """After a crash or shutdown: jobs that were running go back to the queue."""
+        """After a crash or shutdown: jobs that were running go back to the queue, and the idle clock of
+        series still being received restarts now (their senders were cut off while the node was down and
+        need the idle time to reconnect and finish; queueing them at once would answer half a series)."""
+        self._run("UPDATE jobs SET last_received = ? WHERE state = 'receiving'", (time.time(),))
         return len(self._run("UPDATE jobs SET state = 'queued' WHERE state = 'running' RETURNING id"))
 
     def jobs(self, limit: int = 100) -> list[Job]:
