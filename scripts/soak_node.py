@@ -195,7 +195,7 @@ def verify(node, orthanc, series, acked, refused) -> dict:
     lost = [uid for uid in acked if uid not in stored or not Path(stored[uid]).is_file()]
     wrong = [uid for uid in acked if uid in stored and Path(stored[uid]).is_file()
              and str(pydicom.dcmread(stored[uid], stop_before_pixels=True).SOPInstanceUID) != uid]
-    checks["every acknowledged instance in the spool and the job store"] = not lost and not wrong or (
+    checks["every acknowledged instance in the spool and the job store"] = (not lost and not wrong) or (
         f"{len(lost)} lost, {len(wrong)} with another instance's content")
     invalid = [s for s in series if s["kind"] == "invalid"]
     checks["invalid UIDs refused, never acknowledged"] = all(
