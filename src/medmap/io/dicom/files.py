@@ -19,6 +19,7 @@ from pydicom.filereader import read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, InputNotFoundError, MedmapWarning, NotDicomError
+from medmap.io.dicom.header import read_fast
 from medmap.io.guard import reading
 from medmap.progress import track
 
@@ -419,8 +420,14 @@ def read_header(path: str | os.PathLike) -> DicomFile:
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore")  # pydicom's value-validation chatter is not the user's problem
-            ds = read_dataset(fp, pixels=False)
-            offset = fp.tell()
+            fast = read_fast(fp, info.st_size)  # the common case, without pydicom's reader (see header.py)
+            if fast is not None:
+                ds, offset = fast
+            else:
+                fp.seek(0)
+                ds = read_dataset(fp, pixels=False)
+                offset = fp.tell()
+            fp.seek(offset)
             implicit, little = ds.original_encoding if ds.original_encoding else (False, True)
             tag = _pixel_tag_at(fp, bool(little))
             has_pixels = tag is not None

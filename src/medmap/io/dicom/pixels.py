@@ -166,6 +166,10 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -
     if fr.file.pixel_format.modality_lut:
         out[...] = pydicom.pixels.apply_modality_lut(stored, ds)
     elif fr.slope == 1 and fr.intercept == 0:
+        if np.issubdtype(out.dtype, np.integer) and stored.dtype.itemsize > out.dtype.itemsize:
+            info = np.iinfo(out.dtype)  # the optimistic int16 for wider stored values: check, never wrap
+            if stored.min() < info.min or stored.max() > info.max:
+                raise DoesNotFit
         out[...] = stored
     elif np.issubdtype(out.dtype, np.integer):
         # Check the range first (two cheap passes). Once the result is known to fit ``out``, integer
