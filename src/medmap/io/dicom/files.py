@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -40,6 +41,15 @@ PHOTOMETRICS = (*MONOCHROME, "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422",
                 "YBR_PARTIAL_420")
 
 
+@functools.cache
+def _keyword(keyword: str) -> tuple[int, str]:
+    """(tag, dictionary VR) of a keyword, looked up once."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag, dictionary_VR(tag)
+
+
 def header_value(ds: Dataset | None, keyword: str):
     """An attribute's value read from its raw bytes, without pydicom's conversion and validation.
 
@@ -50,14 +60,13 @@ def header_value(ds: Dataset | None, keyword: str):
     """
     if ds is None:
         return None
-    tag = tag_for_keyword(keyword)
-    elem = ds.get_item(tag) if tag is not None else None
+    tag, standard = _keyword(keyword)
+    elem = ds.get_item(tag)
     if elem is None:
         return None
     value = elem.value
     if not isinstance(value, bytes):
         return value
-    standard = dictionary_VR(tag)
     vr = elem.VR or standard
     if vr == "UN":  # a standard attribute sent as UN: read it as its dictionary VR
         vr = standard.split(" or ")[0]

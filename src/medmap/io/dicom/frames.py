@@ -8,6 +8,7 @@ classic series, enhanced multi-frame objects and mixtures of the two.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -55,11 +56,12 @@ class Layout:
 
 
 def _floats(value, n: int) -> np.ndarray | None:
+    # Plain Python on these few numbers: numpy's per-call overhead on 2-6 values cost a quarter of the load.
     try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+        values = [float(v) for v in value]
     except (TypeError, ValueError):
         return None
-    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+    return np.array(values) if len(values) == n and all(map(math.isfinite, values)) else None
 
 
 def _float(value, default: float | None = None) -> float | None:
@@ -104,7 +106,7 @@ def _positive(ds: Dataset | None, keyword: str, where: str) -> float | None:
 
 def _position(ds: Dataset | None, where: str) -> np.ndarray | None:
     pos = _vector(ds, "ImagePositionPatient", 3, where)
-    if pos is not None and np.abs(pos).max() > MAX_POSITION_MM:
+    if pos is not None and max(map(abs, pos.tolist())) > MAX_POSITION_MM:
         raise CorruptFileError(f"{where}: ImagePositionPatient {pos.tolist()} is more than 1 km from the origin")
     return pos
 
@@ -113,9 +115,9 @@ def _orientation(ds: Dataset | None, where: str) -> np.ndarray | None:
     iop = _vector(ds, "ImageOrientationPatient", 6, where)
     if iop is None:
         return None
-    row, col = iop[:3], iop[3:]
-    unit = abs(np.linalg.norm(row) - 1) <= UNIT_TOL and abs(np.linalg.norm(col) - 1) <= UNIT_TOL
-    if not unit or abs(row @ col) > ORTHOGONAL_TOL:
+    r0, r1, r2, c0, c1, c2 = iop.tolist()
+    unit = abs(math.hypot(r0, r1, r2) - 1) <= UNIT_TOL and abs(math.hypot(c0, c1, c2) - 1) <= UNIT_TOL
+    if not unit or abs(r0 * c0 + r1 * c1 + r2 * c2) > ORTHOGONAL_TOL:
         raise CorruptFileError(
             f"{where}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors"
         )
@@ -135,9 +137,10 @@ def _spacing_of(ds: Dataset | None, where: str) -> tuple[float, float] | None:
     for keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
         ps = _vector(ds, keyword, 2, where)
         if ps is not None:
-            if not (np.all(ps > 0) and np.all(ps <= MAX_SPACING_MM)):
+            rows, columns = ps.tolist()
+            if not (0 < rows <= MAX_SPACING_MM and 0 < columns <= MAX_SPACING_MM):
                 raise CorruptFileError(f"{where}: {keyword} {ps.tolist()} mm is not two positive lengths")
-            return float(ps[0]), float(ps[1])
+            return rows, columns
     return None
 
 
@@ -301,13 +304,18 @@ def check_instances(frames: list[Frame], label: str) -> None:
 
 def _check_same(frames: list[Frame], label: str) -> None:
     ref = frames[0]
+    ref_orientation = ref.orientation.tolist()
     for fr in frames[1:]:
-        if np.abs(fr.orientation - ref.orientation).max() > ORIENTATION_TOL:
+        if max(abs(a - b) for a, b in zip(fr.orientation.tolist(), ref_orientation, strict=True)) > ORIENTATION_TOL:
             raise SeriesError(
                 f"series {label}: mixed orientations, {fr.where} differs from {ref.where} "
                 "(a localizer or a reformat in the same series?)"
             )
-        if ref.pixel_spacing and fr.pixel_spacing and not np.allclose(fr.pixel_spacing, ref.pixel_spacing, rtol=1e-4):
+        same_spacing = ref.pixel_spacing is None or fr.pixel_spacing is None or all(
+            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-8)
+            for a, b in zip(fr.pixel_spacing, ref.pixel_spacing, strict=True)
+        )
+        if not same_spacing:
             raise SeriesError(
                 f"series {label}: mixed pixel spacing, {fr.where} has {fr.pixel_spacing} mm but "
                 f"{ref.where} has {ref.pixel_spacing} mm"

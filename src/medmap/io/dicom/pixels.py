@@ -220,11 +220,15 @@ def _decode_into(f: DicomFile, targets: list[tuple[int, Frame]], out: np.ndarray
         raw = _raw_layout(f, fp)
         if raw is not None:
             start, dtype, frame_bytes = raw
-            buf = np.empty((fmt.rows, fmt.columns), dtype=dtype)
-            view = memoryview(buf).cast("B")
+            # Same item size as the output (uint16/int16 stored, int16 out: most CT): read each frame straight
+            # into its slot and rescale it in place there, saving a copy of the volume.
+            direct = dtype.itemsize == out.dtype.itemsize and out.dtype.kind in "iu"
+            buf = None if direct else np.empty((fmt.rows, fmt.columns), dtype=dtype)
             for k, fr in targets:
+                if direct:
+                    buf = out[k].view(dtype)
                 fp.seek(start + (fr.index or 0) * frame_bytes)
-                if fp.readinto(view) != frame_bytes:
+                if fp.readinto(memoryview(buf).cast("B")) != frame_bytes:
                     raise CorruptFileError(f"{f.path}: pixel data ends early in frame {(fr.index or 0) + 1}")
                 _unused_bits(buf, fmt)
                 _rescale_into(out[k], buf, fr, f.ds)
