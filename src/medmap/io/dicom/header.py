@@ -109,21 +109,7 @@ def _elements(buf: bytes, pos: int, *, explicit: bool, meta: bool, complete: boo
         if tag <= previous or group == 0 or group == 0xFFFE:
             raise _Unexpected
         previous = tag
-        if explicit:
-            known = _VRS.get(buf[pos + 4 : pos + 6])
-            if known is None:
-                raise _Unexpected
-            vr_text, long = known
-            if long:
-                if pos + 12 > n:
-                    raise _NeedMore
-                length = _LENGTH.unpack_from(buf, pos + 8)[0]
-                start = pos + 12
-            else:
-                length = rest >> 16
-                start = pos + 8
-        else:
-            length, start, vr_text = rest, pos + 8, None
+        vr_text, length, start = _element_header(buf, pos, rest, explicit)
         if length == _UNDEFINED:
             if (explicit and vr_text != "SQ") or (implicit and group & 1 == 0 and _dictionary_vr(tag) != "SQ"):
                 raise _Unexpected
@@ -140,6 +126,22 @@ def _elements(buf: bytes, pos: int, *, explicit: bool, meta: bool, complete: boo
             pos = start + length
         key = BaseTag(tag)  # pydicom's Tag() validates its argument: a third of this loop's time
         out[key] = RawDataElement(key, vr_text, length, value, start, implicit, True, True, False)
+
+
+def _element_header(buf: bytes, pos: int, rest: int, explicit: bool) -> tuple[str | None, int, int]:
+    """(VR, value length, value offset) of the element whose header starts at ``pos``; ``rest`` is the
+    header's second 4 bytes as a little-endian number (the implicit length, or VR and short length)."""
+    if not explicit:
+        return None, rest, pos + 8
+    known = _VRS.get(buf[pos + 4 : pos + 6])
+    if known is None:
+        raise _Unexpected
+    vr_text, long = known
+    if not long:
+        return vr_text, rest >> 16, pos + 8
+    if pos + 12 > len(buf):
+        raise _NeedMore
+    return vr_text, _LENGTH.unpack_from(buf, pos + 8)[0], pos + 12
 
 
 def _dictionary_vr(tag: int) -> str:
@@ -180,18 +182,7 @@ def _item_end(buf: bytes, pos: int, explicit: bool) -> int:
             return pos
         if group == 0xFFFE or group == 0:
             raise _Unexpected
-        if explicit:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > n:
-                    raise _NeedMore
-                length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
-            elif vr in _SHORT_VRS:
-                length, start = rest >> 16, pos + 8
-            else:
-                raise _Unexpected
-        else:
-            length, start = rest, pos + 8
+        _, length, start = _element_header(buf, pos, rest, explicit)
         if length == _UNDEFINED:
             pos = _sequence_end(buf, start, explicit) + 8
         else:
