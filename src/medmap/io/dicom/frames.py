@@ -176,6 +176,9 @@ def _enhanced_frames(f: DicomFile) -> list[Frame]:
         )
         per_frame = per_frame[: f.n_frames]
     frames = []
+    for groups in (shared, *per_frame):  # every value of the groups parses, or the file is damaged
+        if groups is not None:
+            groups.walk(lambda _ds, _elem: None)
     for i, groups in enumerate(per_frame):
 
         def group(keyword: str, groups: Dataset = groups) -> Dataset | None:

@@ -132,6 +132,32 @@ def _unused_bits(buf: np.ndarray, fmt: PixelFormat) -> None:
         np.right_shift(buf, shift, out=buf)
 
 
+_JPEG2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+             "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  "
+
+
+def _check_jp2_boxes(f: DicomFile, ds: Dataset) -> None:
+    """Refuse a JPEG 2000 frame wrapped in JP2 boxes whose lengths cannot be walked.
+
+    Why: pydicom 3.0 walks the boxes to find the codestream and loops forever on a box of length 0
+    (found by the fuzzer); a box is at least 8 bytes (length 1, a 64-bit length, is not walked either).
+    """
+    if f.transfer_syntax not in _JPEG2000 or "PixelData" not in ds:
+        return
+    for frame in pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=f.pixel_format.frames):
+        if not frame.startswith(_JP2_SIGNATURE):
+            continue
+        offset = 12
+        while offset < len(frame):
+            length = int.from_bytes(frame[offset : offset + 4], "big")
+            if frame[offset + 4 : offset + 8] == b"jp2c":
+                break
+            if length < 8:
+                raise CorruptFileError(f"{f.path}: a JPEG 2000 frame holds a box of length {length}")
+            offset += length
+
+
 def _decode_with_pydicom(f: DicomFile) -> tuple[np.ndarray, Dataset]:
     """All frames of an instance as pydicom decodes them: ``(frames, rows, cols[, samples])``."""
     fmt = f.pixel_format
@@ -140,6 +166,7 @@ def _decode_with_pydicom(f: DicomFile) -> tuple[np.ndarray, Dataset]:
             warnings.simplefilter("ignore")
             with open(f.path, "rb") as fp:
                 ds = read_dataset(fp)
+            _check_jp2_boxes(f, ds)
             arr = ds.pixel_array
             if fmt.photometric == "PALETTE COLOR":
                 _palette_bits(f)
