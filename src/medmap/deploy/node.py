@@ -27,6 +27,7 @@ import numpy as np
 
 from medmap.deploy.jobs import JobStore
 from medmap.errors import ConfigError, MedmapError
+from medmap.io.guard import reason
 
 log = logging.getLogger("medmap.node")
 
@@ -330,7 +331,7 @@ class Node:
             log.warning("job %d (series %s) failed: %s", job.id, job.series_uid, exc)
             return
         except Exception as exc:  # a fault of ours, not of the input: recorded, and the node goes on
-            self.store.set_state(job.id, "failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            self.store.set_state(job.id, "failed", error=f"internal error: {reason(exc)}")  # one line
             log.exception("job %d (series %s) failed with an internal error", job.id, job.series_uid)
             return
         import pydicom
