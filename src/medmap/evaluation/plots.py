@@ -110,15 +110,28 @@ PREDICTION_COLOURS = ("#ff2020", "#ff8c00", "#ff00a0", "#b000ff")
 
 
 def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:
+    """The three planes through ``centre``; only the slice itself for a 2-D image (one slice: an
+    (X, Y, 1) NIfTI as MSD and nnU-Net store 2-D data), whose other planes are one pixel thick."""
     z, y, x = centre
+    if volume.shape[0] == 1:
+        return [("axial", volume[0])]
     return [("axial", volume[z]), ("coronal", volume[:, y]), ("sagittal", volume[:, :, x])]
+
+
+def _window_of(image: np.ndarray, window: tuple[float, float] | None) -> tuple[float, float]:
+    """(low, high) display limits: the given window (centre, width), else the 1st-99th percentiles
+    (MR and other uncalibrated intensities must not be shown through a CT window)."""
+    if window is not None:
+        return window[0] - window[1] / 2, window[0] + window[1] / 2
+    low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
+    return float(low), float(max(high, low + 1e-6))
 
 
 def overlay_panel(
     cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
     spacing_of: list[tuple[float, float, float]],
     labels: dict[int, str],
-    window: tuple[float, float] = (60.0, 400.0),
+    window: tuple[float, float] | None = (60.0, 400.0),
 ) -> bytes:
     """Rows of cases, columns axial / coronal / sagittal through the centre of the true foreground: the CT
     (``window`` centre/width, HU) with truth contours (green, yellow) and predicted contours (red, orange)
@@ -129,21 +142,25 @@ def overlay_panel(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    low, high = window[0] - window[1] / 2, window[0] + window[1] / 2
     foreground = [k for k in sorted(labels) if k != 0]
-    fig, axes = plt.subplots(len(cases), 3, figsize=(9.6, 3.3 * len(cases)), squeeze=False)
+    columns = 1 if all(case[1].shape[0] == 1 for case in cases) else 3
+    fig, axes = plt.subplots(len(cases), columns, figsize=(3.2 * columns, 3.3 * len(cases)), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
     for row, ((title, image, truth, pred), spacing) in enumerate(zip(cases, spacing_of, strict=True)):
+        low, high = _window_of(image, window)
         where = np.argwhere(truth > 0) if (truth > 0).any() else np.argwhere(pred > 0)
         centre = tuple(int(v) for v in (np.median(where, 0) if len(where) else np.asarray(image.shape) // 2))
-        aspects = [spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]]
-        views = zip(_views(image, centre), _views(truth, centre), _views(pred, centre), aspects, strict=True)
+        images = _views(image, centre)
+        aspects = [spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]][: len(images)]
+        views = zip(images, _views(truth, centre), _views(pred, centre), aspects, strict=True)
         for col, ((view, picture), (_, t), (_, p), aspect) in enumerate(views):
             ax = axes[row, col]
             origin = "upper" if view == "axial" else "lower"  # head up in coronal and sagittal views
             ax.imshow(picture, cmap="gray", vmin=low, vmax=high, aspect=aspect, origin=origin)
             for i, value in enumerate(foreground):
                 for mask, colours, style in ((t, CONTOUR_COLOURS, "-"), (p, PREDICTION_COLOURS, "--")):
-                    if (mask == value).any():
+                    if (mask == value).any() and min(mask.shape) >= 2:  # contour needs a 2x2 grid at least
                         ax.contour(
                             (mask == value).astype(float),
                             levels=[0.5],

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from medmap.data.dataset import Case, check_mask
+from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curves
 from medmap.evaluation.report import segmentation_report
 from medmap.evaluation.segmentation import case_metrics, summarize
@@ -151,10 +152,18 @@ def evaluate_segmentation(
         for case_id, metrics in per_case.items():
             writer.writerows(_case_rows(case_id, metrics))
     names = [plan.labels[k] for k in sorted(plan.labels) if k != 0]
+    payload = {
+        "split": evaluated,
+        "precision": precision,
+        "metrics": summary,
+        "cases": per_case,
+        "tolerance_mm": TOLERANCE_MM,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
     plots = {}
     if per_case:
-        plots["dice"] = metric_boxplot(per_case, "dice", names)
-        plots["hd95"] = metric_boxplot(per_case, "hd95_mm", names)
+        plots["dice"] = optional("the Dice plot", metric_boxplot, per_case, "dice", names)
+        plots["hd95"] = optional("the HD95 plot", metric_boxplot, per_case, "hd95_mm", names)
         ranking = sorted(per_case, key=lambda i: np.nanmean([per_case[i]["classes"][n]["dice"] for n in names]))
         picks = {"worst": ranking[0], "median": ranking[len(ranking) // 2], "best": ranking[-1]}
         rows = []
@@ -162,9 +171,13 @@ def evaluate_segmentation(
             mean_dice = np.nanmean([per_case[case_id]["classes"][n]["dice"] for n in names])
             grey, truth, pred, spacing = shown[case_id]
             rows.append((f"{kind}: {case_id} (mean Dice {mean_dice:.3f})", grey, truth, pred, spacing))
-        plots["overlays"] = overlay_panel([r[:4] for r in rows], [r[4] for r in rows], plan.labels)
+        window = (60.0, 400.0) if plan.modality == "CT" else None  # MR and others: each image's percentiles
+        plots["overlays"] = optional(
+            "the overlay figure", overlay_panel, [r[:4] for r in rows], [r[4] for r in rows], plan.labels, window
+        )
     if history:
-        plots["training"] = training_curves(history, trainer.task.monitor)
+        plots["training"] = optional("the training curves", training_curves, history, trainer.task.monitor)
+    plots = {name: png for name, png in plots.items() if png is not None}
     notes = [
         f"dataset {plan.dataset}: {len(splits.get('train', []))} training, {len(splits.get('val', []))} validation, "
         f"{len(per_case)} {evaluated} cases scored",
@@ -176,7 +189,9 @@ def evaluate_segmentation(
         *[f"post-processing: {line}" for line in postprocessing.log],
         *plan.notes,
     ]
-    report = segmentation_report(
+    report = optional(
+        "the HTML report",
+        segmentation_report,
         out_dir / "report.html",
         title=f"medmap evaluation: {plan.dataset} ({evaluated})",
         summary=summary,
@@ -185,12 +200,4 @@ def evaluate_segmentation(
         notes=notes,
         cases_csv=f"cases_{evaluated}.csv",
     )
-    payload = {
-        "split": evaluated,
-        "precision": precision,
-        "metrics": summary,
-        "cases": per_case,
-        "tolerance_mm": TOLERANCE_MM,
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
-    return {"metrics": summary, "report": str(report), "split": evaluated, "predictions": str(predictions_dir)}
+    return {"metrics": summary, "report": str(report or ""), "split": evaluated, "predictions": str(predictions_dir)}

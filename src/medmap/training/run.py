@@ -23,6 +23,7 @@ from medmap.data.loader import PatchDataset
 from medmap.data.splits import train_val_test
 from medmap.errors import ConfigError, DatasetError, OutputError
 from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_split
+from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
 from medmap.inference.bundle import run_weights
@@ -257,10 +258,23 @@ def evaluate_cached(
         baseline["comparison"] = paired_auc_difference(
             targets, predictions[:, 1], np.asarray(baseline["scores"]), seed=trainer.config.seed
         )
-    plots = task.plots(metrics, plan.labels, baseline)
-    plots.update(task.examples(model, plan, evaluation_set, predictions, targets, threshold))
+    stored = {k: v for k, v in metrics.items() if k not in ("roc", "reliability")}
+    payload = {
+        "split": evaluated,
+        "precision": resolve_precision(trainer.config.evaluation_precision, trainer.device),
+        "metrics": stored,
+        "baseline": baseline
+        and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))  # before any figure or report
+    plots = optional("the evaluation plots", task.plots, metrics, plan.labels, baseline) or {}
+    plots.update(
+        optional("the example figures", task.examples, model, plan, evaluation_set, predictions, targets, threshold)
+        or {}
+    )
     if history:
-        plots["training"] = training_curves(history, task.monitor)
+        plots["training"] = optional("the training curves", training_curves, history, task.monitor)
+    plots = {name: png for name, png in plots.items() if png is not None}
     notes = [
         f"dataset {plan.dataset}: {len(splits.get('train', []))} training, {len(splits.get('val', []))} validation, "
         f"{len(splits[evaluated])} {evaluated} cases, split by patient",
@@ -274,7 +288,9 @@ def evaluate_cached(
             f"trained {len(history)} epochs; best validation {task.monitor} {best['val'].get(task.monitor):.3f} "
             f"at epoch {best['epoch'] + 1}"
         )
-    report = classification_report(
+    report = optional(
+        "the HTML report",
+        classification_report,
         out_dir / "report.html",
         title=f"medmap evaluation: {plan.dataset} ({evaluated})",
         metrics=metrics,
@@ -284,16 +300,7 @@ def evaluate_cached(
         cases_csv=f"predictions_{evaluated}.csv",
         baseline=baseline,
     )
-    stored = {k: v for k, v in metrics.items() if k not in ("roc", "reliability")}
-    payload = {
-        "split": evaluated,
-        "precision": resolve_precision(trainer.config.evaluation_precision, trainer.device),
-        "metrics": stored,
-        "baseline": baseline
-        and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
-    return {"metrics": stored, "baseline": payload["baseline"], "report": str(report), "split": evaluated}
+    return {"metrics": stored, "baseline": payload["baseline"], "report": str(report or ""), "split": evaluated}
 
 
 def evaluate_run(
