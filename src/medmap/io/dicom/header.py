@@ -151,14 +151,18 @@ def _dictionary_vr(tag: int) -> str:
         return ""
 
 
+def _tag_at(buf: bytes, pos: int) -> tuple[int, int]:
+    """(tag, the header's second 4 bytes as a number) of the element or item header at ``pos``."""
+    if pos + 8 > len(buf):
+        raise _NeedMore
+    group, element, rest = _HEAD.unpack_from(buf, pos)
+    return group << 16 | element, rest
+
+
 def _sequence_end(buf: bytes, pos: int, explicit: bool) -> int:
     """Offset of the delimitation item that closes the undefined-length sequence whose items start at pos."""
-    n = len(buf)
     while True:
-        if pos + 8 > n:
-            raise _NeedMore
-        group, element, length = _HEAD.unpack_from(buf, pos)
-        tag = group << 16 | element
+        tag, length = _tag_at(buf, pos)
         if tag == _SEQ_END:
             return pos
         if tag != _ITEM:
@@ -174,13 +178,10 @@ def _item_end(buf: bytes, pos: int, explicit: bool) -> int:
     """Offset of the item delimiter closing an undefined-length item whose elements start at pos."""
     n = len(buf)
     while True:
-        if pos + 8 > n:
-            raise _NeedMore
-        group, element, rest = _HEAD.unpack_from(buf, pos)
-        tag = group << 16 | element
+        tag, rest = _tag_at(buf, pos)
         if tag == _ITEM_END:
             return pos
-        if group == 0xFFFE or group == 0:
+        if tag >> 16 in (0xFFFE, 0):
             raise _Unexpected
         _, length, start = _element_header(buf, pos, rest, explicit)
         if length == _UNDEFINED:
