@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -182,6 +183,10 @@ def run(args) -> dict:
     finally:
         node.stop()
         orthanc.stop()
+    if all(v is True for v in result["checks"].values()):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        result["kept for inspection"] = str(work)
     return result
 
 
