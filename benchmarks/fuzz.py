@@ -285,8 +285,8 @@ def _mutate_header(op: dict, target: Path) -> None:
         except Exception:
             return
         if op["op"] == "raw_length":
-            cut = max(0, len(value) + op["delta"]) if op["delta"] < 1000 else len(value) + 1
-            value = value[:cut] if op["delta"] < 0 else value + b"\x00" * min(op["delta"], 64)
+            delta = op["delta"]  # shorten the value, or pad it (by at most 64 bytes)
+            value = value[: max(0, len(value) + delta)] if delta < 0 else value + b"\x00" * min(delta, 64)
             t, raw = _raw_element(ds, keyword, elem.VR, value)
         else:
             t, raw = _raw_element(ds, keyword, op["vr"], value)

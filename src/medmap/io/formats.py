@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medmap.errors import CorruptFileError, OutputError, UnsupportedFormatError
-from medmap.io.guard import check_geometry, reading
+from medmap.io.guard import MAX_IMAGE_BYTES, check_geometry, reading
 from medmap.io.image import Image, ImageMeta
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -62,9 +62,6 @@ def read_nifti(path: str | os.PathLike) -> Image:
     check_geometry(path, array, spacing, lps[:3, 3], direction)
     meta = ImageMeta(source_path=path)
     return Image(array, tuple(spacing), tuple(lps[:3, 3]), direction, meta)
-
-
-MAX_IMAGE_BYTES = 64 * 1024**3
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from medmap.errors import CorruptFileError, MedmapError
 
 MAX_POSITION_MM = 1e6  # beyond a kilometre from the origin a position is damage, not anatomy
 MAX_SPACING_MM = 1e4
+MAX_IMAGE_BYTES = 64 * 1024**3  # more voxel data than any image a reader should allocate for
 ORTHONORMAL_TOL = 1e-2
 
 

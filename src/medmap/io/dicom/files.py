@@ -20,11 +20,10 @@ from pydicom.filereader import read_partial
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, InputNotFoundError, MedmapWarning, NotDicomError
-from medmap.io.dicom.header import read_fast
-from medmap.io.guard import reading
+from medmap.io.dicom.header import LONG_VRS, PIXEL_DATA_TAGS, read_fast
+from medmap.io.guard import MAX_IMAGE_BYTES, reading
 from medmap.progress import track
 
-PIXEL_DATA_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float and Double Float Pixel Data
 # SOP classes that hold no image even though they are valid DICOM (DICOMDIR, SR, RT structures, ...)
 _MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -35,7 +34,6 @@ _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 # Limits on what a header may declare, checked before anything is allocated: a hostile or damaged
 # header must not make the reader build a billion frames or ask for terabytes.
 MAX_FRAMES = 100_000
-MAX_VOLUME_BYTES = 64 * 1024**3
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 PHOTOMETRICS = (*MONOCHROME, "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
                 "YBR_PARTIAL_420")
@@ -224,7 +222,7 @@ class DicomFile:
     def _size_problem(self, fmt: PixelFormat) -> str | None:
         """Does the file hold the bytes its header promises? Checked before anything is allocated."""
         needed = fmt.frame_bytes * fmt.frames
-        if needed > MAX_VOLUME_BYTES:
+        if needed > MAX_IMAGE_BYTES:
             size = f"{fmt.frames} frames of {fmt.columns}x{fmt.rows}"
             return f"declares {needed / 1024**3:.0f} GiB of pixel data ({size})"
         if self.pixel_offset is None:
@@ -350,7 +348,9 @@ def _pixel_tag_at(fp, little_endian: bool) -> int | None:
     return tag if tag in PIXEL_DATA_TAGS else None
 
 
-def _pixel_length_at(fp, offset: int, little_endian: bool, implicit: bool) -> tuple[int | None, bool]:
+def _pixel_length_at(
+    fp, offset: int, little_endian: bool, implicit: bool, file_size: int
+) -> tuple[int | None, bool]:
     """The declared length of the pixel data element at ``offset`` (None when undefined: encapsulated),
     and whether what follows the element is another element (False: inserted or shifted bytes)."""
     fp.seek(offset + 4)
@@ -358,21 +358,20 @@ def _pixel_length_at(fp, offset: int, little_endian: bool, implicit: bool) -> tu
     order = "<" if little_endian else ">"
     if implicit:
         length, header = struct.unpack(order + "I", head[:4])[0], 8
-    elif head[:2] in (b"OB", b"OW", b"OF", b"OD", b"UN"):
+    elif head[:2] in LONG_VRS:
         length, header = struct.unpack(order + "I", head[4:8])[0], 12
     else:
         length, header = struct.unpack(order + "H", head[2:4])[0], 8
     if length == 0xFFFFFFFF:
         return None, True
-    return length, _clean_tail(fp, offset + header + length, order, implicit)
+    return length, _clean_tail(fp, offset + header + length, order, implicit, file_size)
 
 
-def _clean_tail(fp, pos: int, order: str, implicit: bool) -> bool:
+def _clean_tail(fp, pos: int, order: str, implicit: bool, end: int) -> bool:
     """Whatever follows the pixel data must be whole elements with higher tags (e.g. Data Set Trailing
     Padding) ending exactly at the end of the file; anything else means bytes were inserted or a length
     is wrong, and the pixel values read by length would be shifted."""
     previous = 0x7FE00010
-    end = os.fstat(fp.fileno()).st_size
     if pos > end:
         return True  # truncated: the size check says so
     for _ in range(64):
@@ -391,7 +390,7 @@ def _clean_tail(fp, pos: int, order: str, implicit: bool) -> bool:
             length, size = struct.unpack(order + "I", head[4:8])[0], 8
         elif not head[4:6].isalpha() or not head[4:6].isupper():
             return False
-        elif head[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT"):
+        elif head[4:6] in LONG_VRS:
             if len(head) < 12:
                 return False
             length, size = struct.unpack(order + "I", head[8:12])[0], 12
@@ -442,7 +441,9 @@ def read_header(path: str | os.PathLike) -> DicomFile:
             has_pixels = tag is not None
             deflated_tag = None
             length, clean_end = (
-                _pixel_length_at(fp, offset, bool(little), bool(implicit)) if tag is not None else (None, True)
+                _pixel_length_at(fp, offset, bool(little), bool(implicit), info.st_size)
+                if tag is not None
+                else (None, True)
             )
             if str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian:
                 # The whole dataset is deflated: offsets in the file mean nothing; look for pixels by reading it.

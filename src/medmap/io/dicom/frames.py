@@ -17,14 +17,13 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from medmap.errors import CorruptFileError, MedmapWarning, SeriesError
-from medmap.io.dicom.files import DicomFile, header_value, reading
+from medmap.io.dicom.files import DicomFile, header_value
+from medmap.io.guard import MAX_POSITION_MM, MAX_SPACING_MM, reading
 
 ORIENTATION_TOL = 1e-3  # direction cosines that differ by less are the same orientation
 TILT_TOL_DEG = 0.05
 UNIT_TOL = 0.01  # ImageOrientationPatient: unit vectors within this (rounded cosines pass)
 ORTHOGONAL_TOL = 1e-3  # and orthogonal within this
-MAX_POSITION_MM = 1e6  # beyond a kilometre from the origin a position is damage, not anatomy
-MAX_SPACING_MM = 1e4
 MAX_RESCALE = 1e9
 
 

@@ -22,13 +22,13 @@ from pydicom.tag import BaseTag
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
-PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel Data, Float, Double Float
+LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _SHORT_VRS = frozenset(
     {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
      b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 )
-_VRS = {vr: (vr.decode("ascii"), vr in _LONG_VRS) for vr in _LONG_VRS | _SHORT_VRS}  # VR bytes -> (text, long)
+_VRS = {vr: (vr.decode("ascii"), vr in LONG_VRS) for vr in LONG_VRS | _SHORT_VRS}  # VR bytes -> (text, long)
 _LENGTH = struct.Struct("<I")
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -104,7 +104,7 @@ def _elements(buf: bytes, pos: int, *, explicit: bool, meta: bool, complete: boo
         tag = group << 16 | element
         if meta and group != 0x0002:
             return out, pos
-        if tag in PIXEL_TAGS:
+        if tag in PIXEL_DATA_TAGS:
             return out, pos
         if tag <= previous or group == 0 or group == 0xFFFE:
             raise _Unexpected

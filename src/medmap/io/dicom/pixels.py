@@ -194,9 +194,7 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -
         out[...] = pydicom.pixels.apply_modality_lut(stored, ds)
     elif fr.slope == 1 and fr.intercept == 0:
         if np.issubdtype(out.dtype, np.integer) and stored.dtype.itemsize > out.dtype.itemsize:
-            info = np.iinfo(out.dtype)  # the optimistic int16 for wider stored values: check, never wrap
-            if stored.min() < info.min or stored.max() > info.max:
-                raise DoesNotFit
+            _require_fits(stored.min(), stored.max(), out.dtype)  # the optimistic int16 for wider stored values
         out[...] = stored
     elif np.issubdtype(out.dtype, np.integer):
         # Check the range first (two cheap passes). Once the result is known to fit ``out``, integer
@@ -204,9 +202,7 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -
         # widening cast or temporary: about 4x faster than computing in int32 and casting back.
         slope, intercept = int(fr.slope), int(fr.intercept)
         ends = (int(stored.min()) * slope + intercept, int(stored.max()) * slope + intercept)
-        info = np.iinfo(out.dtype)
-        if min(ends) < info.min or max(ends) > info.max:
-            raise DoesNotFit
+        _require_fits(min(ends), max(ends), out.dtype)
         if stored.dtype.itemsize == out.dtype.itemsize:
             src = stored.view(out.dtype)
         else:
@@ -220,15 +216,20 @@ def _rescale_into(out: np.ndarray, stored: np.ndarray, fr: Frame, ds: Dataset) -
         out[...] = stored * np.float64(fr.slope) + np.float64(fr.intercept)
 
 
+def _require_fits(low, high, dtype: np.dtype) -> None:
+    """Raise `DoesNotFit` when [low, high] leaves an integer output dtype: never wrap silently."""
+    info = np.iinfo(dtype)
+    if int(low) < info.min or int(high) > info.max:
+        raise DoesNotFit
+
+
 def _invert_monochrome1(out: np.ndarray, fr: Frame) -> None:
     """MONOCHROME1 stores 'higher = darker'; flip within the rescaled value range."""
     lo, hi = stored_range(fr.file.pixel_format)
     edge = (lo + hi) * fr.slope + 2 * fr.intercept
     if np.issubdtype(out.dtype, np.integer):
         flipped = int(edge) - out.astype(np.int64)
-        info = np.iinfo(out.dtype)
-        if flipped.min() < info.min or flipped.max() > info.max:
-            raise DoesNotFit
+        _require_fits(flipped.min(), flipped.max(), out.dtype)
         out[...] = flipped
     else:
         np.subtract(edge, out, out=out)
