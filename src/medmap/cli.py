@@ -333,11 +333,22 @@ def train(
         ),
     ] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = 30,
-    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (L2).")] = 1e-4,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Training time budget, e.g. 15m, 90s, 1h: the epochs are planned to end within it."),
+    ] = None,
+    learning_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", help="Peak learning rate (default: AdamW 3e-3 segmentation, 1e-3 classification; SGD 1e-2)."
+        ),
+    ] = None,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (decoupled for AdamW).")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(help="adamw, or sgd (nnU-Net's: Nesterov, momentum 0.99).")] = "adamw",
+    schedule: Annotated[str, typer.Option(help="cosine, or poly (nnU-Net's) decay after the warm-up.")] = "cosine",
     patience: Annotated[int, typer.Option(help="Epochs without a better validation metric before stopping.")] = 10,
     samples_per_epoch: Annotated[
-        int | None, typer.Option(help="Patches per epoch (default 3x the training cases).")
+        int | None, typer.Option(help="Patches per epoch (default: the plan's iterations_per_epoch x batch).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed: a CPU run with the same seed gives the same weights.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run exactly where it stopped.")] = False,
@@ -362,6 +373,9 @@ def train(
         epochs=epochs,
         learning_rate=learning_rate,
         weight_decay=weight_decay,
+        optimizer=optimizer,
+        schedule=schedule,
+        budget_seconds=parse_duration(budget) if budget else None,
         patience=patience,
         samples_per_epoch=samples_per_epoch,
         seed=seed,
@@ -382,6 +396,16 @@ def train(
         progress=True,
     )
     _print_summary(summary)
+
+
+def parse_duration(text: str) -> float:
+    """'15m' / '90s' / '1.5h' / '600' (seconds) -> seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text.lower())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"--budget {text!r}: expected a duration such as 15m, 90s or 1h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def _print_summary(summary: dict) -> None:

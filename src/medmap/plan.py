@@ -28,10 +28,12 @@ class Normalization(_Strict):
 
     ``ct``: clip to [clip_low, clip_high] (foreground 0.5/99.5 percentiles of the dataset), then
     (x - mean) / std with the dataset's foreground statistics, the same for every image.
+    ``fixed``: (x - mean) / std with the dataset's statistics, the same for every image, no clipping
+    (8-bit patches without a modality: their absolute intensity means something).
     ``zscore``: per image, over its foreground (MR). ``per_image``: per image min-max to [0, 1] (X-ray).
     """
 
-    scheme: Literal["ct", "zscore", "per_image", "none"]
+    scheme: Literal["ct", "fixed", "zscore", "per_image", "none"]
     clip_low: float | None = None
     clip_high: float | None = None
     mean: float | None = None
@@ -75,6 +77,7 @@ class Plan(_Strict):
     normalization: Normalization
     patch_size: IntTriple  # voxels at target spacing; 2-D inputs use (1, rows, columns)
     batch_size: int = Field(ge=1)
+    iterations_per_epoch: int | None = Field(None, ge=1)  # optimiser steps per epoch (None: older plans' rule)
     network: str
     network_width: int = Field(ge=4)  # features of the first level
     network_depth: int = Field(ge=1)  # resolution levels (segmentation) or stages (classification)

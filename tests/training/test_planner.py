@@ -119,3 +119,28 @@ def test_overrides_and_json_round_trip(tmp_path):
             plan.with_overrides([bad])
     assert plan.preprocessing_key() == changed.preprocessing_key()  # batch size does not change preprocessing
     assert plan.preprocessing_key() != plan.with_overrides(["target_spacing=[1,1,1]"]).preprocessing_key()
+
+
+def test_eight_bit_images_without_a_modality_keep_their_absolute_intensity():
+    """A MedMNIST patch's brightness is its class cue: one dataset-wide scaling, not a per-image min-max."""
+    stats = IntensityStats(mean=120, std=40, p00_5=3, p99_5=250, min=0, max=255, integer_valued=True)
+    kw = dict(task="classification", modality="", spacings=[(1.0, 1.0, 1.0)] * 5, shapes=[(1, 28, 28)] * 5)
+    patches = plan_dataset(dataset("classification"), fingerprint(intensity=stats, **kw))
+    assert patches.normalization.scheme == "fixed" and patches.normalization.mean == 120
+    floats = stats.model_copy(update={"integer_valued": False, "max": 1.0})
+    assert plan_dataset(dataset("classification"), fingerprint(intensity=floats, **kw)).normalization.scheme == (
+        "per_image"
+    )
+    from medmap.data.preprocess import normalize
+
+    dark, bright = np.full((1, 4, 4), 40.0), np.full((1, 4, 4), 200.0)
+    a, b = (normalize(x, patches.normalization) for x in (dark, bright))
+    assert a.max() < 0 < b.min()  # a uniformly dark patch stays dark
+
+
+def test_three_d_segmentation_on_a_cpu_takes_more_smaller_steps():
+    plan = plan_dataset(dataset(), fingerprint())
+    assert plan.batch_size == 2 and plan.iterations_per_epoch == 25
+    assert any(n.startswith("iterations_per_epoch") for n in plan.notes)
+    gpu = plan_dataset(dataset(), fingerprint(), device="cuda")
+    assert gpu.iterations_per_epoch == 250

@@ -104,7 +104,7 @@ def write_liver(out: Path, size: DemoSize, seed: int, progress: bool) -> int:
         if c < size.liver_train:
             training.append((cid, case.image, case.label))
         else:
-            test.append((cid, case.image))
+            test.append((cid, case.image, case.label))
             info = SeriesInfo(
                 patient_name=f"DEMO^LIVER{c:03d}",
                 patient_id=f"LIVER-{c:03d}",

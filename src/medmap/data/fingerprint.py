@@ -27,6 +27,7 @@ class IntensityStats(BaseModel):
     p99_5: float
     min: float
     max: float
+    integer_valued: bool = False  # every sampled intensity a whole number (8-bit patches, raw counts, HU)
 
 
 class Fingerprint(BaseModel):
@@ -71,9 +72,12 @@ def _lesion_mask(image: Image, centres: list[tuple[float, float, float]], radius
     return mask
 
 
-def compute_fingerprint(dataset: Dataset, *, progress: bool = False, seed: int = 0) -> Fingerprint:
+def compute_fingerprint(
+    dataset: Dataset, *, progress: bool = False, seed: int = 0, cases: list | None = None
+) -> Fingerprint:
+    """Statistics of ``cases`` (default: every case the layout does not mark as test)."""
     rng = np.random.default_rng(seed)
-    training = [c for c in dataset.cases if c.split != "test"]
+    training = list(cases) if cases is not None else [c for c in dataset.cases if c.split != "test"]
     by_image: dict[str, list] = {}
     for case in training:
         by_image.setdefault(case.image_key, []).append(case)
@@ -113,6 +117,7 @@ def compute_fingerprint(dataset: Dataset, *, progress: bool = False, seed: int =
         p99_5=float(np.percentile(pooled, 99.5)),
         min=float(pooled.min()),
         max=float(pooled.max()),
+        integer_valued=bool(np.all(pooled == np.round(pooled))),
     )
     if dataset.task == "segmentation":
         total = sum(voxel_counts.values()) or 1

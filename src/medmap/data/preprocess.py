@@ -82,6 +82,9 @@ def normalize(array: np.ndarray, norm: Normalization, foreground: np.ndarray | N
         np.clip(x, norm.clip_low, norm.clip_high, out=x)
         x -= np.float32(norm.mean)
         x /= np.float32(norm.std)
+    elif norm.scheme == "fixed":
+        x -= np.float32(norm.mean)
+        x /= np.float32(norm.std)
     elif norm.scheme == "zscore":
         values = x[foreground] if foreground is not None and foreground.any() else x
         x -= values.mean()

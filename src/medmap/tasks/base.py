@@ -20,6 +20,7 @@ from medmap.plan import Plan
 class Task(Protocol):
     name: str
     monitor: str  # validation metric to maximise: best checkpoint and early stopping
+    learning_rate: float  # AdamW's peak learning rate when the user gives none (measured per task)
 
     def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
         """The plan's network; ``dropout`` None means the task's default."""

@@ -24,6 +24,7 @@ def class_weights(train: list[CachedCase], classes: int) -> torch.Tensor:
 class ClassificationTask:
     name = "classification"
     monitor = "auc"
+    learning_rate = 1e-3
 
     def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
         return build_classifier(plan, 0.2 if dropout is None else dropout)

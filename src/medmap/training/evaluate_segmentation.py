@@ -130,7 +130,8 @@ def evaluate_segmentation(
     predictions_dir = out_dir / f"predictions_{evaluated}"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     per_case, shown = {}, {}
-    cases = splits.get(evaluated, []) + (splits.get("unlabelled", []) if evaluated == split else [])
+    # images without labels (a test set scored elsewhere) are segmented and written with the scored ones
+    cases = splits.get(evaluated, []) + splits.get("unlabelled", [])
     for case in track(cases, f"segmenting {evaluated} cases", enabled=progress):
         image = case.load_image()
         predicted = segment_image(image, plan, models, postprocessing=postprocessing, device=trainer.device)
@@ -178,9 +179,19 @@ def evaluate_segmentation(
     if history:
         plots["training"] = optional("the training curves", training_curves, history, trainer.task.monitor)
     plots = {name: png for name, png in plots.items() if png is not None}
+    unlabelled = len(splits.get("unlabelled", []))
     notes = [
         f"dataset {plan.dataset}: {len(splits.get('train', []))} training, {len(splits.get('val', []))} validation, "
-        f"{len(per_case)} {evaluated} cases scored",
+        f"{len(per_case)} {evaluated} cases scored"
+        + (f"; {unlabelled} unlabelled images segmented, not scored" if unlabelled else ""),
+        *(
+            [
+                f"scored on VALIDATION cases (no labelled {split} cases): they also chose the epoch and the "
+                "post-processing, so these figures are optimistic; score the written test label maps elsewhere"
+            ]
+            if evaluated != split
+            else []
+        ),
         f"network {plan.network} (width {plan.network_width}, {plan.network_depth} levels), patch {plan.patch_size} "
         f"at spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm; {len(weights)} model(s)",
         f"sliding window: overlap {plan.inference.overlap}, Gaussian weighting, mirroring "

@@ -53,19 +53,20 @@ def _write_predictions(path: Path, cases: list[Case], predictions: np.ndarray, l
 
 
 def _split(dataset: Dataset, seed: int) -> dict[str, list[Case]]:
-    """Train/val/test by patient. Segmentation images without a mask (an MSD ``imagesTs``) cannot be
-    scored: they go to ``unlabelled`` (predicted at evaluation, not scored) and the test cases are drawn
-    from the labelled ones."""
+    """Train/val/test by patient.
+
+    Segmentation images without a mask (an MSD ``imagesTs`` without ``labelsTs``) cannot be scored: they
+    go to ``unlabelled`` (predicted at evaluation, not scored). A dataset that brings its own test images
+    keeps them as its test set: no labelled case is held out beyond the validation cases, so every other
+    one is trained on (when those test images have no labels the run is scored on validation and says
+    so). Only a dataset without test images of its own has a test share of its labelled cases held out.
+    """
     if dataset.task != "segmentation":
         return train_val_test(dataset.cases, seed=seed)
     labelled = [c for c in dataset.cases if c.mask is not None]
     unlabelled = [c for c in dataset.cases if c.mask is None]
-    if any(c.split == "test" for c in labelled):
-        splits = train_val_test(labelled, seed=seed)
-    else:
-        from dataclasses import replace
-
-        splits = train_val_test([replace(c, split=None) if c.split == "test" else c for c in labelled], seed=seed)
+    has_own_test = any(c.split == "test" for c in dataset.cases)
+    splits = train_val_test(labelled, seed=seed, test=0.0 if has_own_test else 0.2)
     return {**splits, "unlabelled": unlabelled}
 
 
@@ -77,9 +78,24 @@ def _cached_splits(plan: Plan, splits: dict[str, list[Case]]) -> dict[str, list[
     return splits
 
 
-def prepare_plan(dataset: Dataset, *, overrides: list[str], device: str, progress: bool) -> Plan:
-    plan = plan_dataset(dataset, compute_fingerprint(dataset, progress=progress), device=device)
+def prepare_plan(
+    dataset: Dataset, *, overrides: list[str], device: str, progress: bool, cases: list[Case] | None = None
+) -> Plan:
+    """The plan from the fingerprint of ``cases`` (a run passes its training and validation cases, so
+    nothing of the test cases informs spacing, normalisation or patch size)."""
+    fingerprint = compute_fingerprint(dataset, progress=progress, cases=cases)
+    plan = plan_dataset(dataset, fingerprint, device=device)
     return plan.with_overrides(overrides) if overrides else plan
+
+
+def split_note(splits: dict[str, list[Case]]) -> str:
+    counts = {name: len(cases) for name, cases in splits.items() if cases}
+    held = "; ".join(f"{n} {name}" for name, n in counts.items() if name not in ("train", "val"))
+    return (
+        f"cases: {counts.get('train', 0)} trained on, {counts.get('val', 0)} for validation"
+        + (f", {held}" if held else "")
+        + " (split by patient; planned from the training and validation cases only)"
+    )
 
 
 def train_run(
@@ -104,21 +120,28 @@ def train_run(
         if not (run_dir / "plan.json").is_file():
             raise OutputError(f"{run_dir}: nothing to resume (no plan.json)")
         plan = Plan.load(run_dir / "plan.json")
-        config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+        config = TrainConfig.from_file(run_dir / "config.json")
         split_ids = json.loads((run_dir / "split.json").read_text())
         by_id = {c.case_id: c for c in dataset.cases}
         splits = {name: [by_id[i] for i in ids] for name, ids in split_ids.items()}
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        plan = prepare_plan(dataset, overrides=overrides or [], device=config.device, progress=progress)
         splits = _split(dataset, config.seed)
         for name in ("train", "val"):
             if not splits[name]:
                 raise DatasetError(
                     f"{data}: no {name} cases after splitting by patient ({len(dataset.patients)} patients)"
                 )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plan = prepare_plan(
+            dataset,
+            overrides=overrides or [],
+            device=config.device,
+            progress=progress,
+            cases=splits["train"] + splits["val"],
+        )
+        plan = plan.model_copy(update={"notes": [split_note(splits), *plan.notes]})
         plan.save(run_dir / "plan.json")
         (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
         (run_dir / "split.json").write_text(
@@ -318,7 +341,7 @@ def evaluate_run(
     if not run_weights(run_dir)[0].is_file():
         raise OutputError(f"{run_dir}: not a trained run (no checkpoints/best.pt)")
     plan = Plan.load(run_dir / "plan.json")
-    config = TrainConfig(**json.loads((run_dir / "config.json").read_text()))
+    config = TrainConfig.from_file(run_dir / "config.json")
     config.evaluation_precision = resolve_precision(precision, config.device)
     dataset = read_dataset(data)
     by_id = {c.case_id: c for c in dataset.cases}

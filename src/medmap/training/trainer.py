@@ -1,10 +1,13 @@
 """The training loop: one for every task (the `Task` supplies network, loss and metrics).
 
-AdamW (decoupled weight decay, i.e. L2 regularisation done right), a cosine learning-rate schedule
-with linear warm-up, early stopping on the task's validation metric, a checkpoint after every epoch
-and ``resume`` that continues exactly: model, optimiser, scheduler, RNG and augmentation generator
-states are all saved, and patch sampling is a pure function of (seed, epoch, index). AMP and
-channels-last are used on CUDA only.
+An epoch is a number of optimiser steps (the plan's ``iterations_per_epoch``), not a pass over the
+cases: what a run buys is steps, and a budget (``TrainConfig.budget_seconds``) is turned into epochs
+by timing a few real steps first (`measure_step`). AdamW (decoupled weight decay) or nnU-Net's SGD
+(Nesterov momentum 0.99), with the learning rate set every step: linear warm-up, then cosine or
+polynomial decay to zero. Early stopping on the task's validation metric, a checkpoint after every
+epoch and ``resume`` that continues exactly: model, optimiser, scheduler, RNG and augmentation
+generator states are all saved, and patch sampling is a pure function of (seed, epoch, index). AMP is
+used on CUDA only; 3-D networks run channels-last (measured 8 % faster steps on the CPU too).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +29,22 @@ from medmap.errors import ConfigError
 from medmap.inference.precision import autocast, resolve_precision
 from medmap.plan import Plan
 
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "poly")
+WARMUP_CAP = 0.05  # warm-up never takes more than this share of the steps (short budgets)
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # None: SGD 1e-2 (nnU-Net); AdamW the task's own (Task.learning_rate)
     weight_decay: float = 1e-4
-    warmup_epochs: int = 2
+    warmup_epochs: int = 2  # linear warm-up, capped at WARMUP_CAP of all steps
     patience: int = 10  # epochs without a better validation metric before stopping
-    samples_per_epoch: int | None = None  # default: 3 x the training cases, at least 8 batches
+    samples_per_epoch: int | None = None  # default: the plan's iterations_per_epoch x batch size
+    optimizer: str = "adamw"  # or "sgd": nnU-Net's SGD, Nesterov momentum 0.99
+    schedule: str = "cosine"  # or "poly": (1 - step/steps) ** 0.9, nnU-Net's
+    budget_seconds: float | None = None  # training wall-clock budget: epochs are planned to fit it
     dropout: float | None = None  # None: the task's default (classification 0.2, segmentation none, as nnU-Net)
     label_smoothing: float = 0.05
     balanced_sampling: bool = True
@@ -46,6 +57,33 @@ class TrainConfig:
     # precision of validation and evaluation passes (medmap.inference.precision); float32 by default so
     # a run's metrics do not depend on the machine; `medmap evaluate --precision bfloat16` checks bfloat16
     evaluation_precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.epochs < 1, f"epochs {self.epochs}: at least 1"),
+            (
+                self.learning_rate is not None and not self.learning_rate > 0,
+                f"learning rate {self.learning_rate}: must be > 0",
+            ),
+            (not self.weight_decay >= 0, f"weight decay {self.weight_decay}: must be >= 0"),
+            (self.patience < 1, f"patience {self.patience}: at least 1"),
+            (self.samples_per_epoch is not None and self.samples_per_epoch < 1, "samples per epoch: at least 1"),
+            (self.optimizer not in OPTIMIZERS, f"optimizer {self.optimizer!r}: one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule not in SCHEDULES, f"schedule {self.schedule!r}: one of {', '.join(SCHEDULES)}"),
+            (self.budget_seconds is not None and not self.budget_seconds > 0, "budget: must be > 0"),
+            (self.workers < 0, f"workers {self.workers}: must be >= 0"),
+            (self.freeze_encoder_epochs < 0, "freeze-encoder epochs: must be >= 0"),
+        ]
+        for failed, message in problems:
+            if failed:
+                raise ConfigError(message)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """A run's saved config; settings this version no longer has are dropped (older runs still resume)."""
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -63,14 +101,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _schedule(config: TrainConfig):
-    def factor(epoch: int) -> float:
-        if epoch < config.warmup_epochs:
-            return (epoch + 1) / (config.warmup_epochs + 1)
-        progress = (epoch - config.warmup_epochs) / max(config.epochs - config.warmup_epochs, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def _schedule(config: TrainConfig, steps_per_epoch: int, epochs: int):
+    """Learning-rate factor per optimiser step: linear warm-up, then cosine or poly decay to zero."""
+    total = max(epochs * steps_per_epoch, 1)
+    warmup = min(config.warmup_epochs * steps_per_epoch, int(WARMUP_CAP * total))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if config.schedule == "poly":
+            return (1 - progress) ** 0.9
+        return 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def peak_learning_rate(config: TrainConfig, task) -> float:
+    if config.learning_rate is not None:
+        return config.learning_rate
+    return 1e-2 if config.optimizer == "sgd" else task.learning_rate
+
+
+def build_optimizer(config: TrainConfig, head: list, backbone: list, lr: float, backbone_lr: float):
+    groups = [{"params": head, "lr": lr}, {"params": backbone, "lr": backbone_lr}]
+    if config.optimizer == "sgd":  # nnU-Net's: high momentum, Nesterov, small weight decay
+        return torch.optim.SGD(groups, momentum=0.99, nesterov=True, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
 class Trainer:
@@ -86,16 +143,100 @@ class Trainer:
     def checkpoints(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def _loaders(self, train: list[CachedCase], val: list[CachedCase]):
+    def samples_per_epoch(self, train: list[CachedCase], steps: int | None = None) -> int:
+        cfg, plan = self.config, self.plan
+        if steps:  # fixed by the budget
+            samples = steps * plan.batch_size
+        elif cfg.samples_per_epoch:
+            samples = cfg.samples_per_epoch
+        elif plan.iterations_per_epoch:
+            samples = plan.iterations_per_epoch * plan.batch_size
+        else:  # plans written before iterations_per_epoch existed
+            samples = max(3 * len(train), 8 * plan.batch_size)
+        return max(samples, plan.batch_size)  # at least one full batch: the last partial one is dropped
+
+    def _loaders(
+        self, train: list[CachedCase], val: list[CachedCase], seed: int | None = None, steps: int | None = None
+    ):
         cfg = self.config
-        samples = cfg.samples_per_epoch or max(3 * len(train), 8 * self.plan.batch_size)
-        samples = max(samples, self.plan.batch_size)  # at least one full batch: the last partial one is dropped
+        seed = cfg.seed if seed is None else seed
         train_set = PatchDataset(
-            train, self.plan, train=True, samples_per_epoch=samples, seed=cfg.seed, balanced=cfg.balanced_sampling
+            train,
+            self.plan,
+            train=True,
+            samples_per_epoch=self.samples_per_epoch(train, steps),
+            seed=seed,
+            balanced=cfg.balanced_sampling,
         )
-        loader = AugmentingLoader(train_set, self.plan.batch_size, workers=cfg.workers, seed=cfg.seed)
+        loader = AugmentingLoader(train_set, self.plan.batch_size, workers=cfg.workers, seed=seed)
         val_set = PatchDataset(val, self.plan, train=False)
         return loader, val_set
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        if model_dims(self.plan) == 3:
+            model = model.to(memory_format=torch.channels_last_3d)
+        elif self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def plan_epochs(self, model, loss_fn, train: list[CachedCase], val_set: PatchDataset) -> dict:
+        """Epochs that fit ``budget_seconds``: a few real steps (on a copy of the model, from a loader of
+        their own, so the run itself is untouched) and one validation pass are timed first."""
+        import copy
+
+        cfg = self.config
+        started = time.perf_counter()
+        probe = copy.deepcopy(model)
+        optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
+        loader, _ = self._loaders(train, [], seed=cfg.seed + 7919)
+        times = []
+        probe.train()
+        for i, batch in enumerate(loader):
+            t0 = time.perf_counter()
+            self._step(probe, loss_fn, optimizer, None, batch)
+            times.append(time.perf_counter() - t0)
+            if i >= 3:
+                break
+        wait = time.perf_counter() - started - sum(times)  # loader start-up and waiting for batches
+        step = float(np.median(times[1:])) if len(times) > 1 else times[0]
+        t0 = time.perf_counter()
+        self.predict(probe, val_set)
+        validation = time.perf_counter() - t0
+        nominal = len(loader)  # the plan's epoch; stretched or shrunk so that whole epochs fill the budget
+        overhead = validation + wait / max(len(times), 1)
+        spent = time.perf_counter() - started
+        available = max(cfg.budget_seconds - spent, 0.0)
+        epochs = int(max(1, round(available / (nominal * step + overhead))))
+        steps = int(max(1, (available / epochs - overhead) // step))
+        return {
+            "budget_seconds": cfg.budget_seconds,
+            "seconds_per_step": round(step, 4),
+            "seconds_per_validation": round(validation, 3),
+            "steps_per_epoch": steps,
+            "planned_steps_per_epoch": nominal,
+            "batch_size": self.plan.batch_size,
+            "epochs": epochs,
+            "samples": epochs * steps * self.plan.batch_size,
+            "measured_in_seconds": round(spent, 2),
+        }
+
+    def _step(self, model, loss_fn, optimizer, scaler, batch) -> float:
+        x = batch["image"].to(self.device)
+        y = batch["target"].to(self.device)
+        if x.dim() == 5:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            loss = loss_fn(model(x), y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return float(loss.detach())
 
     def predict(
         self, model: torch.nn.Module, dataset: PatchDataset, batch_size: int | None = None
@@ -109,40 +250,56 @@ class Trainer:
             for start in range(0, len(dataset), batch):
                 items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
                 x = torch.stack([it["image"] for it in items]).to(self.device)
+                if x.dim() == 5:
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
                 with autocast(precision, self.device):
                     logits = model(x).float()
                 outputs.append(self.task.predictions(logits))
                 targets.append(torch.stack([it["target"] for it in items]).numpy())
         return np.concatenate(outputs), np.concatenate(targets)
 
-    def fit(self, train: list[CachedCase], val: list[CachedCase], *, resume: bool = False) -> dict:
+    def fit(
+        self,
+        train: list[CachedCase],
+        val: list[CachedCase],
+        *,
+        resume: bool = False,
+        stop_after: Callable[[int], bool] | None = None,
+    ) -> dict:
+        """Train (or resume) to the configured epochs. ``stop_after(epoch)`` returning True ends the run
+        after that epoch's checkpoint, as an interruption would: a later ``resume`` continues it exactly."""
         cfg = self.config
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
-        model = self.task.build_network(self.plan, cfg.dropout).to(self.device)
-        if self.device.type == "cuda":
-            model = model.to(
-                memory_format=torch.channels_last if model_dims(self.plan) == 2 else torch.channels_last_3d
-            )
+        model = self._place(self.task.build_network(self.plan, cfg.dropout))
         loss_fn = self.task.build_loss(self.plan, train, cfg.label_smoothing).to(self.device)
         if cfg.pretrained and not resume:
             from medmap.models.pretrained import load_pretrained
 
             report = load_pretrained(model, cfg.pretrained)
             (self.run_dir / "pretrained.json").write_text(json.dumps(asdict(report), indent=1))
-            if self.progress:
-                from rich.console import Console
-
-                Console(stderr=True).print(report.summary(), highlight=False)
+            self._say(report.summary())
         head, backbone = _split_parameters(model)
-        backbone_lr = cfg.learning_rate * (cfg.backbone_lr_factor if cfg.pretrained else 1.0)
-        optimizer = torch.optim.AdamW(
-            [{"params": head, "lr": cfg.learning_rate}, {"params": backbone, "lr": backbone_lr}],
-            weight_decay=cfg.weight_decay,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+        lr = peak_learning_rate(cfg, self.task)
+        optimizer = build_optimizer(cfg, head, backbone, lr, lr * (cfg.backbone_lr_factor if cfg.pretrained else 1.0))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         loader, val_set = self._loaders(train, val)
+        epochs = cfg.epochs
+        budget_file = self.run_dir / "budget.json"
+        if cfg.budget_seconds:
+            if resume and budget_file.is_file():
+                budget = json.loads(budget_file.read_text())
+            else:
+                budget = self.plan_epochs(model, loss_fn, train, val_set)
+                budget_file.write_text(json.dumps(budget, indent=1))
+            epochs = budget["epochs"]
+            loader, val_set = self._loaders(train, val, steps=budget["steps_per_epoch"])
+            self._say(
+                f"budget {_duration(cfg.budget_seconds)}: {budget['seconds_per_step']:.2f} s per step of "
+                f"{budget['batch_size']} -> {epochs} epochs of {budget['steps_per_epoch']} steps "
+                f"({budget['samples']} samples)"
+            )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(loader), epochs))
         history: list[dict] = []
         best, best_epoch, start = -math.inf, -1, 0
         if resume and (self.checkpoints / "last.pt").is_file():
@@ -157,8 +314,12 @@ class Trainer:
             history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
         from medmap.progress import track
 
-        for epoch in track(range(start, cfg.epochs), "training", enabled=self.progress, total=cfg.epochs - start):
+        training_started = time.perf_counter() - sum(h["seconds"] for h in history)
+        for epoch in track(range(start, epochs), "training", enabled=self.progress, total=epochs - start):
             if epoch - best_epoch > cfg.patience and best_epoch >= 0:
+                break
+            if cfg.budget_seconds and time.perf_counter() - training_started > 1.15 * cfg.budget_seconds:
+                self._say(f"warning: budget overrun (this machine became slower): stopped after {epoch} epochs")
                 break
             t0 = time.perf_counter()
             frozen = epoch < cfg.freeze_encoder_epochs
@@ -167,18 +328,10 @@ class Trainer:
             model.train()
             loader.dataset.set_epoch(epoch)
             losses = []
-            for batch in loader:
-                x = batch["image"].to(self.device)
-                y = batch["target"].to(self.device)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                    loss = loss_fn(model(x), y)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
             lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            for batch in loader:
+                losses.append(self._step(model, loss_fn, optimizer, scaler, batch))
+                scheduler.step()
             predictions, targets = self.predict(model, val_set)
             metrics = self.task.validation_metrics(predictions, targets)
             record = EpochRecord(epoch, float(np.mean(losses)), lr, time.perf_counter() - t0, metrics)
@@ -187,14 +340,10 @@ class Trainer:
             if not math.isnan(score) and score > best:
                 best, best_epoch = score, epoch
                 torch.save(model.state_dict(), self.checkpoints / "best.pt")
-            if self.progress:
-                from rich.console import Console
-
-                Console(stderr=True).print(
-                    f"epoch {epoch + 1}/{cfg.epochs}  loss {record.loss:.4f}  val {self.task.monitor} "
-                    f"{score:.4f}  best {best:.4f} (epoch {best_epoch + 1})  {record.seconds:.1f}s",
-                    highlight=False,
-                )
+            self._say(
+                f"epoch {epoch + 1}/{epochs}  loss {record.loss:.4f}  val {self.task.monitor} "
+                f"{score:.4f}  best {best:.4f} (epoch {best_epoch + 1})  {record.seconds:.1f}s"
+            )
             torch.save(
                 {
                     "model": model.state_dict(),
@@ -211,9 +360,21 @@ class Trainer:
                 self.checkpoints / "last.pt",
             )
             (self.run_dir / "history.json").write_text(json.dumps(history, indent=1))
+            if stop_after is not None and stop_after(epoch):
+                break
         if best_epoch < 0:  # validation metric never defined (e.g. one class only): keep the last weights
             torch.save(model.state_dict(), self.checkpoints / "best.pt")
         return {"best": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history}
+
+    def _say(self, text: str) -> None:
+        if self.progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(text, highlight=False, markup=False)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 HEAD_NAMES = ("fc", "head", "class_layers")  # classifier layers of medmap's / MONAI's networks

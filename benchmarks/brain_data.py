@@ -1,0 +1,109 @@
+"""Real-image benchmark datasets cut from the MNI152 template that nilearn ships (no download).
+
+The template is a real T1-weighted MR average (1 mm, 197x233x189) with grey- and white-matter
+probability maps. From it:
+
+- `patch_set`: a 3-class 32x32 patch classification set in MedMNIST npz layout (8-bit), the class being
+  the tissue at the patch centre (grey matter, white matter, CSF); brightness is the main cue, as in
+  MedMNIST's tissue sets.
+- `slice_set`: a 2-D segmentation set in MSD layout, axial slices stored as (X, Y, 1) NIfTI the way MSD
+  and nnU-Net store 2-D data, labels 1 grey matter and 2 white matter, with ``labelsTs`` for scoring.
+
+Train, validation and test come from separate slabs of the brain with a gap of slices between them, so
+no test patch shares a slice with a training one; every image gets its own noise and intensity scaling
+(one template would otherwise make train and test identical in appearance).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SLAB, GAP = 8, 2  # slices per slab; slices dropped at each slab edge
+
+
+def _volumes() -> tuple[np.ndarray, np.ndarray]:
+    """(T1 in [0, 1], tissue label 0 outside / 1 grey / 2 white / 3 CSF), axes (x, y, z) as nilearn gives."""
+    from nilearn import datasets
+
+    t1 = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), np.float32)
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata()) > 0
+    csf = np.clip(1 - gm - wm, 0, 1) * brain
+    tissue = np.argmax(np.stack([np.full_like(gm, 0.3), gm, wm, csf]), axis=0).astype(np.uint8)
+    tissue[~brain] = 0
+    return t1 / max(float(t1.max()), 1e-6), tissue
+
+
+def _split_of(z: int) -> str | None:
+    slab, within = divmod(z, SLAB)
+    if within < GAP or within >= SLAB - GAP:
+        return None
+    return ("train", "train", "train", "val", "test")[slab % 5]
+
+
+def _appearance(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """One acquisition's look: intensity scale, offset and noise, as 8-bit."""
+    scaled = image * rng.uniform(0.85, 1.15) * 235 + rng.uniform(-8, 8)
+    return np.clip(scaled + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def patch_set(path: Path, *, per_class: dict[str, int] | None = None, side: int = 32, seed: int = 0) -> Path:
+    """A MedMNIST-layout npz: ``{split}_images`` (N, side, side) uint8, ``{split}_labels`` (N, 1)."""
+    per_class = per_class or {"train": 700, "val": 100, "test": 200}
+    rng = np.random.default_rng(seed)
+    t1, tissue = _volumes()
+    half = side // 2
+    arrays = {}
+    for split, n in per_class.items():
+        images, labels = [], []
+        for label in (1, 2, 3):
+            candidates = np.argwhere(tissue == label)
+            candidates = candidates[[_split_of(int(z)) == split for z in candidates[:, 2]]]
+            inside = np.all((candidates[:, :2] >= half) & (candidates[:, :2] < np.array(t1.shape[:2]) - half), axis=1)
+            candidates = candidates[inside]
+            for x, y, z in candidates[rng.choice(len(candidates), n, replace=False)]:
+                images.append(_appearance(rng, t1[x - half : x + half, y - half : y + half, z]))
+                labels.append(label - 1)
+        order = rng.permutation(len(images))
+        arrays[f"{split}_images"] = np.stack(images)[order]
+        arrays[f"{split}_labels"] = np.asarray(labels, np.uint8)[order, None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def slice_set(root: Path, *, n_train: int = 40, n_test: int = 10, seed: int = 0) -> Path:
+    """MSD layout, axial slices as (X, Y, 1) NIfTI at 1 mm: labels 1 grey matter, 2 white matter."""
+    from medmap.data.layouts import write_msd
+    from medmap.io.image import Image
+
+    rng = np.random.default_rng(seed)
+    t1, tissue = _volumes()
+    label_map = np.where(tissue == 3, 0, tissue).astype(np.uint8)
+    usable = [z for z in range(40, 150) if _split_of(z) is not None]
+    train_z = [z for z in usable if _split_of(z) in ("train", "val")]
+    test_z = [z for z in usable if _split_of(z) == "test"]
+    picks = {
+        "train": sorted(rng.choice(train_z, min(n_train, len(train_z)), replace=False)),
+        "test": sorted(rng.choice(test_z, min(n_test, len(test_z)), replace=False)),
+    }
+
+    def as_image(array: np.ndarray) -> Image:
+        # medmap's (slice, row, column) = (z, y, x): one slice of the x-by-y plane at 1 mm
+        return Image(np.ascontiguousarray(array.T[np.newaxis]), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+
+    cases = {}
+    for split, zs in picks.items():
+        cases[split] = [
+            (
+                f"brain_{int(z):03d}",
+                as_image(_appearance(rng, t1[:, :, z]).astype(np.int16)),
+                as_image(label_map[:, :, z]),
+            )
+            for z in zs
+        ]
+    labels = {0: "background", 1: "grey matter", 2: "white matter"}
+    return write_msd(root, "BrainSlices", labels, "MR", cases["train"], cases["test"])

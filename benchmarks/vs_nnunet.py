@@ -1,0 +1,298 @@
+"""medmap against nnU-Net v2 at equal wall-clock training budgets, scored by the same code on the same cases.
+
+    python benchmarks/vs_nnunet.py --budgets 300,900      # the demo liver (3-D) and MNI152 slices (2-D)
+    python benchmarks/vs_nnunet.py --quick                # what the test suite runs (medmap side only
+                                                          # unless .bench/nnunet exists)
+
+nnU-Net is a peer here, never a dependency: ``--setup`` installs nnunetv2 2.8.1 into its own virtual
+environment (``.bench/nnunet``) from PyPI: torch pinned to 2.13.0 (the CPU build) with torchvision
+pinned beside it so pip cannot pull a CUDA torch, then torchvision removed (its PyPI build is CUDA-linked
+and the standard trainer does not need it). A budget trainer (`TRAINER_SOURCE`) is written at the top of
+``nnunetv2/training/nnUNetTrainer/`` (the stock short trainers live beside variants that import timm and
+crash on lookup): after its first epoch it sets the epoch count, and with it the poly schedule, so that
+training ends within the budget, as ``medmap train --budget`` does from its timed steps. Both tools get
+25 steps per epoch on a CPU (nnU-Net's 250 would not finish one epoch in a short 3-D budget) and no
+test-time mirroring; nnU-Net trains fold 0 of its 5 (80 % of the training cases), medmap its own 80/20
+split. Each dataset is written once in nnU-Net raw layout, which both read; every prediction on the test
+images is scored by `medmap.evaluation.segmentation.case_metrics` against ``labelsTs``.
+
+Datasets: the demo liver (3-D CT, liver + tumour: Dice, HD95, tumour lesion recall and false-positive
+components per case) and MNI152 axial slices (2-D MR in (X, Y, 1) NIfTI, grey and white matter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from brain_data import slice_set
+from medmap.evaluation.segmentation import case_metrics
+from medmap.io.load import load
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".bench" / "nnunet"
+NNUNET = "nnunetv2==2.8.1"
+STEPS_PER_EPOCH = 25
+TRAINER = "nnUNetTrainer_medmapBudget"
+TRAINER_SOURCE = '''"""Written by medmap's benchmarks/vs_nnunet.py: nnU-Net's trainer with a wall-clock budget."""
+import os
+import time
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainer_medmapBudget(nnUNetTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.budget = float(os.environ["MEDMAP_BUDGET_SECONDS"])
+        self.num_iterations_per_epoch = int(os.environ.get("MEDMAP_STEPS_PER_EPOCH", "250"))
+        self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+        self.num_epochs = 100000  # replaced after the first epoch
+
+    def run_training(self):
+        self.on_train_start()
+        epoch = self.current_epoch
+        while epoch < self.num_epochs:
+            started = time.perf_counter()
+            self.on_epoch_start()
+            self.on_train_epoch_start()
+            outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            self.on_train_epoch_end(outputs)
+            with torch.no_grad():
+                self.on_validation_epoch_start()
+                steps = range(self.num_val_iterations_per_epoch)
+                self.on_validation_epoch_end([self.validation_step(next(self.dataloader_val)) for _ in steps])
+            self.on_epoch_end()
+            epoch += 1
+            if epoch == 1:  # the first epoch's time sets the epoch count and the poly schedule's length
+                self.num_epochs = max(1, int(self.budget // (time.perf_counter() - started)))
+                self.lr_scheduler.max_steps = self.num_epochs
+        self.on_train_end()
+
+    def perform_actual_validation(self, *args, **kwargs):
+        pass  # the benchmark scores the test images itself
+'''
+
+
+def setup() -> Path:
+    """The nnU-Net environment (created once) with the budget trainer in place; its ``bin`` folder."""
+    python = VENV / "bin" / "python"
+    if not (VENV / ".installed").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, "torch==2.13.0"], check=True)
+        constraints = VENV / "constraints.txt"
+        constraints.write_text("torch==2.13.0\ntorchvision==0.28.0\n")
+        subprocess.run([*pip, "-c", str(constraints), NNUNET], check=True)
+        subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "-y", "torchvision"], check=True)
+        (VENV / ".installed").write_text(NNUNET)
+    found = subprocess.run(
+        [str(python), "-c", "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    target = Path(found.stdout.strip()) / "training" / "nnUNetTrainer" / f"{TRAINER}.py"
+    if not target.is_file() or target.read_text() != TRAINER_SOURCE:
+        target.write_text(TRAINER_SOURCE)
+    return VENV / "bin"
+
+
+def to_nnunet_raw(msd: Path, raw: Path, dataset_id: int, name: str) -> Path:
+    """An MSD folder (medmap's writer) as nnU-Net raw ``DatasetNNN_Name`` (imagesTs and labelsTs kept)."""
+    spec = json.loads((msd / "dataset.json").read_text())
+    root = raw / f"Dataset{dataset_id:03d}_{name}"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for entry in spec["training"]:
+        case = Path(entry["image"]).name.removesuffix(".nii.gz")
+        shutil.copy(msd / entry["image"], root / "imagesTr" / f"{case}_0000.nii.gz")
+        shutil.copy(msd / entry["label"], root / "labelsTr" / f"{case}.nii.gz")
+    for entry in spec["test"]:
+        case = Path(entry).name.removesuffix(".nii.gz")
+        shutil.copy(msd / entry, root / "imagesTs" / f"{case}_0000.nii.gz")
+        shutil.copy(msd / "labelsTs" / f"{case}.nii.gz", root / "labelsTs" / f"{case}.nii.gz")
+    labels = {v: int(k) for k, v in spec["labels"].items()}
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": spec["modality"]["0"]},
+                "labels": labels,
+                "numTraining": len(spec["training"]),
+                "file_ending": ".nii.gz",
+                "name": name,
+            },
+            indent=1,
+        )
+    )
+    return root
+
+
+def score(predictions: Path, dataset: Path) -> dict:
+    """Mean test Dice / HD95 per class and lesion counts, by medmap's metric code, for any tool's output."""
+    labels = {v: k for k, v in json.loads((dataset / "dataset.json").read_text())["labels"].items()}
+    labels = {int(k): v for k, v in labels.items()}
+    cases = {}
+    for truth_path in sorted((dataset / "labelsTs").glob("*.nii.gz")):
+        truth = load(truth_path)
+        predicted = load(predictions / truth_path.name)
+        cases[truth_path.name] = case_metrics(predicted.array, truth.array, truth.spacing, labels)
+    out = {}
+    for name in [labels[k] for k in sorted(labels) if k]:
+        dice = [c["classes"][name]["dice"] for c in cases.values()]
+        hd95 = [c["classes"][name]["hd95_mm"] for c in cases.values()]
+        out[name] = {
+            "dice": round(float(np.nanmean(dice)), 4),
+            "hd95_mm": round(float(np.nanmean([h for h in hd95 if h is not None])), 2) if any(hd95) else None,
+        }
+        lesions = [c["lesions"][name] for c in cases.values() if name in c["lesions"]]
+        if lesions:
+            found = sum(lesion["detected"] for lesion in lesions)
+            total = sum(lesion["lesions"] for lesion in lesions)
+            out[name]["lesion_recall"] = round(found / total, 3) if total else None
+            out[name]["false_positives_per_case"] = round(
+                sum(lesion["false_positives"] for lesion in lesions) / len(lesions), 2
+            )
+    out["mean_dice"] = round(float(np.mean([v["dice"] for v in out.values()])), 4)
+    return out
+
+
+def run_medmap(dataset: Path, work: Path, budget: float, seed: int) -> dict:
+    run = work / f"medmap-{int(budget)}"
+    started = time.perf_counter()
+    command = [
+        sys.executable, "-m", "medmap", "train", str(dataset), "-o", str(run), "--budget", f"{budget}s",
+        "--seed", str(seed), "--workers", "1",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    history = json.loads((run / "history.json").read_text())
+    return {
+        "train_seconds": round(sum(h["seconds"] for h in history), 1),
+        "epochs": len(history),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "test": score(run / "predictions_test", dataset),
+    }
+
+
+def run_nnunet(bin_dir: Path, dataset: Path, dataset_id: int, configuration: str, work: Path, budget: float) -> dict:
+    env = {
+        **os.environ,
+        "nnUNet_raw": str(dataset.parent),
+        "nnUNet_preprocessed": str(work / "nnunet_preprocessed"),
+        "nnUNet_results": str(work / f"nnunet_results-{int(budget)}"),
+        "nnUNet_n_proc_DA": "1",
+        "MEDMAP_BUDGET_SECONDS": str(budget),
+        "MEDMAP_STEPS_PER_EPOCH": str(STEPS_PER_EPOCH),
+    }
+    started = time.perf_counter()
+    if not (work / "nnunet_preprocessed" / dataset.name).is_dir():
+        subprocess.run(
+            [bin_dir / "nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"],
+            check=True, env=env, capture_output=True,
+        )  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(
+        [bin_dir / "nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", TRAINER, "-device", "cpu"],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    trained = time.perf_counter() - t0
+    out = work / f"nnunet-pred-{int(budget)}"
+    subprocess.run(
+        [
+            bin_dir / "nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(out), "-d", str(dataset_id),
+            "-c", configuration, "-f", "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta",
+            "-chk", "checkpoint_final.pth", "-npp", "1", "-nps", "1",
+        ],
+        check=True, env=env, capture_output=True,
+    )  # fmt: skip
+    log = sorted((work / f"nnunet_results-{int(budget)}").rglob("training_log_*.txt"))
+    epochs = log[-1].read_text().count("Epoch time") if log else None
+    return {
+        "train_seconds_incl_start": round(trained, 1),
+        "epochs": epochs,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "test": score(out, dataset),
+    }
+
+
+def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, str]:
+    raw = work / "nnunet_raw"
+    if name == "liver":
+        from medmap.data.demo import SMALL, write_demo_data
+
+        write_demo_data(work / "demo", seed=seed, size=SMALL if quick else None)
+        return to_nnunet_raw(work / "demo" / "liver", raw, 501, "DemoLiver"), 501, "3d_fullres"
+    if name == "brain2d":
+        msd = slice_set(work / "brain_msd", n_train=8 if quick else 40, n_test=3 if quick else 10, seed=seed)
+        return to_nnunet_raw(msd, raw, 502, "BrainSlices"), 502, "2d"
+    raise SystemExit(f"unknown dataset {name!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budgets", default="300,900", help="training seconds, comma-separated")
+    parser.add_argument("--datasets", default="brain2d,liver")
+    parser.add_argument("--setup", action="store_true", help="install nnU-Net into .bench/nnunet if missing")
+    parser.add_argument("--quick", action="store_true", help="small data, one short budget (the test suite)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--work", type=Path, default=None, help="keep the work folder here")
+    args = parser.parse_args()
+    budgets = [20.0] if args.quick else [float(b) for b in args.budgets.split(",")]
+    bin_dir = setup() if args.setup or (VENV / ".installed").is_file() else None
+    if bin_dir is None:
+        print("nnU-Net not installed (run with --setup): medmap side only")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for name in args.datasets.split(","):
+            dataset, dataset_id, configuration = build(name, work / name, args.quick, args.seed)
+            for budget in budgets:
+                entry = {
+                    "dataset": name,
+                    "budget_seconds": budget,
+                    "medmap": run_medmap(dataset, work / name, budget, args.seed),
+                }
+                if bin_dir is not None:
+                    entry["nnU-Net"] = run_nnunet(bin_dir, dataset, dataset_id, configuration, work / name, budget)
+                results.append(entry)
+                print(json.dumps(entry))
+    print(f"\n{'dataset':8} {'budget':>7} {'tool':8} {'epochs':>6} {'mean Dice':>9}  per class")
+    for entry in results:
+        for tool in ("medmap", "nnU-Net"):
+            if tool in entry:
+                r = entry[tool]
+                classes = {k: v for k, v in r["test"].items() if k != "mean_dice"}
+                detail = "; ".join(
+                    f"{k} {v['dice']:.3f}"
+                    + (
+                        f" (recall {v['lesion_recall']}, FP/case {v['false_positives_per_case']})"
+                        if "lesion_recall" in v
+                        else ""
+                    )
+                    for k, v in classes.items()
+                )
+                print(
+                    f"{entry['dataset']:8} {entry['budget_seconds']:6.0f}s {tool:8} {r['epochs'] or '-':>6} "
+                    f"{r['test']['mean_dice']:9.3f}  {detail}"
+                )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vs_nnunet.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
