@@ -149,7 +149,7 @@ def main() -> None:
             elif name == "nodules":
                 from medmap.data.demo import SMALL, write_demo_data
 
-                write_demo_data(work / "demo", seed=args.seed, size=SMALL if args.quick else None)
+                write_demo_data(work / "demo", seed=args.seed, **({"size": SMALL} if args.quick else {}))
                 data = work / "demo" / "nodules.csv"
             else:
                 raise SystemExit(f"unknown dataset {name!r}")

@@ -44,6 +44,7 @@ VENV = ROOT / ".bench" / "nnunet"
 NNUNET = "nnunetv2==2.8.1"
 STEPS_PER_EPOCH = 25
 TRAINER = "nnUNetTrainer_medmapBudget"
+LESION_CLASSES = {"tumour"}  # classes scored lesion by lesion too (recall, false-positive components)
 TRAINER_SOURCE = '''"""Written by medmap's benchmarks/vs_nnunet.py: nnU-Net's trainer with a wall-clock budget."""
 import os
 import time
@@ -54,8 +55,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_medmapBudget(nnUNetTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        # nnU-Net reads the subclass's own argument names back (locals()), so they are spelled out
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget = float(os.environ["MEDMAP_BUDGET_SECONDS"])
         self.num_iterations_per_epoch = int(os.environ.get("MEDMAP_STEPS_PER_EPOCH", "250"))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
@@ -159,7 +161,7 @@ def score(predictions: Path, dataset: Path) -> dict:
             "hd95_mm": round(float(np.nanmean([h for h in hd95 if h is not None])), 2) if any(hd95) else None,
         }
         lesions = [c["lesions"][name] for c in cases.values() if name in c["lesions"]]
-        if lesions:
+        if lesions and name in LESION_CLASSES:
             found = sum(lesion["detected"] for lesion in lesions)
             total = sum(lesion["lesions"] for lesion in lesions)
             out[name]["lesion_recall"] = round(found / total, 3) if total else None
@@ -187,7 +189,9 @@ def run_medmap(dataset: Path, work: Path, budget: float, seed: int) -> dict:
     }
 
 
-def run_nnunet(bin_dir: Path, dataset: Path, dataset_id: int, configuration: str, work: Path, budget: float) -> dict:
+def run_nnunet(
+    bin_dir: Path, dataset: Path, dataset_id: int, configuration: str, work: Path, budget: float, steps: int
+) -> dict:
     env = {
         **os.environ,
         "nnUNet_raw": str(dataset.parent),
@@ -195,7 +199,7 @@ def run_nnunet(bin_dir: Path, dataset: Path, dataset_id: int, configuration: str
         "nnUNet_results": str(work / f"nnunet_results-{int(budget)}"),
         "nnUNet_n_proc_DA": "1",
         "MEDMAP_BUDGET_SECONDS": str(budget),
-        "MEDMAP_STEPS_PER_EPOCH": str(STEPS_PER_EPOCH),
+        "MEDMAP_STEPS_PER_EPOCH": str(steps),
     }
     started = time.perf_counter()
     if not (work / "nnunet_preprocessed" / dataset.name).is_dir():
@@ -233,7 +237,7 @@ def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, str
     if name == "liver":
         from medmap.data.demo import SMALL, write_demo_data
 
-        write_demo_data(work / "demo", seed=seed, size=SMALL if quick else None)
+        write_demo_data(work / "demo", seed=seed, **({"size": SMALL} if quick else {}))
         return to_nnunet_raw(work / "demo" / "liver", raw, 501, "DemoLiver"), 501, "3d_fullres"
     if name == "brain2d":
         msd = slice_set(work / "brain_msd", n_train=8 if quick else 40, n_test=3 if quick else 10, seed=seed)
@@ -268,7 +272,9 @@ def main() -> None:
                     "medmap": run_medmap(dataset, work / name, budget, args.seed),
                 }
                 if bin_dir is not None:
-                    entry["nnU-Net"] = run_nnunet(bin_dir, dataset, dataset_id, configuration, work / name, budget)
+                    steps = 5 if args.quick else STEPS_PER_EPOCH  # quick: nnU-Net's one epoch would outlast 20 s
+                    folder = work / name
+                    entry["nnU-Net"] = run_nnunet(bin_dir, dataset, dataset_id, configuration, folder, budget, steps)
                 results.append(entry)
                 print(json.dumps(entry))
     print(f"\n{'dataset':8} {'budget':>7} {'tool':8} {'epochs':>6} {'mean Dice':>9}  per class")

@@ -110,3 +110,21 @@ def test_turnaround(quick_bundle, tmp_path):
     recorded = next(v for k, v in results.items() if k.startswith("instances recorded"))
     sent, total = recorded.split(" of ")
     assert sent == total  # none lost
+
+
+def test_classifiers(tmp_path):
+    out = bench("classifiers", "--datasets", "brain", "--out", tmp_path).stdout
+    (entry,) = json.loads((tmp_path / "classifiers.json").read_text())
+    assert set(entry["results"]) == {"medmap", "MONAI ResNet-18 plain loop", "logistic regression (pixels)"}
+    assert entry["results"]["medmap"]["normalization"] == "fixed"  # 8-bit patches: absolute intensity
+    assert "logistic regression" in out
+
+
+def test_vs_nnunet(tmp_path):
+    """nnU-Net in its own environment (installed on first use into .bench/nnunet), against medmap on
+    MNI152 slices, both scored by medmap's metric code on the same test label maps."""
+    bench("vs_nnunet", "--setup", "--datasets", "brain2d", "--out", tmp_path, timeout=1500)
+    (entry,) = json.loads((tmp_path / "vs_nnunet.json").read_text())
+    for tool in ("medmap", "nnU-Net"):
+        test = entry[tool]["test"]
+        assert {"grey matter", "white matter"} <= set(test) and 0 <= test["mean_dice"] <= 1

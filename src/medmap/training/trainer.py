@@ -190,25 +190,25 @@ class Trainer:
         probe = copy.deepcopy(model)
         optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
         loader, _ = self._loaders(train, [], seed=cfg.seed + 7919)
-        times = []
+        times = []  # per step: waiting for the batch (cutting, augmenting) + forward, backward, update
         probe.train()
+        mark = time.perf_counter()
         for i, batch in enumerate(loader):
-            t0 = time.perf_counter()
             self._step(probe, loss_fn, optimizer, None, batch)
-            times.append(time.perf_counter() - t0)
-            if i >= 3:
+            now = time.perf_counter()
+            times.append(now - mark)
+            mark = now
+            if i >= 4:
                 break
-        wait = time.perf_counter() - started - sum(times)  # loader start-up and waiting for batches
-        step = float(np.median(times[1:])) if len(times) > 1 else times[0]
+        step = float(np.median(times[1:])) if len(times) > 1 else times[0]  # the first one starts the workers
         t0 = time.perf_counter()
         self.predict(probe, val_set)
         validation = time.perf_counter() - t0
         nominal = len(loader)  # the plan's epoch; stretched or shrunk so that whole epochs fill the budget
-        overhead = validation + wait / max(len(times), 1)
         spent = time.perf_counter() - started
         available = max(cfg.budget_seconds - spent, 0.0)
-        epochs = int(max(1, round(available / (nominal * step + overhead))))
-        steps = int(max(1, (available / epochs - overhead) // step))
+        epochs = int(max(1, round(available / (nominal * step + validation))))
+        steps = int(max(1, (available / epochs - validation) // step))
         return {
             "budget_seconds": cfg.budget_seconds,
             "seconds_per_step": round(step, 4),
