@@ -121,10 +121,12 @@ def test_classifiers(tmp_path):
 
 
 def test_vs_nnunet(tmp_path):
-    """nnU-Net in its own environment (installed on first use into .bench/nnunet), against medmap on
-    MNI152 slices, both scored by medmap's metric code on the same test label maps."""
-    bench("vs_nnunet", "--setup", "--datasets", "brain2d", "--out", tmp_path, timeout=1500)
+    """medmap on MNI152 slices scored by the benchmark's own metric code; the nnU-Net side runs too where
+    nnU-Net's environment exists (`vs_nnunet.py --setup` creates it: a 3-minute install kept out of the
+    20-minute suite)."""
+    bench("vs_nnunet", "--datasets", "brain2d", "--out", tmp_path)
     (entry,) = json.loads((tmp_path / "vs_nnunet.json").read_text())
-    for tool in ("medmap", "nnU-Net"):
+    tools = ("medmap", "nnU-Net") if (ROOT / ".bench" / "nnunet" / ".installed").is_file() else ("medmap",)
+    for tool in tools:
         test = entry[tool]["test"]
         assert {"grey matter", "white matter"} <= set(test) and 0 <= test["mean_dice"] <= 1

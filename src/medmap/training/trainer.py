@@ -198,7 +198,7 @@ class Trainer:
             now = time.perf_counter()
             times.append(now - mark)
             mark = now
-            if i >= 4:
+            if i >= 6:
                 break
         step = float(np.median(times[1:])) if len(times) > 1 else times[0]  # the first one starts the workers
         t0 = time.perf_counter()
@@ -286,6 +286,8 @@ class Trainer:
         loader, val_set = self._loaders(train, val)
         epochs = cfg.epochs
         budget_file = self.run_dir / "budget.json"
+        budget: dict = {}
+        planning_started = time.perf_counter()
         if cfg.budget_seconds:
             if resume and budget_file.is_file():
                 budget = json.loads(budget_file.read_text())
@@ -315,11 +317,18 @@ class Trainer:
         from medmap.progress import track
 
         training_started = time.perf_counter() - sum(h["seconds"] for h in history)
-        for epoch in track(range(start, epochs), "training", enabled=self.progress, total=epochs - start):
+
+        def epoch_numbers():  # the count may be corrected once, after the first epoch of a budgeted run
+            epoch = start
+            while epoch < epochs:
+                yield epoch
+                epoch += 1
+
+        for epoch in track(epoch_numbers(), "training", enabled=self.progress, total=epochs - start):
             if epoch - best_epoch > cfg.patience and best_epoch >= 0:
                 break
-            if cfg.budget_seconds and time.perf_counter() - training_started > 1.15 * cfg.budget_seconds:
-                self._say(f"warning: budget overrun (this machine became slower): stopped after {epoch} epochs")
+            if cfg.budget_seconds and time.perf_counter() - training_started > 1.25 * cfg.budget_seconds:
+                self._say(f"warning: budget overrun (the machine became slower): stopped after {epoch} epochs")
                 break
             t0 = time.perf_counter()
             frozen = epoch < cfg.freeze_encoder_epochs
@@ -336,6 +345,14 @@ class Trainer:
             metrics = self.task.validation_metrics(predictions, targets)
             record = EpochRecord(epoch, float(np.mean(losses)), lr, time.perf_counter() - t0, metrics)
             history.append(asdict(record))
+            if budget and not budget.get("corrected_after_epoch_1"):
+                # the probe's few steps misjudge a real epoch by 10-25 %: the first epoch corrects the count
+                remaining = cfg.budget_seconds - (time.perf_counter() - planning_started)
+                epochs = max(epoch + 1, epoch + 1 + round(remaining / record.seconds))  # <= half an epoch over
+                budget.update(corrected_after_epoch_1=True, first_epoch_seconds=round(record.seconds, 2))
+                budget.update(epochs=epochs, samples=epochs * len(loader) * self.plan.batch_size)
+                budget_file.write_text(json.dumps(budget, indent=1))
+                scheduler.lr_lambdas = [_schedule(cfg, len(loader), epochs)] * len(optimizer.param_groups)
             score = metrics.get(self.task.monitor, float("nan"))
             if not math.isnan(score) and score > best:
                 best, best_epoch = score, epoch
