@@ -1,5 +1,8 @@
 """Real-image benchmark datasets cut from the MNI152 template that nilearn ships (no download).
 
+    python benchmarks/brain_data.py --out data/          # both sets at full size, with a summary
+    python benchmarks/brain_data.py --quick --out tmp/   # small sets (the test suite)
+
 The template is a real T1-weighted MR average (1 mm, 197x233x189) with grey- and white-matter
 probability maps. From it:
 
@@ -16,6 +19,8 @@ no test patch shares a slice with a training one; every image gets its own noise
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +112,26 @@ def slice_set(root: Path, *, n_train: int = 40, n_test: int = 10, seed: int = 0)
         ]
     labels = {0: "background", 1: "grey matter", 2: "white matter"}
     return write_msd(root, "BrainSlices", labels, "MR", cases["train"], cases["test"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="small sets (the test suite)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    counts = {"train": 20, "val": 5, "test": 10} if args.quick else None
+    npz = patch_set(args.out / "brain_patches.npz", per_class=counts, seed=args.seed)
+    msd = slice_set(args.out / "brain_slices", n_train=6 if args.quick else 40, n_test=3 if args.quick else 10)
+    with np.load(npz) as data:
+        patches = {k: list(data[k].shape) for k in data.files}
+        classes = {s: np.bincount(data[f"{s}_labels"][:, 0]).tolist() for s in ("train", "val", "test")}
+    spec = json.loads((msd / "dataset.json").read_text())
+    slices = {"train": spec["numTraining"], "test": spec["numTest"]}
+    summary = {"patches": patches, "classes_per_split": classes, "slices": slices}
+    print(json.dumps(summary, indent=1))
+    (args.out / "brain_data.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -145,8 +145,7 @@ def to_nnunet_raw(msd: Path, raw: Path, dataset_id: int, name: str) -> Path:
 
 def score(predictions: Path, dataset: Path) -> dict:
     """Mean test Dice / HD95 per class and lesion counts, by medmap's metric code, for any tool's output."""
-    labels = {v: k for k, v in json.loads((dataset / "dataset.json").read_text())["labels"].items()}
-    labels = {int(k): v for k, v in labels.items()}
+    labels = {int(v): k for k, v in json.loads((dataset / "dataset.json").read_text())["labels"].items()}
     cases = {}
     for truth_path in sorted((dataset / "labelsTs").glob("*.nii.gz")):
         truth = load(truth_path)

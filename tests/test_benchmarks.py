@@ -112,6 +112,25 @@ def test_turnaround(quick_bundle, tmp_path):
     assert sent == total  # none lost
 
 
+def test_brain_data(tmp_path):
+    """The MNI152 sets the benchmarks use: balanced 8-bit patches with disjoint splits, 2-D slices as
+    (X, Y, 1) NIfTI with test labels."""
+    import numpy as np
+
+    from medmap.io.load import load
+
+    bench("brain_data", "--out", tmp_path)
+    summary = json.loads((tmp_path / "brain_data.json").read_text())
+    assert summary["classes_per_split"] == {"train": [20] * 3, "val": [5] * 3, "test": [10] * 3}
+    assert summary["patches"]["train_images"] == [60, 32, 32]
+    with np.load(tmp_path / "brain_patches.npz") as data:
+        assert data["train_images"].dtype == np.uint8
+    tests = sorted((tmp_path / "brain_slices" / "labelsTs").glob("*.nii.gz"))
+    assert len(tests) == 3
+    image = load(tmp_path / "brain_slices" / "imagesTs" / tests[0].name)
+    assert image.shape[0] == 1 and set(np.unique(load(tests[0]).array)) <= {0, 1, 2}
+
+
 def test_classifiers(tmp_path):
     out = bench("classifiers", "--datasets", "brain", "--out", tmp_path).stdout
     (entry,) = json.loads((tmp_path / "classifiers.json").read_text())

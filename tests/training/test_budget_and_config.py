@@ -59,9 +59,10 @@ def test_budget_is_planned_from_timed_steps_and_recorded(blobs, tmp_path):  # no
         cached(blobs, plan, tmp_path, "train"), cached(blobs, plan, tmp_path, "val")
     )
     budget = json.loads((tmp_path / "run" / "budget.json").read_text())
-    assert 1 <= budget["epochs"] < 1000 and budget["seconds_per_step"] > 0
+    # what the budget bought is recorded and consistent with what was run (the figures themselves are timings)
+    assert budget["corrected_after_epoch_1"] and budget["budget_seconds"] == 6
     assert budget["samples"] == budget["epochs"] * budget["steps_per_epoch"] * plan.batch_size
-    assert result["epochs_run"] <= budget["epochs"]
+    assert result["epochs_run"] <= budget["epochs"] != config.epochs  # the budget, not --epochs, set the count
     history = result["history"]
     assert np.isfinite([h["loss"] for h in history]).all()
 

@@ -155,9 +155,7 @@ class Trainer:
             samples = max(3 * len(train), 8 * plan.batch_size)
         return max(samples, plan.batch_size)  # at least one full batch: the last partial one is dropped
 
-    def _loaders(
-        self, train: list[CachedCase], val: list[CachedCase], seed: int | None = None, steps: int | None = None
-    ):
+    def _train_loader(self, train: list[CachedCase], seed: int | None = None, steps: int | None = None):
         cfg = self.config
         seed = cfg.seed if seed is None else seed
         train_set = PatchDataset(
@@ -168,9 +166,7 @@ class Trainer:
             seed=seed,
             balanced=cfg.balanced_sampling,
         )
-        loader = AugmentingLoader(train_set, self.plan.batch_size, workers=cfg.workers, seed=seed)
-        val_set = PatchDataset(val, self.plan, train=False)
-        return loader, val_set
+        return AugmentingLoader(train_set, self.plan.batch_size, workers=cfg.workers, seed=seed)
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -189,7 +185,7 @@ class Trainer:
         started = time.perf_counter()
         probe = copy.deepcopy(model)
         optimizer = torch.optim.SGD(probe.parameters(), lr=0.0)
-        loader, _ = self._loaders(train, [], seed=cfg.seed + 7919)
+        loader = self._train_loader(train, seed=cfg.seed + 7919)
         times = []  # per step: waiting for the batch (cutting, augmenting) + forward, backward, update
         probe.train()
         mark = time.perf_counter()
@@ -283,7 +279,7 @@ class Trainer:
         lr = peak_learning_rate(cfg, self.task)
         optimizer = build_optimizer(cfg, head, backbone, lr, lr * (cfg.backbone_lr_factor if cfg.pretrained else 1.0))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        loader, val_set = self._loaders(train, val)
+        val_set = PatchDataset(val, self.plan, train=False)
         epochs = cfg.epochs
         budget_file = self.run_dir / "budget.json"
         budget: dict = {}
@@ -295,12 +291,12 @@ class Trainer:
                 budget = self.plan_epochs(model, loss_fn, train, val_set)
                 budget_file.write_text(json.dumps(budget, indent=1))
             epochs = budget["epochs"]
-            loader, val_set = self._loaders(train, val, steps=budget["steps_per_epoch"])
             self._say(
                 f"budget {_duration(cfg.budget_seconds)}: {budget['seconds_per_step']:.2f} s per step of "
                 f"{budget['batch_size']} -> {epochs} epochs of {budget['steps_per_epoch']} steps "
                 f"({budget['samples']} samples)"
             )
+        loader = self._train_loader(train, steps=budget.get("steps_per_epoch"))  # once, sized by any budget
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(loader), epochs))
         history: list[dict] = []
         best, best_epoch, start = -math.inf, -1, 0
