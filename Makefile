@@ -37,11 +37,13 @@ demo: $(STAMP)
 	$(BIN)/medmap report $(DEMO)/runs/nodules $(DEMO)/runs/liver -o $(DEMO)/report.html
 	# deployment: bundles, then predictions on DICOM studies with DICOM SEG and SR results
 	$(BIN)/medmap bundle create $(DEMO)/runs/nodules -o $(DEMO)/bundles/nodules
-	$(BIN)/medmap bundle create $(DEMO)/runs/liver -o $(DEMO)/bundles/liver
+	$(BIN)/medmap bundle create $(DEMO)/runs/liver -o $(DEMO)/bundles/liver --body-part ABDOMEN
 	$(BIN)/medmap export $(DEMO)/bundles/liver --format onnx
 	$(BIN)/medmap predict $(DEMO)/bundles/liver $(DEMO)/data/liver_dicom -o $(DEMO)/predictions/liver --overlays
 	$(BIN)/medmap predict $(DEMO)/bundles/nodules $(DEMO)/data/chest_ct/CHEST-0047 -o $(DEMO)/predictions/nodules \
 		$$(awk -F, '$$1 == "chest_ct/CHEST-0047" {printf "--lesion %s,%s,%s ", $$2, $$3, $$4}' $(DEMO)/data/nodules.csv)
+	# intended use: the liver model refuses a chest CT (exit 1 and the reason expected; nothing written for it)
+	! $(BIN)/medmap predict $(DEMO)/bundles/liver $(DEMO)/data/chest_ct/CHEST-0000 -o $(DEMO)/predictions/refused
 	@echo
 	@echo "demo outputs in $(DEMO)/:"
 	@echo "  report (both models):        $(DEMO)/report.html"

@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench(name: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
     assert done.returncode == 0, f"{name} --quick failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done
@@ -77,13 +80,26 @@ def test_fuzz(tmp_path):
     fresh ones): every case a correct load or a one-line MedmapError, none hangs or runs out of memory
     (benchmarks/fuzz.py says how each is judged)."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "fuzz.py"), "--quick", "--seed", "2026",
-         "--json", str(tmp_path / "fuzz.json")],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "fuzz.py"),
+            "--quick",
+            "--seed",
+            "2026",
+            "--json",
+            str(tmp_path / "fuzz.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     results = json.loads((tmp_path / "fuzz.json").read_text())["results"]
-    bad = [f"{r['seed']} {r['ops']}: {r['outcome']}: {r['detail']}" for r in results if r["outcome"] not in (
-        "loaded", "refused", "skipped")]
+    bad = [
+        f"{r['seed']} {r['ops']}: {r['outcome']}: {r['detail']}"
+        for r in results
+        if r["outcome"] not in ("loaded", "refused", "skipped")
+    ]
     assert not bad, f"seed {json.loads((tmp_path / 'fuzz.json').read_text())['seed']}:\n" + "\n".join(bad[:10])
     assert done.returncode == 0, done.stderr[-2000:]
     outcomes = {r["outcome"] for r in results}
@@ -96,7 +112,10 @@ def test_fuzz_regressions():
     assert len(json.loads(cases.read_text())) >= 10
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "fuzz.py"), "--replay", str(cases)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:]
 
@@ -149,3 +168,14 @@ def test_vs_nnunet(tmp_path):
     for tool in tools:
         test = entry[tool]["test"]
         assert {"grey matter", "white matter"} <= set(test) and 0 <= test["mean_dice"] <= 1
+
+
+def test_intended_use(tmp_path):
+    """In-distribution and foreign inputs through the predictor, for a liver and a nodule bundle: every group
+    reported, every input decided (the shares are measured on the full demo, docs/benchmarks.md)."""
+    done = bench("intended_use", "--out", tmp_path, timeout=900)
+    payload = json.loads((tmp_path / "intended_use.json").read_text())
+    groups = {(m, r["group"]) for m, rows in payload["results"].items() for r in rows}
+    assert ("liver", "chest CT, NIfTI (no header)") in groups and ("nodules", "chest CT, test nodules") in groups
+    assert all(r["n"] > 0 for rows in payload["results"].values() for r in rows)
+    assert "correct" in done.stdout

@@ -529,11 +529,15 @@ def bundle_create(
     run: Annotated[Path, typer.Argument(help="A finished training run folder (medmap train -o RUN).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Bundle folder to write (new).")],
     intended_use: Annotated[str | None, typer.Option(help="Intended use statement for the model card.")] = None,
+    body_part: Annotated[
+        list[str] | None,
+        typer.Option(help="BodyPartExamined value the model is for (repeatable); series naming another are refused."),
+    ] = None,
 ) -> None:
     """Package a run: weights, plan, labels with SNOMED CT codes, post-processing, metrics, model card."""
     from medmap.inference.bundle import create_bundle, load_bundle
 
-    path = create_bundle(run, output, intended_use=intended_use)
+    path = create_bundle(run, output, intended_use=intended_use, body_parts=body_part)
     bundle = load_bundle(path)
     out.print(f"bundle {path}: {bundle.task}, {len(bundle.weights)} model(s); model card {path / 'MODEL_CARD.md'}")
 
@@ -591,8 +595,13 @@ def predict(
     dicomweb: Annotated[str | None, typer.Option(help="DICOMweb root to fetch --study from (WADO-RS).")] = None,
     study: Annotated[str | None, typer.Option(help="Study Instance UID to fetch with --dicomweb.")] = None,
     stow: Annotated[bool, typer.Option(help="Store the SEG/SR results back with STOW-RS (with --dicomweb).")] = False,
+    ignore_intended_use: Annotated[
+        bool,
+        typer.Option(help="Answer even on series outside the bundle's intended use (the reasons go in result.json)."),
+    ] = False,
 ) -> None:
-    """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, per case."""
+    """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, per case.
+    Series outside the bundle's intended use (modality, body part, spacing, image profile) are refused."""
     from medmap.inference.predictor import predict as run_predict
 
     if dicomweb:  # pull mode: WADO-RS the study into OUT/input/<study>, predict, optionally STOW the results
@@ -614,6 +623,7 @@ def predict(
         precision=precision,
         overlays=overlays,
         lesions=[_lesion(t) for t in lesion or []] or None,
+        ignore_intended_use=ignore_intended_use,
         progress=True,
     )
     for r in results:
@@ -741,6 +751,7 @@ def node_status(data: Annotated[Path, typer.Option(help="The node's data folder.
             f"  job {job.id}: series {job.series_uid} {job.modality} from {job.calling_ae}: {job.state} {took} "
             f"{job.error}",
             highlight=False,
+            soft_wrap=True,  # one line per job, whatever the terminal's width (grep, logs)
         )
     waiting = [row for row in store.outbox() if row[2] != "sent"]
     out.print(f"outbox: {len(waiting)} result(s) waiting", highlight=False)

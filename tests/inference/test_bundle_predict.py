@@ -126,6 +126,11 @@ def test_predict_dicom_writes_nifti_on_the_source_grid_and_a_valid_seg(ball_bund
     decoded = seg.get_pixels_by_source_instance(uids, combine_segments=True)
     np.testing.assert_array_equal(decoded, labels.array)
     assert seg.StudyInstanceUID == pydicom.dcmread(source.meta.slices[0].path).StudyInstanceUID
+    # the model is named by its own identity (weights hash), not by medmap's version
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    identity = load_bundle(ball_bundle).identity
+    assert algorithm.AlgorithmVersion == identity and identity.startswith("Balls-segmentation-")
+    assert identity == json.loads((ball_bundle / "bundle.json").read_text())["identity"]
     summary = json.loads((tmp_path / "out" / results[0].case_id / "result.json").read_text())
     assert summary["segments"]["ball"]["volume_ml"] == pytest.approx(
         (labels.array == 1).sum() * np.prod(labels.spacing) / 1000, rel=1e-3

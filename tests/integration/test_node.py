@@ -170,9 +170,11 @@ def ball_bundle(balls_run, tmp_path_factory):
     return create_bundle(run, tmp_path_factory.mktemp("node-bundle") / "balls")
 
 
-def ball_series(folder: Path, seed: int = 99) -> tuple[Path, str]:
+def ball_series(folder: Path, seed: int = 99, inverted: bool = False) -> tuple[Path, str]:
+    """A ball case as an MR series; ``inverted`` reverses its contrast (outside the ball model's use)."""
     image, _ = ball_case(seed)
-    image = image.with_array(np.rint(image.array).astype(np.int16), modality="MR")
+    array = 110.0 - image.array if inverted else image.array
+    image = image.with_array(np.rint(array).astype(np.int16), modality="MR")
     info = SeriesInfo(patient_name="TEST^NODE", patient_id=f"NODE-{seed}")
     write_series(image, folder, modality="MR", info=info)
     return folder, info.study_uid
@@ -279,6 +281,31 @@ def test_corrupt_series_fails_with_a_reason_and_the_node_keeps_serving(peers, tm
     good, study = ball_series(tmp_path / "good", seed=98)
     assert storescu(node.port, sorted(good.iterdir())).returncode == 0
     wait_for(lambda: seg_series_in(orthanc, study), 120, "the next series' SEG")
+
+
+def test_series_outside_intended_use_is_refused_and_nothing_is_sent(peers, tmp_path):
+    orthanc, node = peers
+    orthanc.start(node.port)
+    node.start()
+    folder, study = ball_series(tmp_path / "foreign", seed=97, inverted=True)
+    assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
+
+    def refused():
+        status = subprocess.run(
+            [sys.executable, "-m", "medmap.cli", "node", "status", "--data", str(node.data)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return "refused 1" in status.stdout and status.stdout
+
+    text = wait_for(refused, 120, "the job to be refused")
+    assert "not assessed, outside the model's intended use" in text and "unlike the training images" in text
+    assert "refused by balls" in node.logs()
+    good, good_study = ball_series(tmp_path / "good", seed=98)
+    assert storescu(node.port, sorted(good.iterdir())).returncode == 0
+    wait_for(lambda: seg_series_in(orthanc, good_study), 120, "the next series' SEG")
+    assert not orthanc.find("Series", {"StudyInstanceUID": study, "Modality": "SEG"})  # nothing for the foreign one
 
 
 def test_orthanc_pushes_to_the_node(peers, tmp_path):

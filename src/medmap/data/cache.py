@@ -33,6 +33,7 @@ from medmap.data.preprocess import (
     segmentation_input,
 )
 from medmap.errors import DatasetError, MedmapError
+from medmap.intended_use import case_record, lesion_record
 from medmap.plan import Plan
 from medmap.progress import track
 
@@ -92,6 +93,7 @@ def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Gene
         "bbox": [list(b) for b in bbox],
         "geometry": _geometry(image),
         "class_locations": locations,
+        "use": case_record(source, plan.modality),
     }
     (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
 
@@ -102,6 +104,7 @@ def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
     except MedmapError as exc:
         others = f" (and {len(cases) - 1} other lesion(s) in this image)" if len(cases) > 1 else ""
         raise DatasetError(f"case {cases[0].case_id}{others}: {exc}") from None
+    image_record = case_record(image, plan.modality)
     for case in cases:
         index = image.world_to_index(np.asarray(case.lesion.position, dtype=float))
         if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
@@ -109,24 +112,38 @@ def _lesion_cases(cases: list[Case], plan: Plan, folder: Path) -> None:
                 f"case {case.case_id}: lesion at {tuple(case.lesion.position)} mm (LPS) lies outside "
                 f"its image {case.images[0]} (voxel {tuple(np.round(index, 1))} of {image.shape})"
             )
-        _save(folder / f"{case.case_id}.npy", lesion_cube(image, case.lesion.position, plan))
+        raw = raw_lesion_cube(image, case.lesion.position, plan)
+        _save(folder / f"{case.case_id}.npy", normalized_cube(raw, plan))
         meta = {
             "case_id": case.case_id,
             "label": case.label,
             "lesion": list(case.lesion.position),
             "spacing": list(plan.target_spacing),
+            "use": {**image_record, "lesion": lesion_record(centre_of(raw, plan), plan.modality)},
         }
         (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
 
 
-def lesion_cube(image, position, plan: Plan) -> np.ndarray:
-    """The normalised cube around a lesion that training cuts its (shifted) patches from: 1.5 x the patch,
-    channels first, float32. Inference cuts the centred patch from the same cube (`medmap.data.loader`)."""
+def raw_lesion_cube(image, position, plan: Plan) -> np.ndarray:
+    """The cube around a lesion that training cuts its (shifted) patches from, 1.5 x the patch, before
+    normalisation (intensities as stored: HU for CT). `normalized_cube` makes it what the cache holds;
+    inference cuts the centred patch from the same cube (`medmap.data.loader`)."""
     side = int(np.ceil(1.5 * max(plan.patch_size) / 2) * 2)
     size = (side, side, side) if plan.input_mode != "2d" else (1, side, side)
-    cube = lesion_patch(image, position, size, plan.target_spacing, float(image.array.min()))
-    cube = normalize(cube, plan.normalization)
+    return lesion_patch(image, position, size, plan.target_spacing, float(image.array.min()))
+
+
+def normalized_cube(raw: np.ndarray, plan: Plan) -> np.ndarray:
+    """A raw lesion cube normalised, channels first, float32."""
+    cube = normalize(raw, plan.normalization)
     return (cube if cube.ndim == 4 else cube[np.newaxis]).astype(np.float32)
+
+
+def centre_of(raw: np.ndarray, plan: Plan) -> np.ndarray:
+    """The network's patch (``plan.patch_size``, first channel) at the centre of a raw lesion cube: the
+    region the classifier looks at, which the intended-use check describes."""
+    first = raw[0] if raw.ndim == 4 else raw
+    return extract_patch(first, (np.asarray(first.shape) - 1) / 2, tuple(plan.patch_size), float(first.min()))
 
 
 def whole_image_input(image, plan: Plan):
@@ -139,9 +156,15 @@ def whole_image_input(image, plan: Plan):
 
 
 def _whole_image_case(case: Case, plan: Plan, folder: Path) -> None:
-    array, image = whole_image_input(case.load_image(), plan)
+    source = case.load_image()
+    array, image = whole_image_input(source, plan)
     _save(folder / f"{case.case_id}.npy", array)
-    meta = {"case_id": case.case_id, "label": case.label, "geometry": _geometry(image)}
+    meta = {
+        "case_id": case.case_id,
+        "label": case.label,
+        "geometry": _geometry(image),
+        "use": case_record(source, plan.modality),
+    }
     (folder / f"{case.case_id}.json").write_text(json.dumps(meta))
 
 
@@ -161,6 +184,20 @@ def _job(cases: list[Case], plan: Plan, folder: Path, seed: int) -> None:
             raise
         except MedmapError as exc:
             raise DatasetError(f"case {case.case_id}: {exc}") from None
+
+
+def use_record(case: Case, cached: CachedCase, plan: Plan) -> dict:
+    """The case's intended-use record (`medmap.intended_use.case_record`): from the cache, or computed
+    from the source for a case cached by a medmap that did not record it."""
+    if "use" in cached.meta:
+        return cached.meta["use"]
+    image = case.load_image()
+    record = case_record(image, plan.modality)
+    if case.lesion is not None and plan.task == "classification":
+        record["lesion"] = lesion_record(
+            centre_of(raw_lesion_cube(image, case.lesion.position, plan), plan), plan.modality
+        )
+    return record
 
 
 class PreprocessedCache:

@@ -133,7 +133,10 @@ def create_app(node, token: str | None = None) -> FastAPI:
             if j["segments"]:
                 answer = ", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in j["segments"].items())
             elif j["findings"]:
-                answer = "; ".join(f"{f['decision']} ({max(f['probabilities'].values()):.2f})" for f in j["findings"])
+                answer = "; ".join(
+                    f"{f['decision']} ({max(f['probabilities'].values()):.2f})" if "decision" in f else "not assessed"
+                    for f in j["findings"]
+                )
             else:
                 answer = html.escape(j["error"])
             thumb = (

@@ -2,7 +2,8 @@
 
 A job follows a series: ``receiving`` (instances arriving) -> ``queued`` (complete: idle long enough,
 or its association released) -> ``running`` (the bundle is predicting) -> ``sending`` (results in the
-outbox) -> ``done``; or ``failed`` (with the reason), or ``ignored`` (no bundle's route accepts it).
+outbox) -> ``done``; or ``failed`` (with the reason), ``ignored`` (no bundle's route accepts it), or
+``refused`` (the routed bundle found the series outside its intended use: nothing is sent, the reason kept).
 The outbox holds one row per result instance, keyed by its SOP Instance UID: a result is sent until
 the destination acknowledges it, with exponential back-off, and never twice once acknowledged.
 
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 """
 
-STATES = ("receiving", "queued", "running", "sending", "done", "failed", "ignored")
+STATES = ("receiving", "queued", "running", "sending", "done", "failed", "ignored", "refused")
+FINISHED = ("done", "failed", "ignored", "refused")
 
 
 @dataclass
@@ -107,7 +109,7 @@ class JobStore:
                     "INSERT INTO jobs (series_uid, study_uid, modality, body_part, description, calling_ae, folder,"
                     " state, first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?)"
                     " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
-                    " state = CASE WHEN jobs.state IN ('done', 'failed', 'ignored')"
+                    " state = CASE WHEN jobs.state IN ('done', 'failed', 'ignored', 'refused')"
                     " AND NOT EXISTS (SELECT 1 FROM instances WHERE sop_uid = ?) THEN 'receiving'"
                     " ELSE jobs.state END",
                     (
@@ -151,7 +153,7 @@ class JobStore:
         return Job(*rows[0]) if rows else None
 
     def set_state(self, job_id: int, state: str, *, error: str = "", bundle: str | None = None) -> None:
-        finished = time.time() if state in ("done", "failed", "ignored") else None
+        finished = time.time() if state in FINISHED else None
         self._run(
             "UPDATE jobs SET state = ?, error = ?, bundle = COALESCE(?, bundle), finished = COALESCE(?, finished)"
             " WHERE id = ?",

@@ -314,6 +314,7 @@ class Node:
         import json
 
         from medmap.inference.predictor import InputCase
+        from medmap.intended_use import OutOfUseError
 
         route = self._route(job)
         if route is None:
@@ -326,6 +327,10 @@ class Node:
             predictor = self._predictor(route.bundle)
             case = InputCase(f"series-{job.id}", Path(job.folder), job.series_uid)
             result = predictor.run_case(case, out)
+        except OutOfUseError as exc:  # not a failure: the model declines, and the PACS gets nothing for it
+            self.store.set_state(job.id, "refused", error=str(exc), bundle=str(route.bundle))
+            log.warning("job %d (series %s) refused by %s: %s", job.id, job.series_uid, route.bundle.name, exc)
+            return
         except MedmapError as exc:
             self.store.set_state(job.id, "failed", error=str(exc), bundle=str(route.bundle))
             log.warning("job %d (series %s) failed: %s", job.id, job.series_uid, exc)

@@ -6,6 +6,7 @@
     ``plan.json``       preprocessing, network and inference settings
     ``weights/model-K.pt``  one per fold (state dicts)
     ``postprocessing.json`` (segmentation), ``metrics.json``, ``history.json`` (when the run has them)
+    ``intended_use.json``  what the model accepts (`medmap.intended_use`); predict and serve enforce it
     ``MODEL_CARD.md``   intended use, data, metrics, limits, versions, weights' SHA-256
 
 `load_bundle` refuses a bundle whose files do not match their recorded hashes, or one written in a
@@ -27,6 +28,8 @@ from medmap import __version__
 from medmap.dicomout.codes import Meaning, meaning_of
 from medmap.errors import ConfigError, OutputError
 from medmap.inference.postprocess import PostProcessing
+from medmap.intended_use import FILE as INTENDED_USE
+from medmap.intended_use import IntendedUse
 from medmap.plan import Plan
 
 FORMAT = "medmap-bundle"
@@ -58,10 +61,21 @@ class Bundle:
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
     metrics: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
+    intended_use: IntendedUse | None = None  # None: a bundle made before medmap recorded it
 
     @property
     def task(self) -> str:
         return self.plan.task
+
+    @property
+    def identity(self) -> str:
+        """What names this model in the DICOM it writes (SEG/SR Algorithm Version, at most 64 characters):
+        dataset, task and the first 12 hex digits of the SHA-256 over its weights. Two trainings never
+        share it, whatever medmap version made them."""
+        digest = hashlib.sha256()
+        for name in self.manifest.get("weights", []):
+            digest.update(self.manifest.get("files", {}).get(name, "").encode())
+        return f"{self.plan.dataset[:40]}-{self.task}-{digest.hexdigest()[:12]}"[:64]
 
     @property
     def foreground(self) -> list[Label]:
@@ -98,8 +112,12 @@ def _run_weights(run: Path) -> list[Path]:
     return weights
 
 
-def create_bundle(run: str | Path, out: str | Path, *, intended_use: str | None = None) -> Path:
-    """Package a finished training run (``medmap train`` output) as a bundle folder."""
+def create_bundle(
+    run: str | Path, out: str | Path, *, intended_use: str | None = None, body_parts: list[str] | None = None
+) -> Path:
+    """Package a finished training run (``medmap train`` output) as a bundle folder. ``body_parts``
+    (BodyPartExamined values) are added to those the training images carried: the bundle refuses series
+    that name another."""
     run, out = Path(run), Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out}: exists and is not empty")
@@ -118,12 +136,21 @@ def create_bundle(run: str | Path, out: str | Path, *, intended_use: str | None 
         if (run / optional).is_file():
             shutil.copy2(run / optional, out / optional)
             files.append(optional)
+    use = IntendedUse.load(run / INTENDED_USE)
+    if use is not None:
+        use = use.with_body_parts(body_parts or [])
+        use.save(out / INTENDED_USE)
+        files.append(INTENDED_USE)
+    elif body_parts:
+        raise ConfigError(
+            f"{run}: --body-part needs the run's {INTENDED_USE}, which this (older) run lacks; retrain it"
+        )
     threshold = None
     if (run / "threshold.json").is_file():
         threshold = json.loads((run / "threshold.json").read_text()).get("threshold")
     labels = [{"value": int(k), "name": v, "meaning": meaning_of(v).to_dict()} for k, v in sorted(plan.labels.items())]
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    card = model_card(plan, labels, metrics, threshold, {n: sha256(out / n) for n in names}, intended_use)
+    card = model_card(plan, labels, metrics, threshold, {n: sha256(out / n) for n in names}, intended_use, use)
     (out / "MODEL_CARD.md").write_text(card)
     files.append("MODEL_CARD.md")
     manifest = {
@@ -134,11 +161,13 @@ def create_bundle(run: str | Path, out: str | Path, *, intended_use: str | None 
         "task": plan.task,
         "dataset": plan.dataset,
         "input": {"modality": plan.modality, "channels": plan.channels, "mode": plan.input_mode},
+        "intended_use": use.summary() if use is not None else None,
         "labels": labels,
         "threshold": threshold,
         "weights": names,
         "files": {name: sha256(out / name) for name in files},
     }
+    manifest["identity"] = Bundle(out, plan, [], [], manifest=manifest).identity
     (out / "bundle.json").write_text(json.dumps(manifest, indent=1))
     return out
 
@@ -179,6 +208,7 @@ def load_bundle(path: str | Path) -> Bundle:
         postprocessing=PostProcessing.load(root / "postprocessing.json"),
         metrics=metrics,
         manifest=manifest,
+        intended_use=IntendedUse.load(root / INTENDED_USE),
     )
 
 
@@ -214,8 +244,10 @@ def _metric_lines(plan: Plan, metrics: dict) -> list[str]:
     return ["No evaluation was recorded with this run."]
 
 
-def model_card(plan: Plan, labels, metrics: dict, threshold, weight_hashes: dict, intended_use: str | None) -> str:
-    use = intended_use or (
+def model_card(
+    plan: Plan, labels, metrics: dict, threshold, weight_hashes: dict, intended_use: str | None, use: IntendedUse | None
+) -> str:
+    statement = intended_use or (
         f"Research use: {plan.task} of {plan.modality or 'medical'} images like those of the {plan.dataset} "
         "dataset it was trained on. Not a medical device; not for diagnosis."
     )
@@ -228,7 +260,14 @@ def model_card(plan: Plan, labels, metrics: dict, threshold, weight_hashes: dict
         f"# Model card: {plan.dataset} {plan.task}",
         "",
         "## Intended use",
-        use,
+        statement,
+        "",
+        *(
+            ["Enforced by `medmap predict` and `medmap serve` (other input is refused with the reason):"]
+            + [f"- {line}" for line in use.summary()]
+            if use is not None
+            else ["No intended-use record: only modality and dimensionality are checked at prediction."]
+        ),
         "",
         "## Data",
         f"Trained on the `{plan.dataset}` dataset ({plan.modality}), split by patient into training, validation "

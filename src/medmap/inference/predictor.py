@@ -12,6 +12,10 @@ file (NIfTI, NRRD, MHA, PNG, ...), a folder of image files, or a CSV manifest (`
   input.
 
 A case that fails (unreadable, wrong modality or dimension) is reported and skipped; the others go on.
+A case outside the bundle's intended use (`medmap.intended_use`: a chest CT sent to a liver model, a
+lesion position outside the lung) is refused the same way, with the reason, and nothing is written for it
+(unless ``ignore_intended_use``, which records the reasons in ``result.json``). Of a lesion-level case,
+only the lesions outside it are refused; the others are classified.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from medmap.data.cache import lesion_cube, whole_image_input
+from medmap.data.cache import centre_of, normalized_cube, raw_lesion_cube, whole_image_input
 from medmap.data.loader import classifier_input
 from medmap.errors import ConfigError, InputNotFoundError, MedmapError
 from medmap.inference.bundle import Bundle, load_bundle
 from medmap.inference.engines import load_engines
 from medmap.inference.precision import resolve_precision
 from medmap.inference.segment import check_input, segment_image
+from medmap.intended_use import OutOfUseError
 from medmap.io.image import Image
 from medmap.io.load import is_image_file, load, save
 from medmap.progress import track
@@ -55,6 +60,7 @@ class CaseResult:
     outputs: dict[str, str] = field(default_factory=dict)
     result: dict = field(default_factory=dict)
     error: str = ""
+    refused: bool = False  # outside the bundle's intended use (not an error of the input)
 
     def dicom_results(self) -> list[str]:
         """The DICOM objects written for this case (SEG, SR, overlay images): what goes back to a PACS."""
@@ -151,14 +157,16 @@ class Predictor:
         device: str = "cpu",
         precision: str = "auto",
         overlays: bool = False,
+        ignore_intended_use: bool = False,
     ) -> None:
         self.bundle, self.device = bundle, torch.device(device)
+        self.ignore_intended_use = ignore_intended_use  # answer anyway, the reasons recorded in each result
         self.overlays = overlays  # also Secondary Capture overlay images (segmentation of DICOM input)
         self.engine_name = engine
         self.precision = resolve_precision(precision, device, engine)
         self.engines = load_engines(bundle, engine, device, self.precision)
         self.algorithm = f"medmap {bundle.plan.dataset} {bundle.task}"
-        self.version = bundle.manifest.get("medmap_version", "")
+        self.version = bundle.identity  # this model, not the medmap that made it (SoftwareVersions says that)
 
     def segment(self, image: Image) -> Image:
         return segment_image(
@@ -180,14 +188,24 @@ class Predictor:
             return int(p[1] >= threshold)
         return int(np.argmax(p))
 
+    def outside_use(self, reasons: list[str], what: str) -> list[str]:
+        """Raise `OutOfUseError` for ``reasons`` unless told to answer anyway (then return them)."""
+        if reasons and not self.ignore_intended_use:
+            raise OutOfUseError(f"{what}: not assessed, outside the model's intended use: {'; '.join(reasons)}")
+        return reasons
+
     def run_case(self, case: InputCase, out: Path) -> CaseResult:
         image = case.load()
         check_modality(image, self.bundle, case.case_id)
         check_input(image, self.bundle.plan, f"case {case.case_id}")
+        use = self.bundle.intended_use
+        outside = self.outside_use(use.check_image(image) if use else [], f"case {case.case_id}")
         folder = out / case.case_id
-        folder.mkdir(parents=True, exist_ok=True)
         is_dicom = bool(image.meta.slices)
         result = CaseResult(case.case_id, True)
+        if self.bundle.task != "segmentation":
+            findings = self._classification(case, image)  # may refuse a case: nothing is written before
+        folder.mkdir(parents=True, exist_ok=True)
         if self.bundle.task == "segmentation":
             labels = self.segment(image)
             result.outputs["labels"] = str(save(labels, folder / "labels.nii.gz"))
@@ -209,49 +227,63 @@ class Predictor:
                     from medmap.dicomout.overlay import write_overlays
 
                     written = write_overlays(
-                        labels, image, folder / "overlays", [s[:2] for s in segments], algorithm=self.algorithm
+                        labels, image, folder / "overlays", [s[:2] for s in segments], algorithm=f"{self.algorithm} {self.version}"
                     )
                     result.outputs["overlays"] = str(folder / "overlays")
                     result.result["overlay_images"] = len(written)
         else:
-            result.result = self._classification(case, image, folder, is_dicom, result)
+            result.result = findings
+            if "findings" in findings and is_dicom:
+                assessed = [f for f in findings["findings"] if f.get("assessed", True)]
+                result.outputs["sr"] = str(self._report(image, assessed, folder))
         result.result["case_id"] = case.case_id
+        result.result["intended_use"] = (
+            "not recorded in this bundle" if use is None else {"outside": outside} if outside else "within"
+        )
         result.result["engine"] = self.engine_name
         result.result["precision"] = self.precision
         (folder / "result.json").write_text(json.dumps(result.result, indent=1))
         result.outputs["json"] = str(folder / "result.json")
         return result
 
-    def _classification(self, case: InputCase, image: Image, folder: Path, is_dicom: bool, result) -> dict:
+    def _classification(self, case: InputCase, image: Image) -> dict:
         plan, names = self.bundle.plan, [label.name for label in self.bundle.labels]
-        if plan.lesion_level:
-            if not case.lesions:
-                raise ConfigError(
-                    f"case {case.case_id}: a lesion-level model needs lesion positions (--lesion x,y,z or a CSV)"
-                )
-            inputs = []
-            for position in case.lesions:
-                index = image.world_to_index(np.asarray(position, dtype=float))
-                if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
-                    raise ConfigError(f"case {case.case_id}: lesion at {position} mm (LPS) lies outside the image")
-                inputs.append(classifier_input(lesion_cube(image, position, plan), plan))
-        else:
-            inputs = [classifier_input(whole_image_input(image, plan)[0], plan)]
-        probabilities = self.classify(inputs)
-        items = []
-        for i, p in enumerate(probabilities):
-            decision = self.decide(p)
-            item = {
-                "probabilities": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
-                "decision": names[decision],
-                "threshold": self.bundle.threshold,
-            }
-            if plan.lesion_level:
-                item["position_lps_mm"] = list(case.lesions[i])
+        if not plan.lesion_level:
+            p = self.classify([classifier_input(whole_image_input(image, plan)[0], plan)])[0]
+            return self._item(p, names)
+        if not case.lesions:
+            raise ConfigError(
+                f"case {case.case_id}: a lesion-level model needs lesion positions (--lesion x,y,z or a CSV)"
+            )
+        use, inputs, items = self.bundle.intended_use, [], []
+        for position in case.lesions:
+            index = image.world_to_index(np.asarray(position, dtype=float))
+            if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
+                raise ConfigError(f"case {case.case_id}: lesion at {position} mm (LPS) lies outside the image")
+            raw = raw_lesion_cube(image, position, plan)
+            reasons = use.check_lesion(centre_of(raw, plan), position) if use else []
+            item: dict = {"position_lps_mm": list(position)}
+            if reasons and not self.ignore_intended_use:
+                item.update(assessed=False, reason="; ".join(reasons))
+            else:
+                inputs.append(classifier_input(normalized_cube(raw, plan), plan))
+                if reasons:
+                    item["outside_intended_use"] = reasons
             items.append(item)
-        if is_dicom and plan.lesion_level:
-            result.outputs["sr"] = str(self._report(image, items, folder))
-        return {"findings": items} if plan.lesion_level else items[0]
+        if not inputs:
+            self.outside_use([i["reason"] for i in items], f"case {case.case_id}")
+        assessed = iter(self.classify(inputs))
+        for item in items:
+            if item.get("assessed", True):
+                item.update(self._item(next(assessed), names))
+        return {"findings": items}
+
+    def _item(self, p: np.ndarray, names: list[str]) -> dict:
+        return {
+            "probabilities": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
+            "decision": names[self.decide(p)],
+            "threshold": self.bundle.threshold,
+        }
 
     def _report(self, image: Image, items: list[dict], folder: Path) -> Path:
         from medmap.dicomout.codes import meaning_of
@@ -289,6 +321,7 @@ def predict(
     precision: str = "auto",
     overlays: bool = False,
     lesions: list[tuple[float, float, float]] | None = None,
+    ignore_intended_use: bool = False,
     progress: bool = False,
 ) -> list[CaseResult]:
     """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``."""
@@ -297,14 +330,24 @@ def predict(
     cases = discover(Path(source), lesions)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(bundle, engine=engine, device=device, precision=precision, overlays=overlays)
+    predictor = Predictor(
+        bundle,
+        engine=engine,
+        device=device,
+        precision=precision,
+        overlays=overlays,
+        ignore_intended_use=ignore_intended_use,
+    )
     results = []
     for case in track(cases, "predicting", enabled=progress):
         try:
             results.append(predictor.run_case(case, out))
         except MedmapError as exc:
             message = str(exc) if case.case_id in str(exc) else f"case {case.case_id}: {exc}"
-            results.append(CaseResult(case.case_id, False, error=message))
-    summary = [{"case_id": r.case_id, "ok": r.ok, "outputs": r.outputs, "error": r.error} for r in results]
+            results.append(CaseResult(case.case_id, False, error=message, refused=isinstance(exc, OutOfUseError)))
+    summary = [
+        {"case_id": r.case_id, "ok": r.ok, "refused": r.refused, "outputs": r.outputs, "error": r.error}
+        for r in results
+    ]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return results

@@ -2,7 +2,8 @@
 
 ``RUN/`` holds ``plan.json``, ``config.json``, ``split.json`` (case ids per split, by patient),
 ``history.json``, ``checkpoints/{last,best}.pt``, ``threshold.json`` (chosen on validation),
-``predictions_<split>.csv``, ``metrics.json`` and ``report.html``.
+``predictions_<split>.csv``, ``metrics.json``, ``report.html`` and ``intended_use.json`` (what the model
+        accepts, `medmap.intended_use`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medmap.data.cache import CachedCase, PreprocessedCache
+from medmap.data.cache import CachedCase, PreprocessedCache, use_record
 from medmap.data.dataset import Case, Dataset
 from medmap.data.fingerprint import compute_fingerprint
 from medmap.data.layouts import read_dataset
@@ -28,6 +29,8 @@ from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
 from medmap.inference.bundle import run_weights
 from medmap.inference.precision import resolve_precision
+from medmap.intended_use import FILE as INTENDED_USE
+from medmap.intended_use import fit_intended_use
 from medmap.plan import Plan
 from medmap.tasks import task_for
 from medmap.training.planner import plan_dataset
@@ -98,6 +101,20 @@ def split_note(splits: dict[str, list[Case]]) -> str:
     )
 
 
+def write_intended_use(
+    run_dir: Path, plan: Plan, splits: dict[str, list[Case]], cached: dict[str, list[CachedCase]]
+) -> None:
+    """``intended_use.json``: what the model will accept, fitted on the training cases and calibrated on
+    the validation cases (`medmap.intended_use`); kept as it is when a run is resumed."""
+    if (run_dir / INTENDED_USE).is_file():
+        return
+
+    def records(name: str) -> list[dict]:
+        return [use_record(case, c, plan) for case, c in zip(splits[name], cached[name], strict=True)]
+
+    fit_intended_use(plan.modality, records("train"), records("val")).save(run_dir / INTENDED_USE)
+
+
 def train_run(
     data: str | Path,
     run_dir: str | Path,
@@ -155,6 +172,7 @@ def train_run(
         name: cache.build(cases, workers=config.workers, progress=progress)
         for name, cases in _cached_splits(plan, splits).items()
     }
+    write_intended_use(run_dir, plan, splits, cached)
     if folds > 1:
         return _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
     trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
