@@ -394,6 +394,7 @@ def train(
         cache_root=cache,
         folds=folds,
         progress=True,
+        command=sys.argv,
     )
     _print_summary(summary)
 

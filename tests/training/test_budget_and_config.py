@@ -33,6 +33,22 @@ def test_cli_refuses_zero_epochs_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["train", "predict", "serve"])
+def test_unavailable_device_is_one_line_everywhere(command, tmp_path, tiny_demo):
+    """``--device cuda`` on a CPU-only install: one line and exit 1 before any work (was a 65-line traceback
+    from predict, and a node that started and then failed every job)."""
+    args = {
+        "train": ["train", tiny_demo / "liver", "-o", tmp_path / "run"],
+        "predict": ["predict", tmp_path / "no-bundle", tiny_demo / "liver_dicom", "-o", tmp_path / "out"],
+        "serve": ["serve", "--data", tmp_path / "node", "--port", "0"],
+    }[command]
+    result = medmap_cli(*args, "--device", "cuda")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --device cuda: no CUDA GPU is available here")
+    assert not any(tmp_path.iterdir())
+
+
 def test_durations():
     assert parse_duration("15m") == 900 and parse_duration("90s") == 90 and parse_duration("1.5h") == 5400
     assert parse_duration("600") == 600

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from medmap.data.phantoms import abdomen_ct, chest_ct, chest_radiograph
 from medmap.errors import OutputError
 from medmap.io.dicom.writer import SeriesInfo, write_radiograph, write_series
 from medmap.progress import track
+
+# Written at the root of generated data: runs trained on it say so in their provenance and model card.
+SYNTHETIC_MARKER = "MEDMAP_SYNTHETIC_DATA.json"
+
+
+def is_synthetic(path: str | Path) -> bool:
+    """Whether ``path`` (a dataset folder or file) lies in data written by `write_demo_data`."""
+    path = Path(path).resolve()
+    return any((folder / SYNTHETIC_MARKER).is_file() for folder in [path, *path.parents][:3])
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,9 @@ def write_demo_data(
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out}: folder exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    (out / SYNTHETIC_MARKER).write_text(
+        json.dumps({"generator": "medmap demo-data", "seed": seed, "note": "synthetic phantoms, no patient data"})
+    )
     nodules, malignant = write_chest(out, size, seed, progress)
     liver = write_liver(out, size, seed, progress)
     radiographs = write_radiographs(out, size, seed, progress)

@@ -496,8 +496,10 @@ def node_config(path: str | Path | None, overrides: dict) -> NodeConfig:
     for bundle in settings.get("bundles", []):
         routes.append(Route(Path(bundle), modality=load_bundle(bundle).plan.modality or ""))
     token_file = settings.get("token_file")
+    from medmap.device import check_device
     from medmap.inference.precision import PRECISIONS
 
+    check_device(settings.get("device", "cpu"))  # a node that cannot run its models does not start
     if settings.get("precision", "auto") not in PRECISIONS:
         raise ConfigError(f"--precision {settings['precision']}: choose one of {', '.join(PRECISIONS)}")
     return NodeConfig(

@@ -48,6 +48,33 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, bins: int = 10) 
     return float(ece), table
 
 
+SMALL_TEST_CASES = 20  # fewer cases, or fewer than SMALL_CLASS_CASES in a class: intervals are unreliable
+SMALL_CLASS_CASES = 5
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a proportion (sensible at 0 and 1 and for small counts, unlike the
+    normal approximation; cheaper than a bootstrap and exact enough for rates)."""
+    if total == 0:
+        return [float("nan"), float("nan")]
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def sample_size_warning(n: int, class_counts: dict[str, int] | None = None) -> str | None:
+    """A sentence when a test set is too small for its intervals to mean much, else None."""
+    small = {name: k for name, k in (class_counts or {}).items() if k < SMALL_CLASS_CASES}
+    if n >= SMALL_TEST_CASES and not small:
+        return None
+    detail = ", ".join(f"{k} {name}" for name, k in small.items())
+    return (
+        f"only {n} test cases" + (f" ({detail})" if detail else "") + f": under {SMALL_TEST_CASES} cases or "
+        f"{SMALL_CLASS_CASES} per class the intervals are wide and unstable; treat these figures as indicative"
+    )
+
+
 def _rates(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     tp = int(((pred == 1) & (y == 1)).sum())
     tn = int(((pred == 0) & (y == 0)).sum())
@@ -67,6 +94,11 @@ def _rates(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "ppv": ppv,
         "npv": npv,
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy_ci": wilson_interval(tp + tn, len(y)),
+        "sensitivity_ci": wilson_interval(tp, tp + fn),
+        "specificity_ci": wilson_interval(tn, tn + fp),
+        "ppv_ci": wilson_interval(tp, tp + fp),
+        "npv_ci": wilson_interval(tn, tn + fn),
         "tp": tp,
         "tn": tn,
         "fp": fp,
@@ -110,6 +142,7 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, *, n_boot:
         "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
     }
     out.update(_rates(y, (prob >= threshold).astype(int)))
+    out["sample_warning"] = sample_size_warning(len(y), {"positive": int(y.sum()), "negative": int(len(y) - y.sum())})
     return out
 
 
@@ -144,5 +177,7 @@ def multiclass_metrics(y: np.ndarray, probs: np.ndarray, *, n_boot: int = 1000, 
         "auc": macro_auc,
         "auc_ci": list(ci),
         "auc_per_class": per_class,
+        "accuracy_ci": wilson_interval(int((pred == y).sum()), len(y)),
         "confusion": confusion_matrix(y, pred, labels=list(range(classes))).tolist(),
+        "sample_warning": sample_size_warning(len(y), {f"class {c}": int((y == c).sum()) for c in range(classes)}),
     }

@@ -14,7 +14,22 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-botto
 table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .25em .8em; border-bottom: 1px solid #eee;
 text-align: right; } th:first-child, td:first-child { text-align: left; }
 .plots img { margin: .3em; border: 1px solid #eee; } .note { color: #555; font-size: .9em; }
+.warning { color: #8a4b00; background: #fff4e0; text-align: left; }
 """
+
+# Metric keys as a reader names them (metrics.json keeps the short keys).
+METRIC_NAMES = (
+    ("auc", "AUC (area under the ROC curve)"),
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("sensitivity", "sensitivity (recall)"),
+    ("specificity", "specificity"),
+    ("ppv", "positive predictive value (precision)"),
+    ("npv", "negative predictive value"),
+    ("f1", "F1 score"),
+    ("threshold", "decision threshold (from validation)"),
+    ("ece", "expected calibration error"),
+)
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -42,22 +57,16 @@ def classification_report(
 ) -> Path:
     """Write the report. ``metrics``: from `binary_metrics` / `multiclass_metrics`; ``plots``: name -> PNG."""
     path = Path(path)
-    rows = [("cases", metrics["n"])]
-    keys = (
-        "auc",
-        "auc_ci",
-        "accuracy",
-        "balanced_accuracy",
-        "sensitivity",
-        "specificity",
-        "ppv",
-        "npv",
-        "f1",
-        "threshold",
-        "ece",
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{_fmt(metrics[key])}</td>"
+        f"<td>{_fmt(metrics[key + '_ci']) if key + '_ci' in metrics else ''}</td></tr>"
+        for key, name in METRIC_NAMES
+        if key in metrics
     )
-    rows += [(k.replace("_", " "), metrics[k]) for k in keys if k in metrics]
-    table = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    head = "<tr><th>metric</th><th>value</th><th>95% CI</th></tr>"
+    table = f"{head}<tr><td>cases</td><td>{metrics['n']}</td><td></td></tr>{rows}"
+    if metrics.get("sample_warning"):
+        table += f'<tr><td colspan="3" class="warning">{html.escape(metrics["sample_warning"])}</td></tr>'
     base = ""
     if baseline:
         base = (
@@ -73,8 +82,8 @@ def classification_report(
             )
     intro = (
         f"Classes {', '.join(f'{k}: {html.escape(v)}' for k, v in labels.items())}. The decision threshold was "
-        "chosen on the validation cases (Youden's J), never on the cases evaluated here; the AUC interval is a 95% "
-        "percentile bootstrap over cases."
+        "chosen on the validation cases (Youden's J), never on the cases evaluated here. Intervals are 95%: for AUC a "
+        "percentile bootstrap over cases, for rates the Wilson score interval."
     )
     return write_page(path, title, intro, f"<h2>Metrics</h2><table>{table}</table>{base}", plots, notes, cases_csv)
 
@@ -143,9 +152,11 @@ def segmentation_report(
         if lesion_rows
         else ""
     )
+    warning = summary.get("sample_warning")
     body = (
         f"<h2>Metrics ({summary['n']} cases; pixel accuracy {_fmt(summary['pixel_accuracy'])})</h2>"
-        f"<table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>{lesions}"
+        + (f'<p class="warning">{html.escape(warning)}</p>' if warning else "")
+        + f"<table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>{lesions}"
     )
     intro = (
         "Metrics per case on the original image grid (spacing in mm), then the mean over cases with a 95% "

@@ -20,6 +20,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from medmap.evaluation.metrics import sample_size_warning, wilson_interval
+
 CONNECTIVITY_3D = ndimage.generate_binary_structure(3, 3)  # 26-neighbours: diagonal touches join a lesion
 
 
@@ -129,6 +131,8 @@ def summarize(cases: dict[str, dict], labels: dict[int, str], *, n_boot: int = 2
                 "lesions": total,
                 "detected": sum(r["detected"] for r in rows),
                 "recall": sum(r["detected"] for r in rows) / total if total else None,
+                "recall_ci": wilson_interval(sum(r["detected"] for r in rows), total),
                 "false_positives_per_case": sum(r["false_positives"] for r in rows) / len(rows),
             }
+    summary["sample_warning"] = sample_size_warning(len(cases))
     return summary

@@ -6,6 +6,7 @@
     ``plan.json``       preprocessing, network and inference settings
     ``weights/model-K.pt``  one per fold (state dicts)
     ``postprocessing.json`` (segmentation), ``metrics.json``, ``history.json`` (when the run has them)
+    ``provenance.json``  versions, commit, command line, seed, hardware and data digest of the training
     ``intended_use.json``  what the model accepts (`medmap.intended_use`); predict and serve enforce it
     ``MODEL_CARD.md``   intended use, data, metrics, limits, versions, weights' SHA-256
 
@@ -27,10 +28,12 @@ import torch
 from medmap import __version__
 from medmap.dicomout.codes import Meaning, meaning_of
 from medmap.errors import ConfigError, OutputError
+from medmap.inference.model_card import model_card
 from medmap.inference.postprocess import PostProcessing
 from medmap.intended_use import FILE as INTENDED_USE
 from medmap.intended_use import IntendedUse
 from medmap.plan import Plan
+from medmap.provenance import FILE as PROVENANCE
 
 FORMAT = "medmap-bundle"
 FORMAT_VERSION = 1
@@ -69,13 +72,9 @@ class Bundle:
 
     @property
     def identity(self) -> str:
-        """What names this model in the DICOM it writes (SEG/SR Algorithm Version, at most 64 characters):
-        dataset, task and the first 12 hex digits of the SHA-256 over its weights. Two trainings never
-        share it, whatever medmap version made them."""
-        digest = hashlib.sha256()
-        for name in self.manifest.get("weights", []):
-            digest.update(self.manifest.get("files", {}).get(name, "").encode())
-        return f"{self.plan.dataset[:40]}-{self.task}-{digest.hexdigest()[:12]}"[:64]
+        """What names this model in the DICOM it writes (`identity_of`)."""
+        files = self.manifest.get("files", {})
+        return identity_of(self.plan, [files.get(name, "") for name in self.manifest.get("weights", [])])
 
     @property
     def foreground(self) -> list[Label]:
@@ -96,6 +95,14 @@ class Bundle:
                 raise ConfigError(f"{path}: cannot be loaded as this bundle's weights ({type(exc).__name__})") from None
             models.append(model.to(device).eval())
         return models
+
+
+def identity_of(plan: Plan, weight_digests: list[str]) -> str:
+    """A model's name in the SEG/SR it writes (Algorithm Version, at most 64 characters): dataset, task and
+    the first 12 hex digits of the SHA-256 over its weights' SHA-256s. Two trainings never share it,
+    whatever medmap version made them."""
+    digest = hashlib.sha256("".join(weight_digests).encode()).hexdigest()[:12]
+    return f"{plan.dataset[:40]}-{plan.task}-{digest}"[:64]
 
 
 def run_weights(run: Path) -> list[Path]:
@@ -132,7 +139,7 @@ def create_bundle(
         shutil.copy2(path, target)
         names.append(f"weights/model-{i}.pt")
     files += names
-    for optional in ("postprocessing.json", "metrics.json", "history.json", "threshold.json"):
+    for optional in ("postprocessing.json", "metrics.json", "history.json", "threshold.json", PROVENANCE):
         if (run / optional).is_file():
             shutil.copy2(run / optional, out / optional)
             files.append(optional)
@@ -149,8 +156,9 @@ def create_bundle(
     if (run / "threshold.json").is_file():
         threshold = json.loads((run / "threshold.json").read_text()).get("threshold")
     labels = [{"value": int(k), "name": v, "meaning": meaning_of(v).to_dict()} for k, v in sorted(plan.labels.items())]
-    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    card = model_card(plan, labels, metrics, threshold, {n: sha256(out / n) for n in names}, intended_use, use)
+    weight_hashes = {n: sha256(out / n) for n in names}
+    identity = identity_of(plan, list(weight_hashes.values()))
+    card = model_card(run, plan, labels, weight_hashes, identity, intended_use, use, FORMAT_VERSION)
     (out / "MODEL_CARD.md").write_text(card)
     files.append("MODEL_CARD.md")
     manifest = {
@@ -167,7 +175,7 @@ def create_bundle(
         "weights": names,
         "files": {name: sha256(out / name) for name in files},
     }
-    manifest["identity"] = Bundle(out, plan, [], [], manifest=manifest).identity
+    manifest["identity"] = identity
     (out / "bundle.json").write_text(json.dumps(manifest, indent=1))
     return out
 
@@ -210,94 +218,3 @@ def load_bundle(path: str | Path) -> Bundle:
         manifest=manifest,
         intended_use=IntendedUse.load(root / INTENDED_USE),
     )
-
-
-def _metric_lines(plan: Plan, metrics: dict) -> list[str]:
-    m = metrics.get("metrics", {})
-    split = metrics.get("split", "?")
-    if "classes" in m:
-        lines = [f"Evaluated on the {split} split ({m.get('n')} cases), mean over cases with 95% bootstrap CI:", ""]
-        lines += ["| class | Dice | HD95 (mm) | surface Dice |", "|---|---|---|---|"]
-        for name, entry in m["classes"].items():
-
-            def cell(key, entry=entry):
-                value = entry[key]
-                if value["mean"] is None:
-                    return "-"
-                ci = f" ({value['ci'][0]:.3f}-{value['ci'][1]:.3f})" if key == "dice" else ""
-                return f"{value['mean']:.3f}{ci}"
-
-            lines.append(f"| {name} | {cell('dice')} | {cell('hd95_mm')} | {cell('nsd')} |")
-        for name, d in m.get("lesions", {}).items():
-            lines.append(
-                f"\n{name} lesions: {d['detected']}/{d['lesions']} detected, "
-                f"{d['false_positives_per_case']:.2f} false positives per case."
-            )
-        return lines
-    if "auc" in m:
-        lo, hi = m.get("auc_ci", [float("nan")] * 2)
-        return [
-            f"Evaluated on the {split} split ({m.get('n')} cases): AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
-            f"sensitivity {m.get('sensitivity', float('nan')):.3f}, "
-            f"specificity {m.get('specificity', float('nan')):.3f} at the threshold chosen on validation."
-        ]
-    return ["No evaluation was recorded with this run."]
-
-
-def model_card(
-    plan: Plan, labels, metrics: dict, threshold, weight_hashes: dict, intended_use: str | None, use: IntendedUse | None
-) -> str:
-    statement = intended_use or (
-        f"Research use: {plan.task} of {plan.modality or 'medical'} images like those of the {plan.dataset} "
-        "dataset it was trained on. Not a medical device; not for diagnosis."
-    )
-    label_lines = [
-        f"- {d['value']}: {d['name']} ({d['meaning']['type']['scheme']} {d['meaning']['type']['value']} "
-        f'"{d["meaning"]["type"]["meaning"]}")'
-        for d in labels
-    ]
-    lines = [
-        f"# Model card: {plan.dataset} {plan.task}",
-        "",
-        "## Intended use",
-        statement,
-        "",
-        *(
-            ["Enforced by `medmap predict` and `medmap serve` (other input is refused with the reason):"]
-            + [f"- {line}" for line in use.summary()]
-            if use is not None
-            else ["No intended-use record: only modality and dimensionality are checked at prediction."]
-        ),
-        "",
-        "## Data",
-        f"Trained on the `{plan.dataset}` dataset ({plan.modality}), split by patient into training, validation "
-        "and test cases. Preprocessing as in `plan.json`: "
-        f"spacing {tuple(round(s, 3) for s in plan.target_spacing)} mm, normalisation `{plan.normalization.scheme}`, "
-        f"input {plan.input_mode} patches {plan.patch_size}.",
-        "",
-        "## Labels",
-        *label_lines,
-        "",
-        "## Model",
-        f"`{plan.network}` (width {plan.network_width}, depth {plan.network_depth}), {len(weight_hashes)} model(s)"
-        + (f"; decision threshold {threshold:.4f} (chosen on validation)" if threshold is not None else ""),
-        "",
-        "## Metrics",
-        *_metric_lines(plan, metrics),
-        "",
-        "## Limits",
-        "- Only as good as the data it was trained on: other scanners, protocols, populations or pathologies "
-        "than those of the training data are outside what was measured.",
-        "- The confidence intervals above are over the evaluated cases; a small test set gives wide intervals.",
-        f"- Input must be {plan.modality or 'the same modality'}, {plan.channels} channel(s); medmap refuses other "
-        "input with an error.",
-        "- The metrics were measured in float32. `medmap predict` runs in bfloat16 where the hardware computes "
-        "it natively (`--precision auto`; `--precision float32` to match the metrics exactly); `medmap evaluate "
-        "RUN DATA --precision bfloat16` measures the difference.",
-        "",
-        "## Versions and integrity",
-        f"- medmap {__version__}, bundle format {FORMAT_VERSION}",
-        *[f"- `{name}` SHA-256 `{digest}`" for name, digest in weight_hashes.items()],
-        "",
-    ]
-    return "\n".join(lines)

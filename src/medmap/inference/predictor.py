@@ -31,6 +31,7 @@ from scipy import ndimage
 
 from medmap.data.cache import centre_of, normalized_cube, raw_lesion_cube, whole_image_input
 from medmap.data.loader import classifier_input
+from medmap.device import check_device
 from medmap.errors import ConfigError, InputNotFoundError, MedmapError
 from medmap.inference.bundle import Bundle, load_bundle
 from medmap.inference.engines import load_engines
@@ -159,7 +160,7 @@ class Predictor:
         overlays: bool = False,
         ignore_intended_use: bool = False,
     ) -> None:
-        self.bundle, self.device = bundle, torch.device(device)
+        self.bundle, self.device = bundle, check_device(device)
         self.ignore_intended_use = ignore_intended_use  # answer anyway, the reasons recorded in each result
         self.overlays = overlays  # also Secondary Capture overlay images (segmentation of DICOM input)
         self.engine_name = engine
@@ -227,7 +228,11 @@ class Predictor:
                     from medmap.dicomout.overlay import write_overlays
 
                     written = write_overlays(
-                        labels, image, folder / "overlays", [s[:2] for s in segments], algorithm=f"{self.algorithm} {self.version}"
+                        labels,
+                        image,
+                        folder / "overlays",
+                        [s[:2] for s in segments],
+                        algorithm=f"{self.algorithm} {self.version}",
                     )
                     result.outputs["overlays"] = str(folder / "overlays")
                     result.result["overlay_images"] = len(written)
@@ -325,7 +330,8 @@ def predict(
     progress: bool = False,
 ) -> list[CaseResult]:
     """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``."""
-    resolve_precision(precision, device, engine)  # a bad option fails before anything is loaded
+    check_device(device)  # a bad option fails before anything is loaded
+    resolve_precision(precision, device, engine)
     bundle = load_bundle(bundle_path)
     cases = discover(Path(source), lesions)
     out = Path(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medmap import provenance
 from medmap.data.dataset import Case, check_mask
 from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curves
@@ -199,6 +200,7 @@ def evaluate_segmentation(
         f"{precision}",
         *[f"post-processing: {line}" for line in postprocessing.log],
         *plan.notes,
+        *provenance.report_notes(run_dir),
     ]
     report = optional(
         "the HTML report",

@@ -2,8 +2,9 @@
 
 ``RUN/`` holds ``plan.json``, ``config.json``, ``split.json`` (case ids per split, by patient),
 ``history.json``, ``checkpoints/{last,best}.pt``, ``threshold.json`` (chosen on validation),
-``predictions_<split>.csv``, ``metrics.json``, ``report.html`` and ``intended_use.json`` (what the model
-        accepts, `medmap.intended_use`).
+``predictions_<split>.csv``, ``metrics.json``, ``report.html``, ``intended_use.json`` (what the model
+accepts, `medmap.intended_use`) and ``provenance.json`` (versions, commit, command, seed, hardware, data
+digest: `medmap.provenance`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medmap import provenance
 from medmap.data.cache import CachedCase, PreprocessedCache, use_record
 from medmap.data.dataset import Case, Dataset
+from medmap.data.demo import is_synthetic
 from medmap.data.fingerprint import compute_fingerprint
 from medmap.data.layouts import read_dataset
 from medmap.data.loader import PatchDataset
 from medmap.data.splits import train_val_test
+from medmap.device import check_device
 from medmap.errors import ConfigError, DatasetError, OutputError
 from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.evaluation.optional import optional
@@ -32,6 +36,7 @@ from medmap.inference.precision import resolve_precision
 from medmap.intended_use import FILE as INTENDED_USE
 from medmap.intended_use import fit_intended_use
 from medmap.plan import Plan
+from medmap.provenance import FILE as PROVENANCE
 from medmap.tasks import task_for
 from medmap.training.planner import plan_dataset
 from medmap.training.trainer import TrainConfig, Trainer
@@ -101,18 +106,49 @@ def split_note(splits: dict[str, list[Case]]) -> str:
     )
 
 
-def write_intended_use(
-    run_dir: Path, plan: Plan, splits: dict[str, list[Case]], cached: dict[str, list[CachedCase]]
-) -> None:
+def write_intended_use(run_dir: Path, plan: Plan, records: dict[str, list[dict]]) -> None:
     """``intended_use.json``: what the model will accept, fitted on the training cases and calibrated on
     the validation cases (`medmap.intended_use`); kept as it is when a run is resumed."""
-    if (run_dir / INTENDED_USE).is_file():
+    if not (run_dir / INTENDED_USE).is_file():
+        fit_intended_use(plan.modality, records["train"], records["val"]).save(run_dir / INTENDED_USE)
+
+
+def write_provenance(
+    run_dir: Path,
+    data: str | Path,
+    splits: dict[str, list[Case]],
+    records: dict[str, list[dict]],
+    config: TrainConfig,
+    command: list[str] | None,
+    labels: dict[int, str] | None = None,
+) -> None:
+    """``provenance.json`` (`medmap.provenance`): versions, commit, command, seed, hardware, and a digest of
+    the data (case ids, labels and lesions per split, the training and validation images' features). A
+    resumed run adds an entry under ``resumed``."""
+    path = run_dir / PROVENANCE
+    record = provenance.collect(seed=config.seed, command=command)
+    if path.is_file():
+        first = json.loads(path.read_text())
+        first.setdefault("resumed", []).append({k: record[k] for k in ("started", "command", "source", "versions")})
+        path.write_text(json.dumps(first, indent=1))
         return
-
-    def records(name: str) -> list[dict]:
-        return [use_record(case, c, plan) for case, c in zip(splits[name], cached[name], strict=True)]
-
-    fit_intended_use(plan.modality, records("train"), records("val")).save(run_dir / INTENDED_USE)
+    cases = {
+        name: [[c.case_id, c.patient_id, c.label, c.lesion.position if c.lesion else None] for c in split]
+        for name, split in splits.items()
+    }
+    record["data"] = {
+        "path": str(Path(data).resolve()),
+        "digest": provenance.data_digest({"cases": cases, "images": records}),
+        "cases": {name: len(split) for name, split in splits.items() if split},
+        "synthetic": is_synthetic(data),
+    }
+    if labels and any(c.label is not None for split in splits.values() for c in split):
+        record["data"]["classes"] = {
+            name: {labels.get(k, str(k)): sum(c.label == k for c in split) for k in sorted(labels)}
+            for name, split in splits.items()
+            if split
+        }
+    path.write_text(json.dumps(record, indent=1))
 
 
 def train_run(
@@ -126,10 +162,13 @@ def train_run(
     cache_root: str | Path | None = None,
     folds: int = 1,
     progress: bool = False,
+    command: list[str] | None = None,
 ) -> dict:
-    """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report."""
+    """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report.
+    ``command`` is the command line recorded in ``provenance.json`` (the CLI passes ``sys.argv``)."""
     run_dir = Path(run_dir)
     config = config or TrainConfig()
+    check_device(config.device)  # before any planning or caching
     dataset = read_dataset(data)
     if task and task != dataset.task:
         raise ConfigError(f"--task {task}: {data} is a {dataset.task} dataset")
@@ -172,7 +211,12 @@ def train_run(
         name: cache.build(cases, workers=config.workers, progress=progress)
         for name, cases in _cached_splits(plan, splits).items()
     }
-    write_intended_use(run_dir, plan, splits, cached)
+    records = {
+        name: [use_record(case, c, plan) for case, c in zip(splits[name], cached[name], strict=True)]
+        for name in ("train", "val")
+    }
+    write_intended_use(run_dir, plan, records)
+    write_provenance(run_dir, data, splits, records, config, command, plan.labels)
     if folds > 1:
         return _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
     trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
@@ -329,6 +373,7 @@ def evaluate_cached(
             f"trained {len(history)} epochs; best validation {task.monitor} {best['val'].get(task.monitor):.3f} "
             f"at epoch {best['epoch'] + 1}"
         )
+    notes += provenance.report_notes(run_dir)
     report = optional(
         "the HTML report",
         classification_report,

@@ -25,6 +25,7 @@ import torch
 
 from medmap.data.cache import CachedCase
 from medmap.data.loader import AugmentingLoader, PatchDataset
+from medmap.device import check_device
 from medmap.errors import ConfigError
 from medmap.inference.precision import autocast, resolve_precision
 from medmap.plan import Plan
@@ -135,9 +136,7 @@ class Trainer:
         self.task, self.plan, self.config = task, plan, config
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.device = torch.device(config.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device cuda asked for, but no CUDA device is available")
+        self.device = check_device(config.device)
 
     @property
     def checkpoints(self) -> Path:
