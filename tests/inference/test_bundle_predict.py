@@ -126,6 +126,12 @@ def test_predict_dicom_writes_nifti_on_the_source_grid_and_a_valid_seg(ball_bund
     decoded = seg.get_pixels_by_source_instance(uids, combine_segments=True)
     np.testing.assert_array_equal(decoded, labels.array)
     assert seg.StudyInstanceUID == pydicom.dcmread(source.meta.slices[0].path).StudyInstanceUID
+    # each segment carries its label colour, the one overlays, thumbnails and reports draw it in
+    from medmap.colours import label_colour
+
+    for item, name, value in zip(seg.SegmentSequence, ("ball", "core"), (1, 2), strict=True):
+        expected = hd.color.CIELabColor.from_rgb(*label_colour(name, value)).value
+        assert [int(v) for v in item.RecommendedDisplayCIELabValue] == list(expected)
     # the model is named by its own identity (weights hash), not by medmap's version
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     identity = load_bundle(ball_bundle).identity
@@ -206,7 +212,7 @@ def test_bfloat16_prediction_agrees_with_float32(ball_bundle, ball_dicom, tmp_pa
 def test_overlay_images_are_valid_secondary_captures_of_the_labelled_slices(ball_bundle, ball_dicom, tmp_path):
     import pydicom
 
-    from medmap.dicomout.overlay import PALETTE
+    from medmap.colours import label_colour
 
     folder, _ = ball_dicom
     (result,) = predict(ball_bundle, folder, tmp_path / "out", overlays=True, precision="float32")
@@ -229,7 +235,7 @@ def test_overlay_images_are_valid_secondary_captures_of_the_labelled_slices(ball
         assert (rgb[background][:, 0] == rgb[background][:, 1]).all()  # no colour where nothing was found
         ball = labels[z] == 1
         if ball.any():  # the outline (at least one pixel) is drawn in the ball's full colour
-            assert (rgb[ball] == PALETTE[0]).all(axis=1).any()
+            assert (rgb[ball] == label_colour("ball", 1)).all(axis=1).any()
     # another toolkit (ITK's GDCM reader) decodes the same pixels
     import SimpleITK as sitk
 

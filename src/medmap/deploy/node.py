@@ -341,7 +341,7 @@ class Node:
             return
         import pydicom
 
-        self._thumbnail(case, result, out)
+        self._thumbnail(case, result, out, predictor)
         sendable = []
         for path in result.dicom_results():
             sendable.append((str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID), path))
@@ -366,7 +366,7 @@ class Node:
         return True
 
     @staticmethod
-    def _thumbnail(case, result, out: Path) -> None:
+    def _thumbnail(case, result, out: Path, predictor) -> None:
         """A small picture of the result for the web page (never fatal to the job)."""
         try:
             from medmap.evaluation.plots import thumbnail
@@ -379,7 +379,8 @@ class Node:
             if image.meta.modality != "CT":
                 low, high = (float(v) for v in np.percentile(grey, [1, 99]))
                 window = ((low + high) / 2, max(high - low, 1.0))
-            (out / case.case_id / "thumbnail.png").write_bytes(thumbnail(grey, labels, window))
+            names = {label.value: label.name for label in predictor.bundle.labels}
+            (out / case.case_id / "thumbnail.png").write_bytes(thumbnail(grey, labels, window, names))
         except Exception:
             log.exception("thumbnail of %s failed", case.case_id)
 

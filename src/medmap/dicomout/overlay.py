@@ -17,19 +17,10 @@ import numpy as np
 from scipy import ndimage
 
 from medmap import __version__
+from medmap.colours import Colour, colour_word, label_colour
 from medmap.dicomout.seg import MANUFACTURER, source_datasets
 from medmap.io.image import Image
 
-# label value -> RGB, in order; chosen to stay distinguishable on grey anatomy
-PALETTE = (
-    (60, 200, 60),  # green
-    (235, 60, 60),  # red
-    (70, 140, 240),  # blue
-    (245, 200, 40),  # yellow
-    (210, 80, 220),  # magenta
-    (60, 215, 215),  # cyan
-)
-COLOUR_NAMES = ("green", "red", "blue", "yellow", "magenta", "cyan")
 FILL_OPACITY = 0.3
 CT_SOFT_TISSUE = (40.0, 400.0)  # window centre, width (HU)
 
@@ -47,16 +38,18 @@ def display_window(source: Image) -> tuple[float, float]:
     return centre - width / 2, centre + width / 2
 
 
-def draw_overlay(grey: np.ndarray, labels: np.ndarray, window: tuple[float, float], values: list[int]) -> np.ndarray:
-    """An RGB uint8 picture of one slice with each label in ``values`` filled and outlined."""
+def draw_overlay(
+    grey: np.ndarray, labels: np.ndarray, window: tuple[float, float], colours: dict[int, Colour]
+) -> np.ndarray:
+    """An RGB uint8 picture of one slice with each label of ``colours`` (value -> RGB) filled and outlined."""
     low, high = window
     scaled = np.clip((grey.astype(np.float32) - low) / (high - low), 0, 1) * 255
     rgb = np.repeat(scaled[..., None], 3, axis=-1)
-    for i, value in enumerate(values):
+    for value, colour_rgb in colours.items():
         mask = labels == value
         if not mask.any():
             continue
-        colour = np.asarray(PALETTE[i % len(PALETTE)], np.float32)
+        colour = np.asarray(colour_rgb, np.float32)
         rgb[mask] = (1 - FILL_OPACITY) * rgb[mask] + FILL_OPACITY * colour
         outline = mask & ~ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool))
         rgb[outline] = colour
@@ -81,7 +74,7 @@ def write_overlays(
 ) -> list[Path]:
     """Write the overlay series of ``labels`` (on ``source``'s grid) into ``folder``; returns the files.
 
-    ``segments``: (label value, name) in the order their colours are assigned (PALETTE)."""
+    ``segments``: (label value, name), each drawn in its label colour (`medmap.colours`)."""
     import highdicom as hd
     from pydicom.dataset import Dataset
 
@@ -89,8 +82,8 @@ def write_overlays(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     window = display_window(source)
-    values = [value for value, _ in segments]
-    legend = ", ".join(f"{name}={COLOUR_NAMES[i % len(COLOUR_NAMES)]}" for i, (_, name) in enumerate(segments))
+    colours = {value: label_colour(name, value) for value, name in segments}
+    legend = ", ".join(f"{name}={colour_word(name, value)}" for value, name in segments)
     series_uid = hd.UID()
     grey_volume, label_volume = np.asarray(source.array), np.asarray(labels.array)
     if grey_volume.ndim == 4:  # multi-channel: draw on the first channel
@@ -100,12 +93,12 @@ def write_overlays(
     pixel_spacing = (float(source.spacing[1]), float(source.spacing[2]))
     paths = []
     for z, ref in enumerate(source.meta.slices):
-        if not np.isin(label_volume[z], values).any():
+        if not np.isin(label_volume[z], list(colours)).any():
             continue
         ds = datasets[0] if ref.frame is not None else datasets[z]  # multi-frame: one instance, frame ref.frame
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=ds,
-            pixel_array=draw_overlay(grey_volume[z], label_volume[z], window, values),
+            pixel_array=draw_overlay(grey_volume[z], label_volume[z], window, colours),
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medmap import __version__
+from medmap.colours import label_colour
 from medmap.dicomout.codes import Meaning
 from medmap.errors import ConfigError
 from medmap.io.image import Image
@@ -101,6 +102,7 @@ def write_segmentation(
                 algorithm_identification=algorithm_id,
                 tracking_uid=hd.UID(),
                 tracking_id=f"{name} {number}",
+                display_color=hd.color.CIELabColor.from_rgb(*label_colour(name, value)),  # viewers draw it so
             )
         )
     seg = hd.seg.Segmentation(

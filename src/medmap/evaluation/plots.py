@@ -9,6 +9,8 @@ import io
 
 import numpy as np
 
+from medmap.colours import hex_colour, label_colour
+
 
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
@@ -105,8 +107,6 @@ def gradcam_panel(items: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
     return _png(fig)
 
 
-CONTOUR_COLOURS = ("#00d000", "#ffd000", "#00c0ff", "#ff60ff")  # truth per class; predictions in red shades
-PREDICTION_COLOURS = ("#ff2020", "#ff8c00", "#ff00a0", "#b000ff")
 
 
 def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:
@@ -134,8 +134,9 @@ def overlay_panel(
     window: tuple[float, float] | None = (60.0, 400.0),
 ) -> bytes:
     """Rows of cases, columns axial / coronal / sagittal through the centre of the true foreground: the CT
-    (``window`` centre/width, HU) with truth contours (green, yellow) and predicted contours (red, orange)
-    per foreground class. ``cases``: (title, image [Z, Y, X], truth, prediction) on one grid."""
+    (``window`` centre/width, HU) with each class in its label colour (`medmap.colours`), truth as a solid
+    and the prediction as a dashed contour. ``cases``: (title, image [Z, Y, X], truth, prediction) on one
+    grid."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,13 +159,13 @@ def overlay_panel(
             ax = axes[row, col]
             origin = "upper" if view == "axial" else "lower"  # head up in coronal and sagittal views
             ax.imshow(picture, cmap="gray", vmin=low, vmax=high, aspect=aspect, origin=origin)
-            for i, value in enumerate(foreground):
-                for mask, colours, style in ((t, CONTOUR_COLOURS, "-"), (p, PREDICTION_COLOURS, "--")):
+            for value in foreground:
+                for mask, style in ((t, "-"), (p, "--")):
                     if (mask == value).any() and min(mask.shape) >= 2:  # contour needs a 2x2 grid at least
                         ax.contour(
                             (mask == value).astype(float),
                             levels=[0.5],
-                            colors=[colours[i % 4]],
+                            colors=[hex_colour(label_colour(labels[value], value))],
                             linewidths=1.0,
                             linestyles=style,
                             origin=origin,
@@ -172,9 +173,10 @@ def overlay_panel(
             ax.set_title(f"{title} - {view}" if col == 0 else view, fontsize=8)
             ax.axis("off")
     handles = []
-    for i, value in enumerate(foreground):
-        handles.append(Line2D([], [], color=CONTOUR_COLOURS[i % 4], label=f"{labels[value]} truth"))
-        handles.append(Line2D([], [], color=PREDICTION_COLOURS[i % 4], ls="--", label=f"{labels[value]} predicted"))
+    for value in foreground:
+        colour = hex_colour(label_colour(labels[value], value))
+        handles.append(Line2D([], [], color=colour, label=f"{labels[value]} truth"))
+        handles.append(Line2D([], [], color=colour, ls="--", label=f"{labels[value]} predicted"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
     return _png(fig)
 
@@ -192,8 +194,14 @@ def metric_boxplot(per_case: dict[str, dict], metric: str, names: list[str]) -> 
     return _png(fig)
 
 
-def thumbnail(image: np.ndarray, labels: np.ndarray | None, window: tuple[float, float] = (60.0, 400.0)) -> bytes:
-    """A small axial picture for a result list: the slice with the most foreground, label contours on it."""
+def thumbnail(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    window: tuple[float, float] = (60.0, 400.0),
+    names: dict[int, str] | None = None,
+) -> bytes:
+    """A small axial picture for a result list: the slice with the most foreground, each label's contour
+    in its label colour (``names``: label value -> name, which sets the colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,7 +212,8 @@ def thumbnail(image: np.ndarray, labels: np.ndarray | None, window: tuple[float,
     fig, ax = plt.subplots(figsize=(2.4, 2.4))
     ax.imshow(image[z], cmap="gray", vmin=low, vmax=high)
     if labels is not None:
-        for i, value in enumerate(v for v in np.unique(labels[z]) if v > 0):
-            ax.contour((labels[z] == value).astype(float), levels=[0.5], colors=[PREDICTION_COLOURS[i % 4]])
+        for value in (int(v) for v in np.unique(labels[z]) if v > 0):
+            colour = hex_colour(label_colour((names or {}).get(value, ""), value))
+            ax.contour((labels[z] == value).astype(float), levels=[0.5], colors=[colour])
     ax.axis("off")
     return _png(fig)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from medmap import __version__
+from medmap.colours import label_colour
 from medmap.dicomout.codes import Meaning, meaning_of
 from medmap.errors import ConfigError, OutputError
 from medmap.inference.model_card import model_card
@@ -155,7 +156,10 @@ def create_bundle(
     threshold = None
     if (run / "threshold.json").is_file():
         threshold = json.loads((run / "threshold.json").read_text()).get("threshold")
-    labels = [{"value": int(k), "name": v, "meaning": meaning_of(v).to_dict()} for k, v in sorted(plan.labels.items())]
+    labels = [
+        {"value": int(k), "name": v, "meaning": meaning_of(v).to_dict(), "colour": list(label_colour(v, int(k)))}
+        for k, v in sorted(plan.labels.items())
+    ]
     weight_hashes = {n: sha256(out / n) for n in names}
     identity = identity_of(plan, list(weight_hashes.values()))
     card = model_card(run, plan, labels, weight_hashes, identity, intended_use, use, FORMAT_VERSION)
