@@ -25,10 +25,12 @@ def node(api_bundle, tmp_path):
     node.store.close()
 
 
-def series_files(folder: Path) -> list[Path]:
+def series_files(folder: Path, inverted: bool = False) -> list[Path]:
     image, _ = ball_case(99)
-    image = image.with_array(np.rint(image.array).astype(np.int16), modality="MR")
-    return write_series(image, folder, modality="MR", info=SeriesInfo(patient_name="API^TEST"))
+    array = 110.0 - image.array if inverted else image.array
+    image = image.with_array(np.rint(array).astype(np.int16), modality="MR")
+    info = SeriesInfo(patient_name="API^TEST", patient_id="API-0001", accession_number="ACC42")
+    return write_series(image, folder, modality="MR", info=info)
 
 
 def test_upload_process_and_fetch_results(node, tmp_path):
@@ -52,7 +54,25 @@ def test_upload_process_and_fetch_results(node, tmp_path):
     assert png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
     page = client.get("/?token=s3cret").text
     assert job["series_uid"] in page and 'data-state="done"' in page
-    assert "API^TEST" not in page  # the page shows UIDs, never patient names
+    assert "API^TEST" not in page and "API-0001" not in page  # no patient names or IDs: a pseudonym
+    assert result["patient_ref"].startswith("P-") and result["patient_ref"] in page and "ACC42" in page
+    assert result["model"].startswith("Balls-segmentation-") and result["model"] in page
+    assert result["delivery"] == {"results": 0, "sent": 0, "pending": 0, "attempts": 0, "last_error": ""}
+    assert 'id="no-token"' not in page
+
+
+def test_page_shows_refusals_without_paths_and_warns_without_token(node, tmp_path):
+    client = TestClient(create_app(node))  # no token
+    files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in series_files(tmp_path / "s", True)]
+    (job,) = client.post("/v1/studies", files=files).json()["jobs"]
+    node._process(node.store.next_queued())
+    described = client.get(f"/v1/jobs/{job['id']}").json()
+    assert described["state"] == "refused" and "outside the model's intended use" in described["error"]
+    node.store.event("association rejected", "calling AE 'INTRUDER' from ('127.0.0.1', 5000)")
+    node.store.set_state(job["id"], "refused", error=f"case x: {tmp_path}/node/spool/1.2/3.4/5.dcm: damaged")
+    page = client.get("/").text
+    assert 'id="no-token"' in page and "INTRUDER" in page and "not assessed" in page
+    assert str(tmp_path) not in page and "5.dcm: damaged" in page  # the file named, not where it lies
 
 
 def test_bad_upload_is_refused_with_the_file_named(node):

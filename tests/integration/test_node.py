@@ -329,7 +329,9 @@ def test_orthanc_pushes_to_the_node(peers, tmp_path):
 
 
 def test_web_page_in_headless_chromium(ball_bundle, tmp_path):
-    """The page served next to the node, in a real browser: it loads, lists the job, shows its thumbnail."""
+    """The page served next to the node, in a real browser: it loads, lists the job with the facts a PACS
+    engineer needs (patient pseudonym, calling AE, model identity), its thumbnail, the series refused as
+    outside the model's use and the association rejected at the door; a screenshot is taken."""
     from playwright.sync_api import sync_playwright
 
     http = free_port()
@@ -351,19 +353,38 @@ def test_web_page_in_headless_chromium(ball_bundle, tmp_path):
             return any(j["series_uid"] == series_uid and j["state"] in ("sending", "done") for j in jobs)
 
         wait_for(job_has_result, 120, "the job's result")
+        foreign, _ = ball_series(tmp_path / "foreign", seed=97, inverted=True)  # outside the model's use
+        assert storescu(node.port, sorted(foreign.iterdir())).returncode == 0
+        assert not node.echo("INTRUDER")  # an unknown calling AE: rejected, and listed on the page
+        foreign_uid = pydicom.dcmread(next(foreign.iterdir())).SeriesInstanceUID
+
+        def refused():
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http}/v1/jobs", headers={"Authorization": "Bearer page-token"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return any(j["series_uid"] == foreign_uid and j["state"] == "refused" for j in json.loads(r.read()))
+
+        wait_for(refused, 120, "the foreign series to be refused")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=require("chromium"), args=["--no-sandbox"])
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{http}/?token=page-token")
-                row = page.locator(f"tr:has(td.uid:text-is('{series_uid}'))")
+                row = page.locator(f"tr:has(.uid:text-is('{series_uid}'))")
                 assert row.count() == 1
-                assert row.locator("td.state").inner_text() in ("sending", "done")
-                assert "ml" in row.inner_text()  # segment volumes shown
+                assert row.locator("td.state").inner_text().split()[0] in ("sending", "done")
+                text = row.inner_text()
+                assert "ml" in text and "STORESCU" in text and "Balls-segmentation-" in text and "P-" in text
                 thumb = row.locator("img.thumb")
                 thumb.wait_for()
                 width = page.evaluate("img => img.complete && img.naturalWidth", thumb.element_handle())
                 assert width and width > 50
+                refused = page.locator("tr[data-state=refused]")
+                assert refused.count() == 1 and "not assessed" in refused.inner_text()
+                assert "INTRUDER" in page.locator("#events").inner_text()
+                page.screenshot(path=str(tmp_path / "node-page.png"), full_page=True)
+                assert (tmp_path / "node-page.png").stat().st_size > 10_000
                 denied = browser.new_page()
                 response = denied.goto(f"http://127.0.0.1:{http}/")
                 assert response.status == 401

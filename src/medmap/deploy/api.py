@@ -52,14 +52,20 @@ def create_app(node, token: str | None = None) -> FastAPI:
         result = json.loads(job.result) if job.result else {}
         return {
             "id": job.id,
+            "received": _iso(job.first_received),
             "series_uid": job.series_uid,
             "study_uid": job.study_uid,
+            "accession": job.accession,
+            "patient_ref": job.patient_ref,
             "modality": job.modality,
+            "body_part": job.body_part,
             "calling_ae": job.calling_ae,
             "state": job.state,
             "bundle": Path(job.bundle).name if job.bundle else None,
+            "model": node.model_of(job.bundle),
             "attempts": job.attempts,
-            "error": job.error,
+            "error": without_paths(job.error),
+            "delivery": node.store.delivery(job.id),
             "seconds_processing": took,
             "seconds_waiting": waited,
             "segments": result.get("segments"),
@@ -128,38 +134,106 @@ def create_app(node, token: str | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, dependencies=guard)
     def page(request: Request) -> str:
         suffix = f"?token={html.escape(request.query_params['token'])}" if "token" in request.query_params else ""
-        rows = []
-        for j in (describe(j) for j in node.store.jobs(200)):
-            if j["segments"]:
-                answer = ", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in j["segments"].items())
-            elif j["findings"]:
-                answer = "; ".join(
-                    f"{f['decision']} ({max(f['probabilities'].values()):.2f})" if "decision" in f else "not assessed"
-                    for f in j["findings"]
-                )
-            else:
-                answer = html.escape(j["error"])
-            thumb = (
-                f'<img class="thumb" alt="job {j["id"]}" src="/v1/jobs/{j["id"]}/thumbnail.png{suffix}">'
-                if "thumbnail.png" in files_of(j["id"])
-                else ""
-            )
-            seconds = "" if j["seconds_processing"] is None else f"{j['seconds_processing']:.1f} s"
-            rows.append(
-                f'<tr data-job="{j["id"]}" data-state="{j["state"]}"><td>{j["id"]}</td>'
-                f'<td class="uid">{html.escape(j["series_uid"])}</td><td>{html.escape(j["modality"])}</td>'
-                f'<td class="state">{j["state"]}</td><td>{seconds}</td><td>{answer}</td><td>{thumb}</td></tr>'
-            )
-        body = "".join(rows) or '<tr><td colspan="7">no jobs yet</td></tr>'
+        rows = [_job_row(j, suffix, "thumbnail.png" in files_of(j["id"])) for j in map(describe, node.store.jobs(200))]
+        body = "".join(rows) or '<tr><td colspan="10">no jobs yet</td></tr>'
+        counts = node.store.counts()
+        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no jobs yet"
+        warning = (
+            ""
+            if token
+            else '<p class="warn" id="no-token">This page and the API run without a token: anyone who can reach '
+            "this port can read the results (start the node with --token-file).</p>"
+        )
+        events = "".join(
+            f"<tr><td>{_iso(t)}</td><td>{html.escape(kind)}</td><td>{html.escape(without_paths(detail))}</td></tr>"
+            for t, kind, detail in node.store.events(20)
+        )
+        events_table = (
+            f'<h2>Refused at the door</h2><table id="events"><tr><th>time (UTC)</th><th>what</th><th>detail</th>'
+            f"</tr>{events}</table>"
+            if events
+            else ""
+        )
+        routes = "; ".join(
+            html.escape(f"{r.bundle.name} ({r.modality or 'any'} {r.body_part or ''})".replace(" )", ")"))
+            for r in node.config.routes
+        )
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>medmap node</title>
-<meta http-equiv="refresh" content="5"><style>body{{font-family:system-ui,sans-serif;margin:2em}}
-td,th{{padding:.3em .7em;border-bottom:1px solid #ddd;text-align:left}} .uid{{font-family:monospace;font-size:.8em}}
-img.thumb{{width:120px}}</style></head><body><h1>medmap node</h1>
-<p>medmap {__version__}; jobs {html.escape(json.dumps(node.store.counts()))}</p>
-<table id="jobs"><tr><th>job</th><th>series</th><th>modality</th><th>state</th><th>processing</th><th>result</th>
-<th>overlay</th></tr>{body}</table></body></html>"""
+<meta http-equiv="refresh" content="5"><style>{_PAGE_STYLE}</style></head><body><h1>medmap node {
+            html.escape(node.config.ae_title)
+        }</h1>{warning}
+<p>medmap {__version__}; listening on port {node.config.port}; models: {routes}. Jobs: {html.escape(summary)}.</p>
+<table id="jobs"><tr><th>job</th><th>received (UTC)</th><th>patient / accession</th><th>from</th><th>series</th>
+<th>model</th><th>state</th><th>delivery</th><th>result</th><th>overlay</th></tr>{body}</table>
+{events_table}</body></html>"""
 
     return app
+
+
+_PAGE_STYLE = """body{font-family:system-ui,sans-serif;margin:2em}
+td,th{padding:.3em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+.uid{font-family:monospace;font-size:.75em;color:#555} img.thumb{width:120px}
+.warn{background:#fff4e0;color:#8a4b00;padding:.5em} tr[data-state=refused] td.state{color:#8a4b00;font-weight:bold}
+tr[data-state=failed] td.state{color:#b00020;font-weight:bold} small{color:#555}"""
+
+
+def _answer(j: dict) -> str:
+    if j["segments"]:
+        return html.escape(", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in j["segments"].items()))
+    if j["findings"]:
+        return html.escape(
+            "; ".join(
+                f"{f['decision']} ({max(f['probabilities'].values()):.2f})" if "decision" in f else "not assessed"
+                for f in j["findings"]
+            )
+        )
+    if j["state"] == "refused":
+        return f"<b>not assessed</b> (outside the model's intended use): {html.escape(j['error'])}"
+    return html.escape(j["error"])
+
+
+def _delivery(j: dict) -> str:
+    d = j["delivery"]
+    if not d["results"]:
+        return "nothing to send" if j["state"] in ("done", "refused", "failed", "ignored") else ""
+    text = f"{d['sent']}/{d['results']} sent"
+    if d["pending"]:
+        text += f", {d['pending']} waiting (attempts {d['attempts']})"
+        if d["last_error"]:
+            text += f": {d['last_error']}"
+    return html.escape(text)
+
+
+def _job_row(j: dict, suffix: str, has_thumbnail: bool) -> str:
+    source = f"/v1/jobs/{j['id']}/thumbnail.png{suffix}"
+    thumb = f'<img class="thumb" alt="job {j["id"]}" src="{source}">' if has_thumbnail else ""
+    seconds = "" if j["seconds_processing"] is None else f"<br><small>{j['seconds_processing']:.1f} s</small>"
+    accession = html.escape(j["accession"] or "no accession")
+    patient = f"{html.escape(j['patient_ref'] or '-')}<br><small>{accession}</small>"
+    series = (
+        f"{html.escape(j['modality'])} {html.escape(j['body_part'])}"
+        f'<br><span class="uid">{html.escape(j["series_uid"])}</span>'
+    )
+    return (
+        f'<tr data-job="{j["id"]}" data-state="{j["state"]}"><td>{j["id"]}</td><td>{j["received"]}</td>'
+        f"<td>{patient}</td><td>{html.escape(j['calling_ae'])}</td><td>{series}</td>"
+        f'<td>{html.escape(j["model"])}</td><td class="state">{j["state"]}{seconds}</td>'
+        f"<td>{_delivery(j)}</td><td>{_answer(j)}</td><td>{thumb}</td></tr>"
+    )
+
+
+def _iso(timestamp: float | None) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds") if timestamp else ""
+
+
+def without_paths(text: str) -> str:
+    """An error for the page and the API: file-system paths cut to their last part (the spool's layout and
+    the host's folders are not for every reader of the page; the log keeps the full message)."""
+    import re
+
+    return re.sub(r"(?:/[^\s/:;,'\"()]+){2,}/?", lambda m: Path(m.group(0)).name or m.group(0), text or "")
 
 
 def serve_http(app: FastAPI, host: str, port: int):

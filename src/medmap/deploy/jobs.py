@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT DEFAULT '', first_received REAL, last_received REAL, started REAL, finished REAL,
     result TEXT DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     sop_uid TEXT PRIMARY KEY, job_id INTEGER NOT NULL, path TEXT NOT NULL, state TEXT NOT NULL,
     attempts INTEGER DEFAULT 0, next_try REAL DEFAULT 0, error TEXT DEFAULT '', sent REAL
@@ -39,6 +42,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 STATES = ("receiving", "queued", "running", "sending", "done", "failed", "ignored", "refused")
 FINISHED = ("done", "failed", "ignored", "refused")
+# Columns added after the first release: a node's existing database gains them on start.
+ADDED_JOB_COLUMNS = {"accession": "TEXT DEFAULT ''", "patient_ref": "TEXT DEFAULT ''"}
 
 
 @dataclass
@@ -60,6 +65,8 @@ class Job:
     started: float | None
     finished: float | None
     result: str
+    accession: str = ""
+    patient_ref: str = ""  # a pseudonym of the Patient ID (`Node.patient_reference`), never the ID itself
 
 
 class JobStore:
@@ -71,6 +78,10 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in ADDED_JOB_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -107,7 +118,8 @@ class JobStore:
             [
                 (
                     "INSERT INTO jobs (series_uid, study_uid, modality, body_part, description, calling_ae, folder,"
-                    " state, first_received, last_received) VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?)"
+                    " state, first_received, last_received, accession, patient_ref)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?, ?, ?)"
                     " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
                     " state = CASE WHEN jobs.state IN ('done', 'failed', 'ignored', 'refused')"
                     " AND NOT EXISTS (SELECT 1 FROM instances WHERE sop_uid = ?) THEN 'receiving'"
@@ -122,6 +134,8 @@ class JobStore:
                         series["folder"],
                         now,
                         now,
+                        series.get("accession", ""),
+                        series.get("patient_ref", ""),
                         sop_uid,
                     ),
                 ),
@@ -215,6 +229,24 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         rows = self._run("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {state: n for state, n in rows}
+
+    def event(self, kind: str, detail: str) -> None:
+        """Something a PACS engineer should see on the page (a rejected association, a refused instance)."""
+        self._run("INSERT INTO events (time, kind, detail) VALUES (?, ?, ?)", (time.time(), kind, detail))
+
+    def events(self, limit: int = 20) -> list[tuple[float, str, str]]:
+        return self._run("SELECT time, kind, detail FROM events ORDER BY id DESC LIMIT ?", (limit,))
+
+    def delivery(self, job_id: int) -> dict:
+        """The job's results in the outbox: how many sent and pending, attempts, the last error."""
+        rows = self._run("SELECT state, attempts, error FROM outbox WHERE job_id = ?", (job_id,))
+        return {
+            "results": len(rows),
+            "sent": sum(r[0] == "sent" for r in rows),
+            "pending": sum(r[0] == "pending" for r in rows),
+            "attempts": max((r[1] for r in rows), default=0),
+            "last_error": next((r[2] for r in rows if r[0] == "pending" and r[2]), ""),
+        }
 
     def outbox(self) -> list[tuple]:
         return self._run("SELECT sop_uid, job_id, state, attempts, error FROM outbox ORDER BY job_id")

@@ -142,6 +142,24 @@ class Node:
         self._predictors: dict[str, object] = {}
         self._sending_tls = None  # ssl.SSLContext for --destination-tls, made at start
         self._series_by_assoc: dict[int, set[str]] = {}
+        self._pseudonym_key = _pseudonym_key(config.data)
+
+    def patient_reference(self, patient_id: str) -> str:
+        """A stable pseudonym of a Patient ID for the page and the API: keyed with this node's secret, so the
+        same patient's series can be told together without the ID leaving the spool."""
+        import hashlib
+        import hmac
+
+        if not patient_id:
+            return ""
+        return "P-" + hmac.new(self._pseudonym_key, patient_id.encode(), hashlib.sha256).hexdigest()[:10]
+
+    def model_of(self, bundle: str | None) -> str:
+        """The identity (name + weights hash) of a routed bundle, for the page; its folder name if not loaded."""
+        if not bundle:
+            return ""
+        predictor = self._predictors.get(bundle)
+        return predictor.bundle.identity if predictor is not None else Path(bundle).name
 
     # --- receiving ---------------------------------------------------------------------------------
     def ingest(self, ds, calling_ae: str) -> str:
@@ -164,6 +182,8 @@ class Node:
                 "modality": str(ds.get("Modality", "")),
                 "body_part": str(ds.get("BodyPartExamined", "")),
                 "description": str(ds.get("SeriesDescription", "")),
+                "accession": str(ds.get("AccessionNumber", ""))[:64],
+                "patient_ref": self.patient_reference(str(ds.get("PatientID", ""))),
                 "calling_ae": calling_ae,
                 "folder": str(folder),
             },
@@ -182,6 +202,7 @@ class Node:
             series = self.ingest(ds, event.assoc.requestor.ae_title)
         except InvalidInstanceError as exc:
             log.warning("C-STORE from %s refused: %s", event.assoc.requestor.ae_title, exc)
+            self.store.event("instance refused", f"from {event.assoc.requestor.ae_title}: {exc}")
             return 0xC211  # "cannot understand": the SCU learns it was not stored
         except OSError as exc:
             log.error("C-STORE of %s failed: cannot write the spool (%s)", ds.SOPInstanceUID, exc)
@@ -195,9 +216,9 @@ class Node:
             self.store.complete(sorted(series))
 
     def _on_rejected(self, event) -> None:
-        log.warning(
-            "association rejected: calling AE %r from %s", event.assoc.requestor.ae_title, event.assoc.requestor.address
-        )
+        requestor = event.assoc.requestor
+        log.warning("association rejected: calling AE %r from %s", requestor.ae_title, requestor.address)
+        self.store.event("association rejected", f"calling AE {requestor.ae_title!r} from {requestor.address}")
 
     def start(self) -> None:
         from pynetdicom import AE, evt
@@ -232,6 +253,12 @@ class Node:
         if self.config.http_port:
             from medmap.deploy.api import create_app, serve_http
 
+            if not self.config.token:
+                log.warning(
+                    "the HTTP API on port %d runs without a token: anyone who can reach it can read results "
+                    "(--token-file)",
+                    self.config.http_port,
+                )
             self._http = serve_http(create_app(self, self.config.token), self.config.host, self.config.http_port)
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.config.port)
 
@@ -419,6 +446,23 @@ class Node:
         finally:
             assoc.release()
         return True
+
+
+def _pseudonym_key(data: Path) -> bytes:
+    """This node's secret for patient pseudonyms (``DATA/pseudonym.key``, made once, readable by its owner only)."""
+    import os
+    import secrets
+
+    path = Path(data) / "pseudonym.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another node on the same folder made it first
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+    return path.read_bytes()
 
 
 def _safe(uid: str) -> str:
