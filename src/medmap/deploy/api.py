@@ -172,7 +172,8 @@ def create_app(node, token: str | None = None) -> FastAPI:
 
 _PAGE_STYLE = """body{font-family:system-ui,sans-serif;margin:2em}
 td,th{padding:.3em .6em;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
-.uid{font-family:monospace;font-size:.75em;color:#555} img.thumb{width:120px}
+.uid{font-family:monospace;font-size:.75em;color:#555;display:inline-block;max-width:16em;word-break:break-all}
+td.result{min-width:24em;max-width:40em} img.thumb{width:120px}
 .warn{background:#fff4e0;color:#8a4b00;padding:.5em} tr[data-state=refused] td.state{color:#8a4b00;font-weight:bold}
 tr[data-state=failed] td.state{color:#b00020;font-weight:bold} small{color:#555}"""
 
@@ -188,7 +189,8 @@ def _answer(j: dict) -> str:
             )
         )
     if j["state"] == "refused":
-        return f"<b>not assessed</b> (outside the model's intended use): {html.escape(j['error'])}"
+        reasons = j["error"].split("intended use: ", 1)[-1]
+        return f"<b>not assessed</b>, outside the model's intended use: {html.escape(reasons)}"
     return html.escape(j["error"])
 
 
@@ -218,7 +220,7 @@ def _job_row(j: dict, suffix: str, has_thumbnail: bool) -> str:
         f'<tr data-job="{j["id"]}" data-state="{j["state"]}"><td>{j["id"]}</td><td>{j["received"]}</td>'
         f"<td>{patient}</td><td>{html.escape(j['calling_ae'])}</td><td>{series}</td>"
         f'<td>{html.escape(j["model"])}</td><td class="state">{j["state"]}{seconds}</td>'
-        f"<td>{_delivery(j)}</td><td>{_answer(j)}</td><td>{thumb}</td></tr>"
+        f'<td>{_delivery(j)}</td><td class="result">{_answer(j)}</td><td>{thumb}</td></tr>'
     )
 
 
