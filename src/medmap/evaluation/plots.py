@@ -76,34 +76,50 @@ def reliability_plot(bins: list[dict], ece: float) -> bytes:
 
 
 def training_curves(history: list[dict], monitor: str) -> bytes:
+    """Training and validation loss (left axis) and the validation metric that picks the best epoch (right)."""
     fig, ax = _figure(6.0, 3.4)
     epochs = [h["epoch"] + 1 for h in history]
     ax.plot(epochs, [h["loss"] for h in history], label="training loss", c="tab:blue")
+    val_loss = [h["val"].get("loss") for h in history]
+    if any(v is not None for v in val_loss):  # runs made before it was recorded have none
+        ax.plot(epochs, [np.nan if v is None else v for v in val_loss], label="validation loss", c="tab:blue", ls="--")
     ax.set(xlabel="epoch", ylabel="loss")
     other = ax.twinx()
     other.plot(epochs, [h["val"].get(monitor, np.nan) for h in history], label=f"validation {monitor}", c="tab:orange")
     other.set_ylabel(f"validation {monitor}")
-    fig.legend(loc="upper center", ncol=2, fontsize=8)
+    fig.legend(loc="upper center", ncol=3, fontsize=8)
     return _png(fig)
 
 
-def gradcam_panel(items: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes:
-    """Rows of (title, image slice, heat map slice): the input in grey with the Grad-CAM map over it."""
+FLAT_MAP = 0.05  # a Grad-CAM slice whose values span less than this shows nothing: it is left out
+
+
+def gradcam_panel(items: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes | None:
+    """Rows of (title, image slice, heat map slice): the input in grey with the Grad-CAM map over it, on one
+    colour scale with its bar. Maps flat on the shown slice are left out (the title says how many); None
+    when every map is flat."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = [item for item in items if float(np.ptp(item[2])) >= FLAT_MAP]
+    dropped, items = len(items) - len(shown), shown
+    if not items:
+        return None
     cols = min(4, len(items))
     rows = (len(items) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+    heat = None
     for ax, (title, image, cam) in zip(axes.ravel(), items, strict=False):
         ax.imshow(image, cmap="gray")
-        ax.imshow(cam, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        heat = ax.imshow(cam, cmap="inferno", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
-    fig.suptitle("Grad-CAM: where the network looked (central slice)", fontsize=9)
+    fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.03, label="Grad-CAM (0 = ignored, 1 = most used)")
+    note = f"; {dropped} flat map(s) left out" if dropped else ""
+    fig.suptitle(f"Grad-CAM: where the network looked (central slice{note})", fontsize=9)
     return _png(fig)
 
 

@@ -128,8 +128,10 @@ def segmentation_report(
     plots: dict[str, bytes],
     notes: list[str],
     cases_csv: str | None = None,
+    viewer: str | None = None,
 ) -> Path:
-    """Per class: mean and 95 % CI over cases of each metric; lesion detection; overlays among the plots."""
+    """Per class: mean and 95 % CI over cases of each metric; lesion detection; overlays among the plots;
+    a link to the slice-by-slice case viewer (`medmap.evaluation.viewer`) when there is one."""
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in SEGMENTATION_COLUMNS)
     rows = []
     for name, entry in summary["classes"].items():
@@ -157,6 +159,12 @@ def segmentation_report(
         f"<h2>Metrics ({summary['n']} cases; pixel accuracy {_fmt(summary['pixel_accuracy'])})</h2>"
         + (f'<p class="warning">{html.escape(warning)}</p>' if warning else "")
         + f"<table><tr><th>class</th>{head}</tr>{''.join(rows)}</table>{lesions}"
+        + (
+            f'<p>Every case, slice by slice, prediction and truth: <a href="{html.escape(viewer)}">'
+            f"{html.escape(viewer)}</a></p>"
+            if viewer
+            else ""
+        )
     )
     intro = (
         "Metrics per case on the original image grid (spacing in mm), then the mean over cases with a 95% "
@@ -166,20 +174,72 @@ def segmentation_report(
     return write_page(path, title, intro, body, plots, notes, cases_csv)
 
 
+def _summary_row(anchor: str, name: str, stored: dict | None) -> str:
+    """One run in the summary table: its key figures with intervals, the baseline verdict, the evidence."""
+    if not stored:
+        return f'<tr><td><a href="#{anchor}">{html.escape(name)}</a></td><td colspan="5">no metrics.json</td></tr>'
+    m, split = stored.get("metrics", {}), stored.get("split", "?")
+    if "classes" in m:
+        key = "; ".join(
+            f"{cls} Dice {e['dice']['mean']:.3f} ({_fmt(e['dice']['ci'])})"
+            for cls, e in m["classes"].items()
+            if e["dice"]["mean"] is not None
+        )
+        extra = "; ".join(
+            f"{cls}: {d['detected']}/{d['lesions']} lesions found, {d['false_positives_per_case']:.2f} FP/case"
+            for cls, d in m.get("lesions", {}).items()
+        )
+    else:
+        key = f"AUC {m.get('auc', float('nan')):.3f} ({_fmt(m.get('auc_ci', []))})"
+        comparison = (stored.get("baseline") or {}).get("comparison")
+        extra = (
+            ""
+            if comparison is None
+            else f"vs baseline {comparison['delta_auc']:+.3f} ({_fmt(comparison['delta_ci'])}): "
+            + ("supported" if comparison["supported"] else "not supported")
+        )
+    evidence = "small test set" if m.get("sample_warning") else ""
+    if split != "test":
+        evidence = f"scored on {split} (optimistic)" + (f"; {evidence}" if evidence else "")
+    return (
+        f'<tr><td><a href="#{anchor}">{html.escape(name)}</a></td><td>{html.escape(split)}</td><td>{m.get("n")}</td>'
+        f"<td>{html.escape(key)}</td><td>{html.escape(extra)}</td>"
+        f'<td class="warning">{html.escape(evidence)}</td></tr>'
+    )
+
+
 def combine_reports(reports: list[Path], path: str | Path, title: str = "medmap evaluation") -> Path:
-    """One page holding several runs' reports (their bodies, in order, each under its run's name)."""
+    """One page for several runs: a summary table (one row per model, key figures with intervals, the
+    baseline verdict, weak evidence flagged, a link to its section), then each run's report. Links inside a
+    run's report (its per-case CSV) are rewritten relative to the new page, so they keep working."""
+    import json
+    import os
     import re
 
-    sections = []
-    for report in reports:
-        text = Path(report).read_text()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, sections = [], []
+    for i, report in enumerate(map(Path, reports), start=1):
+        anchor, run = f"run-{i}", report.parent
+        metrics_file = run / "metrics.json"
+        stored = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        rows.append(_summary_row(anchor, run.name, stored))
+        text = report.read_text()
         body = re.search(r"<body>(.*)</body>", text, re.S)
         inner = body.group(1) if body else ""
         inner = inner.replace("<h1>", "<h2 class=run>").replace("</h1>", "</h2>")
-        sections.append(f'<section><p class="note">{html.escape(str(report))}</p>{inner}</section><hr>')
+        prefix = Path(os.path.relpath(run.resolve(), path.resolve().parent)).as_posix()
+        inner = re.sub(
+            r'href="(?![a-z]+:|#|/)([^"]+)"', lambda m, prefix=prefix: f'href="{prefix}/{m.group(1)}"', inner
+        )
+        sections.append(f'<section id="{anchor}"><p class="note">{html.escape(str(report))}</p>{inner}</section><hr>')
+    table = (
+        '<table id="summary"><tr><th>model</th><th>scored on</th><th>cases</th><th>key figures (95% CI)</th>'
+        f"<th>baseline / lesions</th><th>evidence</th></tr>{''.join(rows)}</table>"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_STYLE} h2.run {{ font-size: 1.4em; }}</style></head><body><h1>{html.escape(title)}</h1>
+<style>{_STYLE} h2.run {{ font-size: 1.4em; }} #summary td {{ text-align: left; }}</style></head><body>
+<h1>{html.escape(title)}</h1><h2>Summary</h2>{table}
 {"".join(sections)}</body></html>"""
-    path = Path(path)
     path.write_text(page)
     return path

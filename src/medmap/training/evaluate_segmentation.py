@@ -25,6 +25,7 @@ from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curves
 from medmap.evaluation.report import segmentation_report
 from medmap.evaluation.segmentation import case_metrics, summarize
+from medmap.evaluation.viewer import write_viewer
 from medmap.inference.postprocess import PostProcessing, choose_postprocessing
 from medmap.inference.precision import resolve_precision, with_precision
 from medmap.inference.segment import segment_image
@@ -177,6 +178,23 @@ def evaluate_segmentation(
         plots["overlays"] = optional(
             "the overlay figure", overlay_panel, [r[:4] for r in rows], [r[4] for r in rows], plan.labels, window
         )
+    viewer = None
+    if per_case:
+        captions = {
+            case_id: f"{case_id}: "
+            + ", ".join(f"{n} Dice {per_case[case_id]['classes'][n]['dice']:.3f}" for n in names)
+            for case_id in per_case
+        }
+        viewer = optional(
+            "the case viewer",
+            write_viewer,
+            out_dir / f"viewer_{evaluated}.html",
+            shown,
+            plan.labels,
+            captions,
+            (60.0, 400.0) if plan.modality == "CT" else None,
+            f"medmap {plan.dataset}: {evaluated} cases, slice by slice",
+        )
     if history:
         plots["training"] = optional("the training curves", training_curves, history, trainer.task.monitor)
     plots = {name: png for name, png in plots.items() if png is not None}
@@ -212,5 +230,6 @@ def evaluate_segmentation(
         plots=plots,
         notes=notes,
         cases_csv=f"cases_{evaluated}.csv",
+        viewer=viewer.name if viewer else None,
     )
     return {"metrics": summary, "report": str(report or ""), "split": evaluated, "predictions": str(predictions_dir)}

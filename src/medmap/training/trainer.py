@@ -237,8 +237,16 @@ class Trainer:
         self, model: torch.nn.Module, dataset: PatchDataset, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Task predictions and targets for every item of an evaluation dataset, in order."""
+        predictions, targets, _ = self.evaluate_batches(model, dataset, batch_size)
+        return predictions, targets
+
+    def evaluate_batches(
+        self, model: torch.nn.Module, dataset: PatchDataset, batch_size: int | None = None, loss_fn=None
+    ) -> tuple[np.ndarray, np.ndarray, float | None]:
+        """`predict`, plus the mean loss over the items when ``loss_fn`` is given (the validation loss that
+        the training curves show beside the training loss)."""
         model.eval()
-        outputs, targets = [], []
+        outputs, targets, losses = [], [], []
         batch = batch_size or self.plan.batch_size
         precision = resolve_precision(self.config.evaluation_precision, self.device)
         with torch.no_grad():
@@ -250,8 +258,12 @@ class Trainer:
                 with autocast(precision, self.device):
                     logits = model(x).float()
                 outputs.append(self.task.predictions(logits))
-                targets.append(torch.stack([it["target"] for it in items]).numpy())
-        return np.concatenate(outputs), np.concatenate(targets)
+                target = torch.stack([it["target"] for it in items])
+                targets.append(target.numpy())
+                if loss_fn is not None:
+                    losses.append(float(loss_fn(logits, target.to(self.device))) * len(items))
+        mean_loss = sum(losses) / len(dataset) if losses else None
+        return np.concatenate(outputs), np.concatenate(targets), mean_loss
 
     def fit(
         self,
@@ -336,8 +348,8 @@ class Trainer:
             for batch in loader:
                 losses.append(self._step(model, loss_fn, optimizer, scaler, batch))
                 scheduler.step()
-            predictions, targets = self.predict(model, val_set)
-            metrics = self.task.validation_metrics(predictions, targets)
+            predictions, targets, val_loss = self.evaluate_batches(model, val_set, loss_fn=loss_fn)
+            metrics = {**self.task.validation_metrics(predictions, targets), "loss": val_loss}
             record = EpochRecord(epoch, float(np.mean(losses)), lr, time.perf_counter() - t0, metrics)
             history.append(asdict(record))
             if budget and not budget.get("corrected_after_epoch_1"):
