@@ -1,4 +1,4 @@
-"""The DICOM node end to end: how long from the last C-STORE of a CT series to its SEG stored in the PACS,
+"""The DICOM node end to end: how long from the last C-STORE of a series to its SEG stored in the PACS,
 next to the bundle's own inference time on the same series; and how many instances per second the node
 takes in over 20 concurrent associations, with none lost.
 
@@ -24,20 +24,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.integration.test_node import NodeProcess, Orthanc, free_port, wait_for
 
 
-def make_ct(folder: Path, slices: int, seed: int = 0, modality: str = "CT", size: int = 256) -> str:
-    """The abdominal phantom as a DICOM series, written as the modality the bundle takes."""
+def make_series(folder: Path, bundle: Path, slices: int | None, seed: int = 0) -> str:
+    """A series within the bundle's intended use, so that the node answers it (a foreign one is refused in
+    milliseconds and would measure nothing): for a CT bundle the abdominal phantom with ``slices`` slices
+    (default: 300 mm of body) at the middle of the training images' spacings and their in-plane field of
+    view; for any other modality (the
+    test suite's MR ball model) a ball volume like its training cases."""
+    import numpy as np
+    from tests.builders import ball_case
+
     from medmap.data.phantoms import abdomen_ct
+    from medmap.inference.bundle import load_bundle
     from medmap.io.dicom.writer import SeriesInfo, write_series
 
-    case = abdomen_ct((slices, size, size), (1.0, 1.5, 1.5), seed=seed)
-    info = SeriesInfo(patient_name="BENCH^TURNAROUND", body_part="ABDOMEN")
-    image = case.image if modality == "CT" else case.image.with_array(case.image.array.clip(0, None))
-    write_series(image, folder, info=info, modality=modality)
+    loaded = load_bundle(bundle)
+    use, modality = loaded.intended_use, (loaded.plan.modality or "CT").upper()
+    info = SeriesInfo(patient_name="BENCH^TURNAROUND", body_part=(use.body_parts or ["ABDOMEN"])[0] if use else "")
+    if modality != "CT":
+        image, _ = ball_case(99)
+        write_series(image.with_array(np.rint(image.array).astype(np.int16)), folder, info=info, modality=modality)
+        return info.study_uid
+    spacing, size = (1.0, 1.5, 1.5), 256
+    if use is not None and use.series is not None:
+        spacing = tuple((lo + hi) / 2 or 1.0 for lo, hi in zip(use.spacing_min, use.spacing_max, strict=True))
+        row_fov = 2 ** use.series.center[use.series.names.index("field of view along the row axis")]
+        size = round(row_fov / spacing[1])
+    case = abdomen_ct((slices or round(300 / spacing[0]), size, size), spacing, seed=seed)
+    write_series(case.image, folder, info=info, modality="CT")
     return info.study_uid
-
-
-def bundle_modality(bundle: Path) -> str:
-    return json.loads((bundle / "bundle.json").read_text()).get("input", {}).get("modality") or "CT"
 
 
 def storescu(port: int, files: list[Path], aet: str = "STORESCU") -> None:
@@ -54,7 +68,7 @@ def storescu(port: int, files: list[Path], aet: str = "STORESCU") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True, help="a CT segmentation bundle")
-    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--slices", type=int, default=None, help="default: 300 mm at the bundle's slice spacing")
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--associations", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="a small run that proves the benchmark works (tests)")
@@ -70,9 +84,9 @@ def main() -> None:
     node.args[node.args.index("--idle") + 1] = "30"  # completion comes from the association's release
     results: dict = {}
     try:
-        print("generating the CT series ...", flush=True)
+        print("generating the series ...", flush=True)
         series = work / "ct"
-        study = make_ct(series, args.slices, modality=bundle_modality(args.bundle), size=96 if args.quick else 256)
+        study = make_series(series, args.bundle, args.slices)
         files = sorted(series.iterdir())
 
         # the bundle's own inference time on the same series (the limit the node cannot beat)
@@ -131,7 +145,7 @@ def main() -> None:
     finally:
         node.stop()
         orthanc.stop()
-    print(f"\nturnaround of the DICOM node, {args.slices}-slice CT, bundle {args.bundle}\n")
+    print(f"\nturnaround of the DICOM node, a {len(files)}-slice series, bundle {args.bundle}\n")
     for name, value in results.items():
         print(f"{name:60} {value:>10.2f}" if isinstance(value, float) else f"{name:60} {value:>10}")
     (args.out / "turnaround.json").write_text(json.dumps(results, indent=2))

@@ -54,7 +54,11 @@ SCALE_FLOOR = {"fraction": 0.02, "quantile": 0.03, "log2_mm": 0.25}
 MIN_THRESHOLD = 2.0  # spreads beyond the range of the development (training + validation) images
 MAX_THRESHOLD = 4.0
 CALIBRATION_MARGIN = 1.25  # threshold = margin x the largest validation distance, within [MIN, MAX]
-SPACING_FACTOR = 2.0  # spacings beyond [min / 2, max x 2] of the training images are refused
+# Spacing: a coarser image than any in training lacks detail the model relies on (refused beyond 2x the
+# coarsest); a finer one is resampled to the plan's spacing without loss (refused only below 1/4 of the
+# finest, where it is likely another kind of acquisition).
+COARSER_FACTOR = 2.0
+FINER_FACTOR = 4.0
 
 
 class OutOfUseError(MedmapError):
@@ -150,7 +154,10 @@ class Profile:
     def distance(self, features: list[float]) -> tuple[float, np.ndarray]:
         """How far outside the training range the features lie, in training spreads (0: inside it)."""
         f = np.asarray(features)
-        excess = np.maximum(0.0, np.maximum(f - np.asarray(self.high), np.asarray(self.low) - f))
+        above = np.where(np.asarray(self.units) == "log2_mm", 0.0, f - np.asarray(self.high))
+        # a larger field of view than in training is fine (the window slides over it), a smaller one may
+        # cut the anatomy off: only that side counts for the field-of-view features
+        excess = np.maximum(0.0, np.maximum(above, np.asarray(self.low) - f))
         z = excess / np.asarray(self.scale)
         return float(z.max()), z
 
@@ -195,10 +202,10 @@ class IntendedUse:
             reasons.append(f"BodyPartExamined {part}, the model is for {', '.join(self.body_parts)}")
         for axis, (n, s) in enumerate(zip(image.shape, image.spacing, strict=True)):
             low, high = self.spacing_min[axis], self.spacing_max[axis]
-            if n > 1 and low > 0 and not low / SPACING_FACTOR <= s <= high * SPACING_FACTOR:
+            if n > 1 and low > 0 and not low / FINER_FACTOR <= s <= high * COARSER_FACTOR:
                 reasons.append(
-                    f"{AXES[axis]} spacing {s:.3g} mm, training images {low:.3g} to {high:.3g} mm "
-                    f"(accepted within a factor {SPACING_FACTOR:g})"
+                    f"{AXES[axis]} spacing {s:.3g} mm, training images {low:.3g} to {high:.3g} mm (accepted "
+                    f"from {low / FINER_FACTOR:.3g} to {high * COARSER_FACTOR:.3g} mm)"
                 )
         if self.series is not None and not reasons:  # the profile means little once a header fact is off
             reasons += self.series.reasons(describe(image.array, image.spacing, self.series.kind)[0], "the image is")
@@ -221,7 +228,8 @@ class IntendedUse:
             if lo > 0
         ]
         lines.append(
-            f"voxel spacing seen in training: {', '.join(spans)} (accepted within a factor {SPACING_FACTOR:g})"
+            f"voxel spacing in training: {', '.join(spans)} (accepted down to 1/{FINER_FACTOR:g} of the finest, "
+            f"up to {COARSER_FACTOR:g}x the coarsest)"
         )
         for what, p in (("image", self.series), ("lesion region", self.lesion)):
             if p is not None:

@@ -50,8 +50,8 @@ def test_chest_ct_is_refused_by_its_lung(liver_use):
 
 def test_header_facts_are_refused_with_their_value(liver_use):
     assert liver_use.check_image(abdomen(30, body_part="CHEST")) == ["BodyPartExamined CHEST, the model is for ABDOMEN"]
-    fine = abdomen_ct(ABDOMEN["shape"], (5.0, 1.0, 1.0), seed=31).image  # 1 mm pixels, training had 4 mm
-    assert any("row spacing 1 mm" in r for r in liver_use.check_image(fine))
+    coarse = abdomen_ct((20, 24, 24), (5.0, 10.0, 10.0), seed=31).image  # 10 mm pixels, training had 4 mm
+    assert any("row spacing 10 mm" in r and "accepted from 1 to 8 mm" in r for r in liver_use.check_image(coarse))
     mr = abdomen(32, modality="MR")
     assert "modality MR, the model is for CT" in liver_use.check_image(mr)
 
@@ -61,6 +61,14 @@ def test_mr_intensities_without_a_modality_are_refused(liver_use):
     image = abdomen(33)
     mr_like = image.with_array(np.clip(image.array + 1024, 0, None) * 0.8)
     assert liver_use.check_image(mr_like)
+
+
+def test_a_larger_field_of_view_is_fine_a_smaller_one_is_not():
+    from medmap.intended_use import Profile
+
+    profile = Profile.fit([[8.0], [8.2]], [[8.1]], "ct", ["field of view along the row axis"], ["log2_mm"])
+    assert profile.distance([9.5])[0] == 0  # 2.8x wider than training: the window slides over it
+    assert profile.distance([7.0])[0] > profile.threshold  # half as wide: the anatomy may be cut off
 
 
 def test_record_survives_its_file_and_body_parts_merge(liver_use, tmp_path):

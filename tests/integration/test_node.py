@@ -199,6 +199,17 @@ def peers(ball_bundle, tmp_path):
     orthanc.stop()
 
 
+def node_status_with(node: NodeProcess, fragment: str) -> str | bool:
+    """``medmap node status`` output when it contains ``fragment`` (else False), for `wait_for`."""
+    status = subprocess.run(
+        [sys.executable, "-m", "medmap.cli", "node", "status", "--data", str(node.data)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return fragment in status.stdout and status.stdout
+
+
 def seg_series_in(orthanc: Orthanc, study_uid: str) -> list:
     return orthanc.find("Series", {"StudyInstanceUID": study_uid, "Modality": "SEG"})
 
@@ -267,16 +278,7 @@ def test_corrupt_series_fails_with_a_reason_and_the_node_keeps_serving(peers, tm
     ds.save_as(victim)
     assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
 
-    def failed():
-        status = subprocess.run(
-            [sys.executable, "-m", "medmap.cli", "node", "status", "--data", str(node.data)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return "failed 1" in status.stdout and status.stdout
-
-    text = wait_for(failed, 120, "the job to fail")
+    text = wait_for(lambda: node_status_with(node, "failed 1"), 120, "the job to fail")
     assert "failed" in text and node.echo()  # the reason is recorded; the node still answers
     good, study = ball_series(tmp_path / "good", seed=98)
     assert storescu(node.port, sorted(good.iterdir())).returncode == 0
@@ -290,16 +292,7 @@ def test_series_outside_intended_use_is_refused_and_nothing_is_sent(peers, tmp_p
     folder, study = ball_series(tmp_path / "foreign", seed=97, inverted=True)
     assert storescu(node.port, sorted(folder.iterdir())).returncode == 0
 
-    def refused():
-        status = subprocess.run(
-            [sys.executable, "-m", "medmap.cli", "node", "status", "--data", str(node.data)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return "refused 1" in status.stdout and status.stdout
-
-    text = wait_for(refused, 120, "the job to be refused")
+    text = wait_for(lambda: node_status_with(node, "refused 1"), 120, "the job to be refused")
     assert "not assessed, outside the model's intended use" in text and "unlike the training images" in text
     assert "refused by balls" in node.logs()
     good, good_study = ball_series(tmp_path / "good", seed=98)
