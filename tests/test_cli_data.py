@@ -116,5 +116,6 @@ def test_pretrain_then_train_with_its_weights(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "pretrained weights:" in r.stderr and "AUC" in r.stdout
+    assert "tracked in MLflow" in r.stdout and (tmp_path / "mlflow.db").is_file()  # on by default, beside the run
     again = medmap_cli("pretrain", tmp_path / "tiny.npz", "-o", tmp_path / "w" / "simclr.pt")
     assert_one_line_error(again, "exists")

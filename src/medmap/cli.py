@@ -363,6 +363,12 @@ def train(
     ] = None,
     freeze_encoder_epochs: Annotated[int, typer.Option(help="Train only the classifier head this many epochs.")] = 0,
     folds: Annotated[int, typer.Option(help="K-fold cross-validation; evaluation ensembles the K models.")] = 1,
+    track: Annotated[
+        str, typer.Option(help="mlflow: log the finished run to MLflow (`mlflow ui` shows it); off: don't.")
+    ] = "mlflow",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI [sqlite:///<folder of the run>/mlflow.db].")
+    ] = None,
 ) -> None:
     """Train a model on a dataset with its automatic plan, then evaluate it on the held-out patients."""
     from medmap.training.run import train_run
@@ -395,8 +401,21 @@ def train(
         folds=folds,
         progress=True,
         command=sys.argv,
+        track=quiet_tracker(track),
+        tracking_uri=tracking_uri,
     )
     _print_summary(summary)
+    if summary.get("tracking"):
+        out.print(f"tracked in MLflow: mlflow ui --backend-store-uri {summary['tracking']}", highlight=False)
+
+
+def quiet_tracker(track: str) -> str:
+    """MLflow's own INFO lines (database migrations) are not the user's business on the command line."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return track
 
 
 def parse_duration(text: str) -> float:

@@ -68,7 +68,7 @@ def test_weak_evidence_is_said_in_words(tmp_path, balls_run):
     assert "does not beat size only on its own test set" in card
     assert "not calibrated (ECE 0.170)" in card
     assert "**Evidence:** only 12 test cases" in card
-    assert "| sensitivity | 0.750 | 0.30-0.95 |" in card
+    assert "| sensitivity | 0.750 | 0.300-0.950 |" in card
     assert "missed 1 of 4 positives and flagged 3 of 8 negatives" in card
     assert "it does not find lesions" in card
     assert "- test: 8 benign, 4 malignant" in card

@@ -28,13 +28,13 @@ def _read(run: Path, name: str):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _interval(values) -> str:
+def _interval(values, digits: int = 3) -> str:
     ok = values and all(isinstance(v, float | int) and v == v for v in values)  # v == v: not NaN
-    return f"{values[0]:.2f}-{values[1]:.2f}" if ok else ""
+    return f"{values[0]:.{digits}f}-{values[1]:.{digits}f}" if ok else ""
 
 
-def _ci(values) -> str:
-    return f" (95% CI {_interval(values)})" if _interval(values) else ""
+def _ci(values, digits: int = 3) -> str:
+    return f" (95% CI {_interval(values, digits)})" if _interval(values, digits) else ""
 
 
 def _header(plan: Plan, identity: str, record: dict) -> list[str]:
@@ -165,15 +165,15 @@ def _segmentation(metrics: dict, split: str) -> tuple[list[str], list[str]]:
     for name, entry in metrics.get("classes", {}).items():
 
         def cell(key, entry=entry) -> str:
-            value = entry[key]
-            return "-" if value["mean"] is None else f"{value['mean']:.3f}{_ci(value['ci'])}"
+            value, digits = entry[key], 1 if key.endswith("_mm") else 3  # millimetres to a tenth
+            return "-" if value["mean"] is None else f"{value['mean']:.{digits}f}{_ci(value['ci'], digits)}"
 
         lines.append(f"| {name} | {cell('dice')} | {cell('hd95_mm')} | {cell('nsd')} |")
         dice = entry["dice"]["mean"]
         if dice is not None and dice < POOR_DICE:
             failures.append(f"{name}: mean Dice {dice:.2f} is weak; check its outlines before any use")
     for name, d in metrics.get("lesions", {}).items():
-        recall = f"{d['recall']:.2f}{_ci(d.get('recall_ci'))}" if d["recall"] is not None else "-"
+        recall = f"{d['recall']:.2f}{_ci(d.get('recall_ci'), 2)}" if d["recall"] is not None else "-"
         lines.append(
             f"\n{name} lesions: {d['detected']} of {d['lesions']} found (recall {recall}), "
             f"{d['false_positives_per_case']:.2f} false-positive components per case."

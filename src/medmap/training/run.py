@@ -163,12 +163,17 @@ def train_run(
     folds: int = 1,
     progress: bool = False,
     command: list[str] | None = None,
+    track: str = "off",
+    tracking_uri: str | None = None,
 ) -> dict:
     """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report.
-    ``command`` is the command line recorded in ``provenance.json`` (the CLI passes ``sys.argv``)."""
+    ``command`` is the command line recorded in ``provenance.json`` (the CLI passes ``sys.argv``);
+    ``track="mlflow"`` logs the finished run to MLflow (``tracking_uri``, default a store beside it)."""
     run_dir = Path(run_dir)
     config = config or TrainConfig()
     check_device(config.device)  # before any planning or caching
+    if track not in ("mlflow", "off"):
+        raise ConfigError(f"--track {track}: mlflow or off")
     dataset = read_dataset(data)
     if task and task != dataset.task:
         raise ConfigError(f"--task {task}: {data} is a {dataset.task} dataset")
@@ -218,11 +223,35 @@ def train_run(
     write_intended_use(run_dir, plan, records)
     write_provenance(run_dir, data, splits, records, config, command, plan.labels)
     if folds > 1:
-        return _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
-    trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
-    result = trainer.fit(cached["train"], cached["val"], resume=resume)
-    summary = _evaluate(run_dir, plan, trainer, splits, cached, history=result["history"], progress=progress)
-    return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+        summary = _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
+    else:
+        trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
+        result = trainer.fit(cached["train"], cached["val"], resume=resume)
+        summary = _evaluate(run_dir, plan, trainer, splits, cached, history=result["history"], progress=progress)
+        summary = {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+    return {**summary, "tracking": track_run(run_dir, track, tracking_uri)}
+
+
+def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
+    """Log the finished run to the experiment tracker (`medmap.training.tracking`); a side step: a failure
+    or a missing MLflow is one warning, the run is complete without it. Returns the store's URI."""
+    if track == "off":
+        return None
+    import importlib.util
+    import warnings
+
+    from medmap.errors import MedmapWarning
+
+    if importlib.util.find_spec("mlflow") is None:
+        warnings.warn(
+            MedmapWarning("experiment tracking off: MLflow is not installed (pip install 'medmap[tracking]')"),
+            stacklevel=2,
+        )
+        return None
+    from medmap.training import tracking
+
+    uri = uri or tracking.default_uri(run_dir)
+    return uri if optional("logging the run to MLflow", tracking.log_run, run_dir, uri) else None
 
 
 def _train_folds(
