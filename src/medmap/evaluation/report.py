@@ -138,9 +138,12 @@ def segmentation_report(
         cells = []
         for key, _ in SEGMENTATION_COLUMNS:
             m = entry[key]
-            cells.append(
-                "<td>-</td>" if m["mean"] is None else f"<td>{m['mean']:.3f}<br><small>{_fmt(m['ci'])}</small></td>"
-            )
+            if m["mean"] is None:
+                cells.append("<td>-</td>")
+                continue
+            digits = 1 if key.endswith("_mm") else 3  # millimetres to a tenth: finer is false precision
+            ci = f"{m['ci'][0]:.{digits}f} - {m['ci'][1]:.{digits}f}"
+            cells.append(f"<td>{m['mean']:.{digits}f}<br><small>{ci}</small></td>")
         rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
     lesion_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{d['lesions']}</td><td>{d['detected']}</td>"
