@@ -34,6 +34,9 @@ _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 # Limits on what a header may declare, checked before anything is allocated: a hostile or damaged
 # header must not make the reader build a billion frames or ask for terabytes.
 MAX_FRAMES = 100_000
+# A header value (any element but the pixel data) longer than this is a damaged length: reading it would
+# pull gigabytes (of a sparse file's made-up zeros, seconds per gigabyte) into memory before any check.
+MAX_HEADER_VALUE_BYTES = 1 << 30
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 PHOTOMETRICS = (*MONOCHROME, "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
                 "YBR_PARTIAL_420")
@@ -277,6 +280,8 @@ class _HeaderGuard:
             self.first = tag
         if tag <= self.previous:
             raise ValueError(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) out of order: damaged or zero-filled")
+        if tag not in PIXEL_DATA_TAGS and length != 0xFFFFFFFF and length > MAX_HEADER_VALUE_BYTES:
+            raise ValueError(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes: a damaged length")
         self.previous = tag
         return self.stop_at_pixels and tag in PIXEL_DATA_TAGS
 
