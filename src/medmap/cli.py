@@ -619,10 +619,17 @@ def predict(
         bool,
         typer.Option(help="Answer even on series outside the bundle's intended use (the reasons go in result.json)."),
     ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="i/n: only the i-th of n deterministic shares of the cases (Slurm arrays, indexed jobs)."),
+    ] = None,
 ) -> None:
     """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, per case.
     Series outside the bundle's intended use (modality, body part, spacing, image profile) are refused."""
     from medmap.inference.predictor import predict as run_predict
+    from medmap.inference.shards import parse_shard
+
+    share = parse_shard(shard) if shard else None  # a bad value fails before anything is fetched or read
 
     if dicomweb:  # pull mode: WADO-RS the study into OUT/input/<study>, predict, optionally STOW the results
         from medmap.deploy.dicomweb import wado_study
@@ -644,6 +651,7 @@ def predict(
         overlays=overlays,
         lesions=[_lesion(t) for t in lesion or []] or None,
         ignore_intended_use=ignore_intended_use,
+        shard=share,
         progress=True,
     )
     for r in results:
@@ -659,7 +667,13 @@ def predict(
     failed = [r for r in results if not r.ok]
     for r in failed:
         sys.stderr.write(f"error: {_one_line(r.error)}\n")
-    out.print(f"{len(results) - len(failed)} of {len(results)} case(s) done; summary {output / 'summary.json'}")
+    summary = output / "summary.json"
+    if share:
+        from medmap.inference.shards import shard_file
+
+        merged = f"; all {share[1]} shards done: {summary}" if summary.is_file() else ""
+        summary = f"{shard_file(output, share)}{merged}"
+    out.print(f"{len(results) - len(failed)} of {len(results)} case(s) done; summary {summary}")
     if failed:
         raise typer.Exit(1)
 

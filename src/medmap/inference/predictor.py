@@ -33,6 +33,7 @@ from medmap.data.cache import centre_of, normalized_cube, raw_lesion_cube, whole
 from medmap.data.loader import classifier_input
 from medmap.device import check_device
 from medmap.errors import ConfigError, InputNotFoundError, MedmapError
+from medmap.inference import shards
 from medmap.inference.bundle import Bundle, load_bundle
 from medmap.inference.engines import load_engines
 from medmap.inference.precision import resolve_precision
@@ -327,13 +328,17 @@ def predict(
     overlays: bool = False,
     lesions: list[tuple[float, float, float]] | None = None,
     ignore_intended_use: bool = False,
+    shard: tuple[int, int] | None = None,
     progress: bool = False,
 ) -> list[CaseResult]:
-    """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``."""
+    """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``.
+    ``shard=(i, n)``: only the i-th of n deterministic shares of the cases (`medmap.inference.shards`)."""
     check_device(device)  # a bad option fails before anything is loaded
     resolve_precision(precision, device, engine)
     bundle = load_bundle(bundle_path)
     cases = discover(Path(source), lesions)
+    if shard is not None:
+        cases = shards.select(cases, shard)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     predictor = Predictor(
@@ -355,5 +360,8 @@ def predict(
         {"case_id": r.case_id, "ok": r.ok, "refused": r.refused, "outputs": r.outputs, "error": r.error}
         for r in results
     ]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if shard is None:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    else:
+        shards.write_and_merge(out, shard, summary)
     return results
