@@ -22,7 +22,7 @@ weights and of the inference engine (ONNX, TorchScript), and every refusal can s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,27 +65,38 @@ class OutOfUseError(MedmapError):
     """An input outside the model's intended use: the model does not answer on it."""
 
 
-def describe(array: np.ndarray, spacing, kind: str, *, extent: bool = True) -> tuple[list[float], list[str], list[str]]:
-    """Features of an image (``[Z, Y, X]`` or ``[Z, Y, X, C]``, first channel used): values, names, units."""
+def feature_names(kind: str, shape: tuple[int, ...] | None = None) -> tuple[list[str], list[str]]:
+    """Names and units of the features `describe` returns for ``kind``; field-of-view features for the
+    axes of ``shape`` longer than one voxel (none without a shape: lesion regions)."""
+    if kind == "ct":
+        names, units = list(CT_BANDS), ["fraction"] * len(CT_BANDS)
+    else:
+        names, units = list(QUANTILE_NAMES), ["quantile"] * len(QUANTILE_NAMES)
+    for axis, n in enumerate((shape or ())[:3]):
+        if n > 1:
+            names.append(f"field of view along the {AXES[axis]} axis")
+            units.append("log2_mm")
+    return names, units
+
+
+def describe(array: np.ndarray, spacing, kind: str, *, extent: bool = True) -> list[float]:
+    """Features of an image (``[Z, Y, X]`` or ``[Z, Y, X, C]``, first channel used), in the order of
+    `feature_names`: intensity features, then (``extent``) log2 of the field of view in mm per axis."""
     values = np.asarray(array)
     if values.ndim == 4:
         values = values[..., 0]
     values = values.astype(np.float32, copy=False).ravel()
     if kind == "ct":
         counts = np.bincount(np.searchsorted(np.asarray(CT_EDGES, dtype=np.float32), values, side="right"), minlength=7)
-        features, names, units = list(counts / max(values.size, 1)), list(CT_BANDS), ["fraction"] * 7
+        features = list(counts / max(values.size, 1))
     else:
         q = np.percentile(values, [1, *QUANTILES, 99])
         span = float(q[-1] - q[0]) or 1.0
-        features, names, units = [float(v) for v in (q[1:-1] - q[0]) / span], list(QUANTILE_NAMES), ["quantile"] * 5
+        features = list((q[1:-1] - q[0]) / span)
     if extent:
         shape = np.asarray(array).shape[:3]
-        for axis, (n, s) in enumerate(zip(shape, spacing, strict=True)):
-            if n > 1:
-                features.append(float(np.log2(n * s)))
-                names.append(f"field of view along the {AXES[axis]} axis")
-                units.append("log2_mm")
-    return [float(f) for f in features], names, units
+        features += [np.log2(n * s) for n, s in zip(shape, spacing, strict=True) if n > 1]
+    return [float(f) for f in features]
 
 
 def profile_kind(modality: str) -> str:
@@ -208,14 +219,14 @@ class IntendedUse:
                     f"from {low / FINER_FACTOR:.3g} to {high * COARSER_FACTOR:.3g} mm)"
                 )
         if self.series is not None and not reasons:  # the profile means little once a header fact is off
-            reasons += self.series.reasons(describe(image.array, image.spacing, self.series.kind)[0], "the image is")
+            reasons += self.series.reasons(describe(image.array, image.spacing, self.series.kind), "the image is")
         return reasons
 
     def check_lesion(self, raw_cube: np.ndarray, position) -> list[str]:
         if self.lesion is None:
             return []
         where = "the region around the lesion at " + ", ".join(f"{v:.1f}" for v in position) + " mm (LPS) is"
-        return self.lesion.reasons(describe(raw_cube, (1.0, 1.0, 1.0), self.lesion.kind, extent=False)[0], where)
+        return self.lesion.reasons(describe(raw_cube, (1.0, 1.0, 1.0), self.lesion.kind, extent=False), where)
 
     def summary(self) -> list[str]:
         """The intended use in sentences, for the model card and the node's page."""
@@ -267,13 +278,13 @@ class IntendedUse:
 
     def with_body_parts(self, parts: list[str]) -> IntendedUse:
         merged = sorted({*self.body_parts, *(p.strip().upper() for p in parts if p.strip())})
-        return IntendedUse(**{**self.__dict__, "body_parts": merged})
+        return replace(self, body_parts=merged)
 
 
 def case_record(image, modality: str) -> dict:
     """What the cache keeps of one training image for the intended use (no pixels, no identifiers)."""
     return {
-        "features": describe(image.array, image.spacing, profile_kind(modality))[0],
+        "features": describe(image.array, image.spacing, profile_kind(modality)),
         "body_part": (image.meta.body_part or "").strip().upper(),
         "spacing": list(image.spacing),
         "shape": list(image.shape),
@@ -281,7 +292,7 @@ def case_record(image, modality: str) -> dict:
 
 
 def lesion_record(raw_cube: np.ndarray, modality: str) -> list[float]:
-    return describe(raw_cube, (1.0, 1.0, 1.0), profile_kind(modality), extent=False)[0]
+    return describe(raw_cube, (1.0, 1.0, 1.0), profile_kind(modality), extent=False)
 
 
 def fit_intended_use(modality: str, train: list[dict], val: list[dict]) -> IntendedUse:
@@ -298,11 +309,11 @@ def fit_intended_use(modality: str, train: list[dict], val: list[dict]) -> Inten
     shapes = np.asarray([r["shape"] for r in train_images])
     spacings = np.asarray([r["spacing"] for r in train_images], dtype=np.float64)
     varies = shapes.min(axis=0) > 1  # an axis that is 1 in some training image (2-D) has no spacing range
-    _, names, units = describe(np.zeros(shapes[0]), spacings[0], kind)
+    names, units = feature_names(kind, tuple(shapes[0]))
     series = Profile.fit([r["features"] for r in train_images], [r["features"] for r in val_images], kind, names, units)
     lesion = None
     if any("lesion" in r for r in train):
-        _, lnames, lunits = describe(np.zeros((2, 2, 2)), (1, 1, 1), kind, extent=False)
+        lnames, lunits = feature_names(kind)
         lesion = Profile.fit(
             [r["lesion"] for r in train], [r["lesion"] for r in val if "lesion" in r], kind, lnames, lunits
         )

@@ -46,7 +46,12 @@ def create_app(node, token: str | None = None) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return job
 
-    def describe(job) -> dict:
+    def described(jobs: list) -> list[dict]:
+        """`describe` for many jobs, their deliveries read in one query."""
+        deliveries = node.store.deliveries([j.id for j in jobs])
+        return [describe(j, deliveries[j.id]) for j in jobs]
+
+    def describe(job, delivery: dict | None = None) -> dict:
         took = round(job.finished - job.started, 2) if job.finished and job.started else None
         waited = round(job.started - job.last_received, 2) if job.started else None
         result = json.loads(job.result) if job.result else {}
@@ -65,7 +70,7 @@ def create_app(node, token: str | None = None) -> FastAPI:
             "model": node.model_of(job.bundle),
             "attempts": job.attempts,
             "error": without_paths(job.error),
-            "delivery": node.store.delivery(job.id),
+            "delivery": delivery if delivery is not None else node.store.deliveries([job.id])[job.id],
             "seconds_processing": took,
             "seconds_waiting": waited,
             "segments": result.get("segments"),
@@ -94,12 +99,12 @@ def create_app(node, token: str | None = None) -> FastAPI:
             except MedmapError as exc:
                 raise HTTPException(status_code=400, detail=f"{upload_file.filename}: {exc}") from None
         node.store.complete(sorted(series))
-        jobs = [describe(j) for j in node.store.jobs(10_000) if j.series_uid in series]
+        jobs = described([j for j in node.store.jobs(10_000) if j.series_uid in series])
         return {"jobs": jobs}
 
     @app.get("/v1/jobs", dependencies=guard)
     def jobs() -> list[dict]:
-        return [describe(j) for j in node.store.jobs(500)]
+        return described(node.store.jobs(500))
 
     @app.get("/v1/jobs/{job_id}", dependencies=guard)
     def job(job_id: int) -> dict:
@@ -134,7 +139,7 @@ def create_app(node, token: str | None = None) -> FastAPI:
     @app.get("/", response_class=HTMLResponse, dependencies=guard)
     def page(request: Request) -> str:
         suffix = f"?token={html.escape(request.query_params['token'])}" if "token" in request.query_params else ""
-        rows = [_job_row(j, suffix, "thumbnail.png" in files_of(j["id"])) for j in map(describe, node.store.jobs(200))]
+        rows = [_job_row(j, suffix, "thumbnail.png" in files_of(j["id"])) for j in described(node.store.jobs(200))]
         body = "".join(rows) or '<tr><td colspan="10">no jobs yet</td></tr>'
         counts = node.store.counts()
         summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no jobs yet"

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 STATES = ("receiving", "queued", "running", "sending", "done", "failed", "ignored", "refused")
 FINISHED = ("done", "failed", "ignored", "refused")
+FINISHED_SQL = ", ".join(f"'{state}'" for state in FINISHED)  # for SQL's IN (...)
 # Columns added after the first release: a node's existing database gains them on start.
 ADDED_JOB_COLUMNS = {"accession": "TEXT DEFAULT ''", "patient_ref": "TEXT DEFAULT ''"}
 
@@ -121,7 +122,7 @@ class JobStore:
                     " state, first_received, last_received, accession, patient_ref)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?, ?, ?)"
                     " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
-                    " state = CASE WHEN jobs.state IN ('done', 'failed', 'ignored', 'refused')"
+                    f" state = CASE WHEN jobs.state IN ({FINISHED_SQL})"
                     " AND NOT EXISTS (SELECT 1 FROM instances WHERE sop_uid = ?) THEN 'receiving'"
                     " ELSE jobs.state END",
                     (
@@ -237,15 +238,25 @@ class JobStore:
     def events(self, limit: int = 20) -> list[tuple[float, str, str]]:
         return self._run("SELECT time, kind, detail FROM events ORDER BY id DESC LIMIT ?", (limit,))
 
-    def delivery(self, job_id: int) -> dict:
-        """The job's results in the outbox: how many sent and pending, attempts, the last error."""
-        rows = self._run("SELECT state, attempts, error FROM outbox WHERE job_id = ?", (job_id,))
+    def deliveries(self, job_ids: list[int]) -> dict[int, dict]:
+        """Per job, its results in the outbox: how many sent and pending, attempts, the last error. One
+        query for a whole page of jobs (the page refreshes every few seconds)."""
+        rows = self._run(
+            "SELECT job_id, state, attempts, error FROM outbox WHERE job_id >= ?", (min(job_ids, default=0),)
+        )
+        by_job: dict[int, list[tuple]] = {job_id: [] for job_id in job_ids}
+        for job_id, *row in rows:
+            if job_id in by_job:
+                by_job[job_id].append(row)
         return {
-            "results": len(rows),
-            "sent": sum(r[0] == "sent" for r in rows),
-            "pending": sum(r[0] == "pending" for r in rows),
-            "attempts": max((r[1] for r in rows), default=0),
-            "last_error": next((r[2] for r in rows if r[0] == "pending" and r[2]), ""),
+            job_id: {
+                "results": len(mine),
+                "sent": sum(r[0] == "sent" for r in mine),
+                "pending": sum(r[0] == "pending" for r in mine),
+                "attempts": max((r[1] for r in mine), default=0),
+                "last_error": next((r[2] for r in mine if r[0] == "pending" and r[2]), ""),
+            }
+            for job_id, mine in by_job.items()
         }
 
     def outbox(self) -> list[tuple]:
