@@ -363,6 +363,17 @@ def train(
     ] = None,
     freeze_encoder_epochs: Annotated[int, typer.Option(help="Train only the classifier head this many epochs.")] = 0,
     folds: Annotated[int, typer.Option(help="K-fold cross-validation; evaluation ensembles the K models.")] = 1,
+    fold: Annotated[
+        int | None,
+        typer.Option(help="Train only fold i of --folds K (run K of these at once); then --folds K gathers them."),
+    ] = None,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            "--nproc-per-node",
+            help="Training processes on this machine (DDP through torchrun: one per GPU, or CPU processes).",
+        ),
+    ] = 1,
     track: Annotated[
         str, typer.Option(help="mlflow: log the finished run to MLflow (`mlflow ui` shows it); off: don't.")
     ] = "mlflow",
@@ -371,8 +382,13 @@ def train(
     ] = None,
 ) -> None:
     """Train a model on a dataset with its automatic plan, then evaluate it on the held-out patients."""
+    from medmap.training.distributed import Ranks, launch
     from medmap.training.run import train_run
     from medmap.training.trainer import TrainConfig
+
+    ranks = Ranks.from_launcher()
+    if nproc_per_node > 1 and not ranks.distributed:  # start the ranks; each runs this command without it
+        raise typer.Exit(launch(without_option(sys.argv[1:], "--nproc-per-node"), nproc_per_node))
 
     overrides = list(set_ or []) + ([f"network={model}"] if model else [])
     config = TrainConfig(
@@ -399,14 +415,33 @@ def train(
         resume=resume,
         cache_root=cache,
         folds=folds,
+        fold=fold,
         progress=True,
         command=sys.argv,
+        ranks=ranks,
         track=quiet_tracker(track),
         tracking_uri=tracking_uri,
     )
+    if "metrics" not in summary:  # a rank other than 0, or one fold of several: nothing evaluated here
+        if "next" in summary:
+            out.print(f"fold {summary['fold']} trained ({summary['epochs_run']} epochs); {summary['next']}")
+        return
     _print_summary(summary)
     if summary.get("tracking"):
         out.print(f"tracked in MLflow: mlflow ui --backend-store-uri {summary['tracking']}", highlight=False)
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE`` (what the launcher hands to each rank)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            out.append(arg)
+    return out
 
 
 def quiet_tracker(track: str) -> str:
@@ -799,7 +834,8 @@ def main() -> None:
     try:
         app()
     except MedmapError as exc:
-        sys.stderr.write(f"error: {_one_line(str(exc))}\n")
+        if not getattr(exc, "quiet", False):  # a training rank echoing another's failure stays silent
+            sys.stderr.write(f"error: {_one_line(str(exc))}\n")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")

@@ -33,28 +33,56 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugmenter:
-    """Callable on ``(images [B, C, *spatial], masks [B, *spatial] or None)``; returns augmented copies."""
+    """Callable on ``(images [B, C, *spatial], masks [B, *spatial] or None)``; returns augmented copies.
 
-    def __init__(self, aug: Augmentation, spacing: tuple[float, float, float], *, seed: int = 0) -> None:
+    ``share=(rank, world)``: this process holds rows ``rank * B`` to ``(rank + 1) * B`` of a global batch
+    of ``world * B`` (distributed training). Every random number is drawn for the whole global batch, from
+    the same seeded generator on every rank, and the rows of this share are kept: N processes augment
+    each sample exactly as one process would (the per-voxel noise comes from a seed per sample)."""
+
+    def __init__(
+        self, aug: Augmentation, spacing: tuple[float, float, float], *, seed: int = 0, share: tuple[int, int] = (0, 1)
+    ) -> None:
         self.aug = aug
         self.spacing = torch.tensor(spacing, dtype=torch.float32)
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = share
+        self.rows = slice(0, 0)
 
     # Random parameters are drawn on the CPU from one seeded generator (reproducible whatever the
     # device) and moved to the batch's device; only the per-voxel noise is drawn on that device.
     device: torch.device = torch.device("cpu")
 
-    def _chosen(self, batch: int) -> torch.Tensor:
-        return (torch.rand(batch, generator=self.generator) < self.aug.probability).to(self.device)
+    @property
+    def _global_batch(self) -> int:
+        return (self.rows.stop - self.rows.start) * self.world
+
+    def _chosen(self) -> torch.Tensor:
+        drawn = torch.rand(self._global_batch, generator=self.generator) < self.aug.probability
+        return drawn[self.rows].to(self.device)
 
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         return (low + (high - low) * torch.rand(n, generator=self.generator)).to(self.device)
+
+    def _per_sample(self, low: float, high: float) -> torch.Tensor:
+        """One uniform number per sample of the global batch; this share's rows."""
+        return self._uniform(self._global_batch, low, high)[self.rows]
 
     def _noise(self, shape) -> torch.Tensor:
         if self.device.type == "cpu":
             return torch.randn(shape, generator=self.generator)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         return torch.randn(shape, generator=torch.Generator(self.device).manual_seed(seed), device=self.device)
+
+    def _sample_noise(self, shape, chosen: torch.Tensor) -> torch.Tensor:
+        """Per-voxel noise for the ``chosen`` samples (zero elsewhere), one seed per sample of the global
+        batch, so that a share draws its own samples' noise and nobody else's."""
+        seeds = torch.randint(0, 2**62, (self._global_batch,), generator=self.generator)[self.rows]
+        out = torch.zeros(shape, device=self.device)
+        for i in chosen.nonzero().flatten().tolist():
+            generator = torch.Generator(self.device).manual_seed(int(seeds[i]))
+            out[i] = torch.randn(shape[1:], generator=generator, device=self.device)
+        return out
 
     def _widen(self, bounds: tuple[float, float]) -> tuple[float, float]:
         s = self.aug.strength
@@ -64,6 +92,7 @@ class BatchAugmenter:
         if self.aug.strength == 0:
             return images, masks
         self.device = images.device
+        self.rows = slice(self.rank * images.shape[0], (self.rank + 1) * images.shape[0])
         two_d = images.dim() == 4
         if two_d:  # treat [B, C, H, W] as one-slice volumes
             images = images.unsqueeze(2)
@@ -77,29 +106,31 @@ class BatchAugmenter:
         return images, masks
 
     def _spatial(self, images: torch.Tensor, masks: torch.Tensor | None):
-        batch = images.shape[0]
-        chosen = self._chosen(batch)
+        everywhere = torch.rand(self._global_batch, generator=self.generator) < self.aug.probability
         if self.aug.elastic:  # a second chance: elastic deformation is drawn on its own
-            chosen = chosen | self._chosen(batch)
-        if not chosen.any():
-            return images, masks
-        idx = chosen.nonzero().flatten()
-        n = len(idx)
+            everywhere = everywhere | (torch.rand(self._global_batch, generator=self.generator) < self.aug.probability)
+        drawn = everywhere.nonzero().flatten()  # samples of the global batch to transform
+        n = len(drawn)
         spatial = images.shape[2:]
         limit = math.radians(self.aug.rotate_deg * self.aug.strength)
         angles = self._uniform(n * 3, -limit, limit).view(n, 3)
         if spatial[0] == 1:  # one slice: rotate in-plane only
             angles[:, 1:] = 0
         scale = self._uniform(n, *self._widen(self.aug.scale))
+        coarse = self._noise((n, 3, 4, 4, 4)) * 0.03 * self.aug.strength if self.aug.elastic and n else None
+        mine = ((drawn >= self.rows.start) & (drawn < self.rows.stop)).to(self.device)  # this share's rows
+        if not mine.any():
+            return images, masks
+        idx = (drawn.to(self.device)[mine] - self.rows.start).long()
+        angles, scale, n = angles[mine], scale[mine], int(mine.sum())
         half_mm = (torch.tensor(spatial, dtype=torch.float32) * self.spacing / 2).to(self.device)
         # normalised -> mm (zyx), rotate & scale, mm -> normalised; then reorder to grid_sample's (x, y, z)
         matrix = torch.diag(1 / half_mm) @ (_rotation(angles) / scale.view(n, 1, 1)) @ torch.diag(half_mm)
         theta = torch.zeros(n, 3, 4, device=self.device)
         theta[:, :, :3] = matrix.flip(1).flip(2)
         grid = F.affine_grid(theta, (n, 1, *spatial), align_corners=False)
-        if self.aug.elastic:
-            coarse = self._noise((n, 3, 4, 4, 4)) * 0.03 * self.aug.strength
-            grid = grid + F.interpolate(coarse, size=spatial, mode="trilinear", align_corners=False).permute(
+        if coarse is not None:
+            grid = grid + F.interpolate(coarse[mine], size=spatial, mode="trilinear", align_corners=False).permute(
                 0, 2, 3, 4, 1
             )
         images = images.clone()
@@ -116,26 +147,26 @@ class BatchAugmenter:
         batch = images.shape[0]
         view = (batch,) + (1,) * (images.dim() - 1)
         dims = tuple(range(1, images.dim()))
-        gamma = self._chosen(batch)
+        gamma = self._chosen()
+        g = self._per_sample(*self._widen(self.aug.gamma)).view(view)
         if gamma.any():
             lo, hi = images.amin(dim=dims, keepdim=True), images.amax(dim=dims, keepdim=True)
-            g = self._uniform(batch, *self._widen(self.aug.gamma)).view(view)
             unit = ((images - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1)
             images = torch.where(gamma.view(view), unit.pow(g) * (hi - lo) + lo, images)
-        contrast = self._chosen(batch)
+        contrast = self._chosen()
+        c = self._per_sample(*self._widen(self.aug.contrast)).view(view)
         if contrast.any():
             mean = images.mean(dim=dims, keepdim=True)
-            c = self._uniform(batch, *self._widen(self.aug.contrast)).view(view)
             images = torch.where(contrast.view(view), (images - mean) * c + mean, images)
-        noise = self._chosen(batch)
-        if noise.any() and self.aug.noise_std > 0:
-            sigma = self._uniform(batch, 0, self.aug.noise_std * self.aug.strength).view(view) * noise.view(view)
-            images = images + self._noise(images.shape) * sigma
+        noise = self._chosen()
+        sigma = self._per_sample(0, self.aug.noise_std * self.aug.strength).view(view) * noise.view(view)
+        if self.aug.noise_std > 0:
+            images = images + self._sample_noise(images.shape, noise) * sigma
         return images
 
     def _flip(self, images: torch.Tensor, masks: torch.Tensor | None):
         for axis in self.aug.flip_axes:
-            flip = (torch.rand(images.shape[0], generator=self.generator) < 0.5).to(self.device)
+            flip = (torch.rand(self._global_batch, generator=self.generator) < 0.5)[self.rows].to(self.device)
             if images.shape[2 + axis] == 1 or not flip.any():
                 continue
             images = torch.where(flip.view(-1, 1, 1, 1, 1), images.flip(2 + axis), images)

@@ -55,7 +55,7 @@ class CachedCase:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npy")  # processes on a shared cache never collide
     np.save(tmp, np.ascontiguousarray(array))
     os.replace(tmp, path)
 
@@ -215,7 +215,9 @@ class PreprocessedCache:
     ) -> list[CachedCase]:
         """Preprocess the cases not cached yet (in ``workers`` processes) and return all of them."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "plan.json").write_text(self.plan.model_dump_json(indent=2))
+        plan_file, plan_json = self.folder / "plan.json", self.plan.model_dump_json(indent=2)
+        if not plan_file.is_file() or plan_file.read_text() != plan_json:  # readers on other ranks: no rewrite
+            plan_file.write_text(plan_json)
         groups: dict[str, list[Case]] = {}
         for case in cases:
             if not self.is_cached(case):

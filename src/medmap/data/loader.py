@@ -122,38 +122,62 @@ def classifier_input(array: np.ndarray, plan: Plan, shift: np.ndarray | None = N
 
 
 class EpochSampler(Sampler[int]):
-    """Yields ``epoch * n + i`` for ``i`` in ``range(n)``; the epoch advances after each full pass."""
+    """Yields ``epoch * n + i`` for ``i`` in ``range(n)``; the epoch advances after each full pass.
 
-    def __init__(self, dataset: PatchDataset) -> None:
-        self.dataset = dataset
+    With several training processes (``world`` > 1) each rank yields only its rows of every global batch
+    of ``global_batch`` items (rank r: rows ``r * b`` to ``(r + 1) * b``, b = global_batch / world), so
+    the ranks together see exactly the items one process would, batch by batch."""
+
+    def __init__(self, dataset: PatchDataset, *, rank: int = 0, world: int = 1, global_batch: int = 1) -> None:
+        self.dataset, self.rank, self.world, self.global_batch = dataset, rank, world, global_batch
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        if self.world == 1:
+            return len(self.dataset)
+        return (len(self.dataset) // self.global_batch) * (self.global_batch // self.world)
 
     def __iter__(self):
         start = self.dataset.epoch * len(self.dataset)
-        yield from range(start, start + len(self.dataset))
+        if self.world == 1:
+            yield from range(start, start + len(self.dataset))
+            return
+        share = self.global_batch // self.world
+        for batch in range(len(self.dataset) // self.global_batch):
+            first = start + batch * self.global_batch + self.rank * share
+            yield from range(first, first + share)
 
 
 class AugmentingLoader:
     """A DataLoader whose batches are augmented as whole batches (see `medmap.data.augment`)."""
 
     def __init__(
-        self, dataset: PatchDataset, batch_size: int, *, workers: int = 2, augment: bool = True, seed: int = 0
+        self,
+        dataset: PatchDataset,
+        batch_size: int,
+        *,
+        workers: int = 2,
+        augment: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
+        """``batch_size`` is the global batch; with ``world`` processes this one loads and augments its
+        ``rank``'s share of each (`EpochSampler`, `BatchAugmenter`'s ``share``)."""
         generator = torch.Generator().manual_seed(seed)
         self.dataset = dataset
         self.loader = DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=EpochSampler(dataset),
+            batch_size=batch_size // world,
+            sampler=EpochSampler(dataset, rank=rank, world=world, global_batch=batch_size),
             num_workers=workers,
             persistent_workers=workers > 0,
             generator=generator,
             drop_last=dataset.train,
         )
         plan = dataset.plan
-        self.augmenter = BatchAugmenter(plan.augmentation, plan.target_spacing, seed=seed) if augment else None
+        self.augmenter = (
+            BatchAugmenter(plan.augmentation, plan.target_spacing, seed=seed, share=(rank, world)) if augment else None
+        )
 
     def __len__(self) -> int:
         return len(self.loader)

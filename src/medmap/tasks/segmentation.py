@@ -14,6 +14,31 @@ from medmap.models.segmenters import build_segmenter
 from medmap.plan import Plan
 
 
+class BatchDice(nn.Module):
+    """Soft Dice over the whole global batch, foreground classes averaged: MONAI's ``DiceLoss(softmax=True,
+    to_onehot_y=True, include_background=False, batch=True)`` to the last digit with one process.
+
+    Written here because batch Dice pools its sums over the batch: with several training processes each
+    holds a share of it, and MONAI's loss would average per-share Dice (another loss). While training
+    (gradients on) the sums are added across the ranks with their gradient, as nnU-Net's DDP batch Dice
+    does, so N processes train on the loss one process would; evaluation passes stay per process."""
+
+    smooth = 1e-5  # MONAI's smooth_nr and smooth_dr
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from medmap.training.distributed import all_reduce_with_gradient
+
+        probabilities = torch.softmax(logits, 1)[:, 1:]
+        classes = torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, *[1] * (logits.dim() - 2))
+        truth = (target == classes).to(probabilities.dtype)  # one-hot, background dropped ([B, 1, ...] target)
+        axes = [0, *range(2, logits.dim())]
+        sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
+        if torch.is_grad_enabled():
+            sums = all_reduce_with_gradient(sums)
+        intersection, ground, predicted = sums
+        return (1 - (2 * intersection + self.smooth) / (ground + predicted + self.smooth)).mean()
+
+
 class SegmentationLoss(nn.Module):
     """A MONAI loss on ``(logits [B, K, ...], labels [B, ...])``; with deep supervision the network returns
     ``[B, S, K, ...]`` (S decoder levels, upsampled) and each level's loss is weighted by MONAI's
@@ -34,6 +59,10 @@ class SegmentationLoss(nn.Module):
         if kind not in losses:
             raise ConfigError(f"loss {kind!r}: choose one of {', '.join(losses)} for segmentation")
         self.loss = losses[kind]()
+        if kind == "dice":
+            self.loss = BatchDice()
+        elif hasattr(self.loss, "dice"):  # Dice + CE / focal: MONAI's second term, medmap's global batch Dice
+            self.loss.dice = BatchDice()
         self.deep = DeepSupervisionLoss(self.loss, weight_mode="exp")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ digest: `medmap.provenance`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from dataclasses import asdict
@@ -26,7 +27,7 @@ from medmap.data.layouts import read_dataset
 from medmap.data.loader import PatchDataset
 from medmap.data.splits import train_val_test
 from medmap.device import check_device
-from medmap.errors import ConfigError, DatasetError, OutputError
+from medmap.errors import ConfigError, DatasetError, MedmapError, OutputError
 from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import training_curves
@@ -38,6 +39,7 @@ from medmap.intended_use import fit_intended_use
 from medmap.plan import Plan
 from medmap.provenance import FILE as PROVENANCE
 from medmap.tasks import task_for
+from medmap.training.distributed import LostRankError, Ranks
 from medmap.training.planner import plan_dataset
 from medmap.training.trainer import TrainConfig, Trainer
 
@@ -161,32 +163,143 @@ def train_run(
     resume: bool = False,
     cache_root: str | Path | None = None,
     folds: int = 1,
+    fold: int | None = None,
     progress: bool = False,
     command: list[str] | None = None,
     track: str = "off",
     tracking_uri: str | None = None,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report.
     ``command`` is the command line recorded in ``provenance.json`` (the CLI passes ``sys.argv``);
-    ``track="mlflow"`` logs the finished run to MLflow (``tracking_uri``, default a store beside it)."""
+    ``track="mlflow"`` logs the finished run to MLflow (``tracking_uri``, default a store beside it).
+
+    ``fold=i`` (with ``folds=K``) trains fold i alone, so K processes or machines can train the folds at
+    once; each joins the run the first one planned. ``folds=K`` on such a run trains what is left and
+    evaluates the ensemble. ``ranks`` of several processes train one model together (DDP): rank 0 plans,
+    caches and writes the run; the others wait, then train their shares; rank 0 evaluates."""
     run_dir = Path(run_dir)
     config = config or TrainConfig()
-    check_device(config.device)  # before any planning or caching
+    ranks = ranks or Ranks()
+    check_device(ranks.device(config.device))  # before any planning or caching
     if track not in ("mlflow", "off"):
         raise ConfigError(f"--track {track}: mlflow or off")
+    if fold is not None and not 0 <= fold < folds:
+        raise ConfigError(f"--fold {fold}: between 0 and {folds - 1} (--folds {folds})")
+    if ranks.distributed and folds > 1 and fold is None:
+        raise ConfigError(
+            f"--folds {folds} with {ranks.world_size} processes: train each fold with --fold i (one fold per "
+            "process or GPU is faster than DDP on small datasets), then --folds K gathers them"
+        )
+    ranks.start(ranks.device(config.device))
+    try:
+        return _train(
+            data,
+            run_dir,
+            task,
+            overrides,
+            config,
+            resume,
+            cache_root,
+            folds,
+            fold,
+            progress,
+            command,
+            track,
+            tracking_uri,
+            ranks,
+        )
+    finally:
+        ranks.stop()
+
+
+def _train(
+    data,
+    run_dir,
+    task,
+    overrides,
+    config,
+    resume,
+    cache_root,
+    folds,
+    fold,
+    progress,
+    command,
+    track,
+    tracking_uri,
+    ranks,
+) -> dict:
+    if ranks.is_main:
+        try:
+            with run_lock(run_dir, shared=fold is not None or folds > 1):
+                dataset, plan, config, splits, cached = _prepare_run(
+                    data, run_dir, task, overrides, config, resume, cache_root, folds, fold, progress, command
+                )
+            ranks.batch_share(plan.batch_size)
+        except MedmapError:
+            ranks.agree(None, "waiting for rank 0 to plan")  # the others stop quietly; this rank says why
+            raise
+        ranks.agree((plan.model_dump_json(), asdict(config), {k: [c.case_id for c in v] for k, v in splits.items()}))
+    else:
+        prepared = ranks.agree(None, "waiting for rank 0 to plan")
+        if prepared is None:
+            raise LostRankError("rank 0 stopped before training (its error says why)", quiet=True)
+        plan = Plan.model_validate_json(prepared[0])
+        config = TrainConfig(**prepared[1])
+        dataset = read_dataset(data)
+        by_id = {c.case_id: c for c in dataset.cases}
+        splits = {name: [by_id[i] for i in ids] for name, ids in prepared[2].items()}
+        cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
+        if ranks.is_local_main:  # another machine: its first rank caches for the ranks on it
+            cache.build([c for name in ("train", "val") for c in splits[name]], workers=config.workers)
+        ranks.wait("waiting for the cache")
+        cached = {name: cache.build(splits[name], workers=config.workers) for name in ("train", "val")}
+    if ranks.is_main:
+        ranks.wait("waiting for the cache")
+    the_task = task_for(plan)
+    if fold is not None:
+        return _train_one_fold(run_dir, plan, the_task, config, splits, cached, folds, fold, progress, ranks)
+    if folds > 1:
+        summary = _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
+        return {**summary, "tracking": track_run(run_dir, track, tracking_uri)}
+    trainer = Trainer(the_task, plan, config, run_dir, progress=progress, ranks=ranks)
+    result = trainer.fit(cached["train"], cached["val"], resume=resume)
+    if not ranks.is_main:
+        return {"rank": ranks.rank, "epochs_run": result["epochs_run"]}
+    ranks.stop()  # rank 0 evaluates alone: the others are done
+    trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
+    summary = _evaluate(run_dir, plan, trainer, splits, cached, history=result["history"], progress=progress)
+    summary = {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+    return {**summary, "tracking": track_run(run_dir, track, tracking_uri)}
+
+
+FOLDS_FILE = "folds.json"  # {"folds": K}: a run trained fold by fold, which --fold processes join
+
+
+def _prepare_run(data, run_dir: Path, task, overrides, config, resume, cache_root, folds, fold, progress, command):
+    """Rank 0's part: create the run (or reload it: --resume, or joining a run planned for --folds K),
+    split, plan, cache, and write intended use and provenance. Returns dataset, plan, config, splits, cache."""
     dataset = read_dataset(data)
     if task and task != dataset.task:
         raise ConfigError(f"--task {task}: {data} is a {dataset.task} dataset")
-    if resume:
+    joining = folds > 1 and (run_dir / FOLDS_FILE).is_file()
+    if joining:
+        planned = json.loads((run_dir / FOLDS_FILE).read_text())["folds"]
+        if planned != folds:
+            raise ConfigError(f"{run_dir}: planned for --folds {planned}, not {folds}")
+    if resume or joining:
         if not (run_dir / "plan.json").is_file():
             raise OutputError(f"{run_dir}: nothing to resume (no plan.json)")
         plan = Plan.load(run_dir / "plan.json")
         config = TrainConfig.from_file(run_dir / "config.json")
         split_ids = json.loads((run_dir / "split.json").read_text())
         by_id = {c.case_id: c for c in dataset.cases}
+        missing = [i for ids in split_ids.values() for i in ids if i not in by_id]
+        if missing:
+            raise DatasetError(f"{data}: case {missing[0]} of the run's split is not in this dataset")
         splits = {name: [by_id[i] for i in ids] for name, ids in split_ids.items()}
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
             raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
         splits = _split(dataset, config.seed)
         for name in ("train", "val"):
@@ -208,9 +321,10 @@ def train_run(
         (run_dir / "split.json").write_text(
             json.dumps({k: [c.case_id for c in v] for k, v in splits.items()}, indent=1)
         )
+        if folds > 1:
+            (run_dir / FOLDS_FILE).write_text(json.dumps({"folds": folds}))
     for name, cases in splits.items():
         _check_labels(dataset, cases, name)
-    the_task = task_for(plan)
     cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
     cached = {
         name: cache.build(cases, workers=config.workers, progress=progress)
@@ -221,15 +335,80 @@ def train_run(
         for name in ("train", "val")
     }
     write_intended_use(run_dir, plan, records)
-    write_provenance(run_dir, data, splits, records, config, command, plan.labels)
-    if folds > 1:
-        summary = _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
-    else:
-        trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
-        result = trainer.fit(cached["train"], cached["val"], resume=resume)
-        summary = _evaluate(run_dir, plan, trainer, splits, cached, history=result["history"], progress=progress)
-        summary = {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
-    return {**summary, "tracking": track_run(run_dir, track, tracking_uri)}
+    if not joining or not (run_dir / PROVENANCE).is_file():
+        write_provenance(run_dir, data, splits, records, config, command, plan.labels)
+    return dataset, plan, config, splits, cached
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, *, shared: bool):
+    """Processes training folds of one run at once (``--fold i``) take turns creating or joining it: the
+    first plans and caches, the others then find the plan. A plain run needs no lock."""
+    if not shared:
+        yield
+        return
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_one_fold(run_dir: Path, plan, task, config, splits, cached, k: int, index: int, progress, ranks) -> dict:
+    """Fold ``index`` of ``k`` alone (resumed where it stopped); the ensemble waits for ``--folds k``."""
+    from medmap.data.splits import kfold
+
+    pool = splits["train"] + splits["val"]
+    fold = kfold(pool, k, seed=config.seed)[index]
+    result = _fit_fold(run_dir, plan, task, config, cached, fold, progress, ranks)
+    if not ranks.is_main:
+        return {"rank": ranks.rank}
+    return {
+        "fold": index,
+        "folds": k,
+        "best_epoch": result["best_epoch"],
+        "epochs_run": result["epochs_run"],
+        "next": f"when all {k} folds are trained, `medmap train ... --folds {k}` on this run evaluates them",
+    }
+
+
+def _fit_fold(run_dir: Path, plan, task, config, cached, fold, progress, ranks=None) -> dict:
+    """Train one fold in ``RUN/fold-<i>/`` (continuing it if interrupted; a finished one is only read).
+    A lock on the fold keeps a gathering run from training a fold another process is still training."""
+    fold_dir = run_dir / f"fold-{fold.index}"
+    ranks = ranks or Ranks()
+    cached_by_id = {c.case_id: c for c in cached["train"] + cached["val"]}
+    if ranks.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "split.json").write_text(
+            json.dumps({"train": [c.case_id for c in fold.train], "val": [c.case_id for c in fold.val]}, indent=1)
+        )
+    trainer = Trainer(task, plan, config, fold_dir, progress=progress, ranks=ranks)
+    finished = fold_dir / "finished.json"
+    with run_lock(fold_dir, shared=ranks.is_main):
+        if ranks.agree(finished.is_file() if ranks.is_main else None):
+            return {**json.loads(finished.read_text()), "history": _history(fold_dir)} if ranks.is_main else {}
+        started = ranks.agree((trainer.checkpoints / "last.pt").is_file() if ranks.is_main else None)
+        result = trainer.fit(
+            [cached_by_id[c.case_id] for c in fold.train],
+            [cached_by_id[c.case_id] for c in fold.val],
+            resume=started,
+        )
+        if ranks.is_main:
+            finished.write_text(json.dumps({k: result[k] for k in ("best", "best_epoch", "epochs_run")}))
+    return result
+
+
+def _history(run_dir: Path) -> list[dict]:
+    path = run_dir / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
@@ -266,15 +445,14 @@ def _train_folds(
     resume: bool,
     progress: bool,
 ) -> dict:
-    """K models on patient-grouped folds of train+val; threshold from their out-of-fold predictions;
-    evaluation by the mean of the K models' probabilities (`_ensemble_predict`)."""
+    """K models on patient-grouped folds of train+val (each trained here unless a ``--fold`` process
+    already finished it); threshold from their out-of-fold predictions; evaluation by the mean of the K
+    models' probabilities (`_ensemble_predict`)."""
     from medmap.data.splits import kfold
 
-    pool = splits["train"] + splits["val"]
     cached_by_id = {c.case_id: c for c in cached["train"] + cached["val"]}
     oof_cases, oof_pred, oof_y, histories = [], [], [], []
-    for fold in kfold(pool, k, seed=config.seed):
-        fold_dir = run_dir / f"fold-{fold.index}"
+    for fold in kfold(splits["train"] + splits["val"], k, seed=config.seed):
         if progress:
             from rich.console import Console
 
@@ -282,23 +460,14 @@ def _train_folds(
                 f"fold {fold.index + 1}/{k}: {len(fold.train)} training, {len(fold.val)} validation cases",
                 highlight=False,
             )
-        trainer = Trainer(task, plan, config, fold_dir, progress=progress)
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "split.json").write_text(
-            json.dumps({"train": [c.case_id for c in fold.train], "val": [c.case_id for c in fold.val]}, indent=1)
-        )
-        val_cached = [cached_by_id[c.case_id] for c in fold.val]
-        result = trainer.fit(
-            [cached_by_id[c.case_id] for c in fold.train],
-            val_cached,
-            resume=resume and (fold_dir / "checkpoints" / "last.pt").is_file(),
-        )
+        result = _fit_fold(run_dir, plan, task, config, cached, fold, progress)
         histories.append(result["history"])
         if plan.task == "segmentation":  # out-of-fold volumes are segmented at evaluation (post-processing)
             continue
+        trainer = Trainer(task, plan, config, run_dir / f"fold-{fold.index}")
         model = task.build_network(plan, config.dropout).to(trainer.device)
-        model.load_state_dict(torch.load(fold_dir / "checkpoints" / "best.pt", map_location=trainer.device))
-        pred, y = trainer.predict(model, PatchDataset(val_cached, plan, train=False))
+        model.load_state_dict(torch.load(trainer.checkpoints / "best.pt", map_location=trainer.device))
+        pred, y = trainer.predict(model, PatchDataset([cached_by_id[c.case_id] for c in fold.val], plan, train=False))
         oof_cases += fold.val
         oof_pred.append(pred)
         oof_y.append(y)

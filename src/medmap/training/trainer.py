@@ -29,6 +29,7 @@ from medmap.device import check_device
 from medmap.errors import ConfigError
 from medmap.inference.precision import autocast, resolve_precision
 from medmap.plan import Plan
+from medmap.training.distributed import Ranks, bare, wrap
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly")
@@ -132,11 +133,25 @@ def build_optimizer(config: TrainConfig, head: list, backbone: list, lr: float, 
 
 
 class Trainer:
-    def __init__(self, task, plan: Plan, config: TrainConfig, run_dir: str | Path, *, progress: bool = False) -> None:
+    """Trains one model. With ``ranks`` of several processes (`medmap.training.distributed`) each trains on
+    its share of every global batch under DDP; rank 0 alone writes checkpoints, history and budget."""
+
+    def __init__(
+        self,
+        task,
+        plan: Plan,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        progress: bool = False,
+        ranks: Ranks | None = None,
+    ) -> None:
         self.task, self.plan, self.config = task, plan, config
         self.run_dir = Path(run_dir)
-        self.progress = progress
-        self.device = check_device(config.device)
+        self.ranks = ranks or Ranks()
+        self.progress = progress and self.ranks.is_main
+        self.device = check_device(self.ranks.device(config.device))
+        self.ranks.batch_share(plan.batch_size)  # refuses a batch that does not divide among the ranks
 
     @property
     def checkpoints(self) -> Path:
@@ -165,7 +180,14 @@ class Trainer:
             seed=seed,
             balanced=cfg.balanced_sampling,
         )
-        return AugmentingLoader(train_set, self.plan.batch_size, workers=cfg.workers, seed=seed)
+        return AugmentingLoader(
+            train_set,
+            self.plan.batch_size,
+            workers=cfg.workers,
+            seed=seed,
+            rank=self.ranks.rank,
+            world=self.ranks.world_size,
+        )
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
@@ -204,17 +226,20 @@ class Trainer:
         available = max(cfg.budget_seconds - spent, 0.0)
         epochs = int(max(1, round(available / (nominal * step + validation))))
         steps = int(max(1, (available / epochs - validation) // step))
-        return {
-            "budget_seconds": cfg.budget_seconds,
-            "seconds_per_step": round(step, 4),
-            "seconds_per_validation": round(validation, 3),
-            "steps_per_epoch": steps,
-            "planned_steps_per_epoch": nominal,
-            "batch_size": self.plan.batch_size,
-            "epochs": epochs,
-            "samples": epochs * steps * self.plan.batch_size,
-            "measured_in_seconds": round(spent, 2),
-        }
+        return self.ranks.agree(
+            {
+                "budget_seconds": cfg.budget_seconds,
+                "seconds_per_step": round(step, 4),
+                "seconds_per_validation": round(validation, 3),
+                "steps_per_epoch": steps,
+                "planned_steps_per_epoch": nominal,
+                "batch_size": self.plan.batch_size,
+                "epochs": epochs,
+                "samples": epochs * steps * self.plan.batch_size,
+                "measured_in_seconds": round(spent, 2),
+            },
+            "agreeing on the budget",
+        )  # rank 0's timing decides for all: every rank must run the same number of steps
 
     def _step(self, model, loss_fn, optimizer, scaler, batch) -> float:
         x = batch["image"].to(self.device)
@@ -249,9 +274,10 @@ class Trainer:
         outputs, targets, losses = [], [], []
         batch = batch_size or self.plan.batch_size
         precision = resolve_precision(self.config.evaluation_precision, self.device)
+        mine = self.ranks.share(len(dataset)) if self._sharing() else range(len(dataset))
         with torch.no_grad():
-            for start in range(0, len(dataset), batch):
-                items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+            for start in range(mine.start, mine.stop, batch):
+                items = [dataset[i] for i in range(start, min(start + batch, mine.stop))]
                 x = torch.stack([it["image"] for it in items]).to(self.device)
                 if x.dim() == 5:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -262,8 +288,20 @@ class Trainer:
                 targets.append(target.numpy())
                 if loss_fn is not None:
                     losses.append(float(loss_fn(logits, target.to(self.device))) * len(items))
-        mean_loss = sum(losses) / len(dataset) if losses else None
-        return np.concatenate(outputs), np.concatenate(targets), mean_loss
+        predictions, targets = self._joined(outputs), self._joined(targets)
+        if not self._sharing():
+            return predictions, targets, (sum(losses) / len(dataset) if losses else None)
+        total = self.ranks.total(sum(losses)) if loss_fn is not None else None
+        predictions, targets = self.ranks.gather(predictions), self.ranks.gather(targets)
+        return predictions, targets, (total / len(dataset) if total is not None else None)
+
+    def _sharing(self) -> bool:
+        """Validation is split among the ranks while they train together (not after the group ended)."""
+        return self.ranks.distributed and torch.distributed.is_initialized()
+
+    @staticmethod
+    def _joined(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros((0,))
 
     def fit(
         self,
@@ -275,8 +313,9 @@ class Trainer:
     ) -> dict:
         """Train (or resume) to the configured epochs. ``stop_after(epoch)`` returning True ends the run
         after that epoch's checkpoint, as an interruption would: a later ``resume`` continues it exactly."""
-        cfg = self.config
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        cfg, main = self.config, self.ranks.is_main
+        if main:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
         model = self._place(self.task.build_network(self.plan, cfg.dropout))
         loss_fn = self.task.build_loss(self.plan, train, cfg.label_smoothing).to(self.device)
@@ -284,7 +323,8 @@ class Trainer:
             from medmap.models.pretrained import load_pretrained
 
             report = load_pretrained(model, cfg.pretrained)
-            (self.run_dir / "pretrained.json").write_text(json.dumps(asdict(report), indent=1))
+            if main:
+                (self.run_dir / "pretrained.json").write_text(json.dumps(asdict(report), indent=1))
             self._say(report.summary())
         head, backbone = _split_parameters(model)
         lr = peak_learning_rate(cfg, self.task)
@@ -296,11 +336,13 @@ class Trainer:
         budget: dict = {}
         planning_started = time.perf_counter()
         if cfg.budget_seconds:
-            if resume and budget_file.is_file():
-                budget = json.loads(budget_file.read_text())
+            saved = self.ranks.agree(json.loads(budget_file.read_text()) if main and budget_file.is_file() else None)
+            if resume and saved:
+                budget = saved
             else:
                 budget = self.plan_epochs(model, loss_fn, train, val_set)
-                budget_file.write_text(json.dumps(budget, indent=1))
+                if main:
+                    budget_file.write_text(json.dumps(budget, indent=1))
             epochs = budget["epochs"]
             self._say(
                 f"budget {_duration(cfg.budget_seconds)}: {budget['seconds_per_step']:.2f} s per step of "
@@ -311,16 +353,18 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(loader), epochs))
         history: list[dict] = []
         best, best_epoch, start = -math.inf, -1, 0
-        if resume and (self.checkpoints / "last.pt").is_file():
-            state = torch.load(self.checkpoints / "last.pt", map_location=self.device, weights_only=False)
+        state = self._last_state() if resume else None
+        if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"])
+            own = state["ranks"][self.ranks.rank] if "ranks" in state else state
+            torch.set_rng_state(own["torch_rng"])
             if loader.augmenter is not None:
-                loader.augmenter.generator.set_state(state["augment_rng"])
+                loader.augmenter.generator.set_state(own["augment_rng"])
             history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
+        model = wrap(model, self.ranks, self.device)  # after loading: DDP starts every rank from rank 0's weights
         from medmap.progress import track
 
         training_started = time.perf_counter() - sum(h["seconds"] for h in history)
@@ -334,7 +378,8 @@ class Trainer:
         for epoch in track(epoch_numbers(), "training", enabled=self.progress, total=epochs - start):
             if epoch - best_epoch > cfg.patience and best_epoch >= 0:
                 break
-            if cfg.budget_seconds and time.perf_counter() - training_started > 1.25 * cfg.budget_seconds:
+            overrun = bool(cfg.budget_seconds) and time.perf_counter() - training_started > 1.25 * cfg.budget_seconds
+            if self.ranks.agree(overrun, "checking the budget"):
                 self._say(f"warning: budget overrun (the machine became slower): stopped after {epoch} epochs")
                 break
             t0 = time.perf_counter()
@@ -350,51 +395,82 @@ class Trainer:
                 scheduler.step()
             predictions, targets, val_loss = self.evaluate_batches(model, val_set, loss_fn=loss_fn)
             metrics = {**self.task.validation_metrics(predictions, targets), "loss": val_loss}
-            record = EpochRecord(epoch, float(np.mean(losses)), lr, time.perf_counter() - t0, metrics)
+            mean_loss = self.ranks.total(float(np.mean(losses))) / self.ranks.world_size  # the global batch's
+            record = EpochRecord(epoch, mean_loss, lr, time.perf_counter() - t0, metrics)
             history.append(asdict(record))
             if budget and not budget.get("corrected_after_epoch_1"):
                 # the probe's few steps misjudge a real epoch by 10-25 %: the first epoch corrects the count
                 remaining = cfg.budget_seconds - (time.perf_counter() - planning_started)
                 epochs = max(epoch + 1, epoch + 1 + round(remaining / record.seconds))  # <= half an epoch over
+                epochs = self.ranks.agree(epochs, "agreeing on the epochs")
                 budget.update(corrected_after_epoch_1=True, first_epoch_seconds=round(record.seconds, 2))
                 budget.update(epochs=epochs, samples=epochs * len(loader) * self.plan.batch_size)
-                budget_file.write_text(json.dumps(budget, indent=1))
+                if main:
+                    budget_file.write_text(json.dumps(budget, indent=1))
                 scheduler.lr_lambdas = [_schedule(cfg, len(loader), epochs)] * len(optimizer.param_groups)
-            score = metrics.get(self.task.monitor, float("nan"))
+            score = metrics.get(self.task.monitor, float("nan"))  # the same on every rank: gathered outputs
             if not math.isnan(score) and score > best:
                 best, best_epoch = score, epoch
-                torch.save(model.state_dict(), self.checkpoints / "best.pt")
+                if main:
+                    torch.save(bare(model).state_dict(), self.checkpoints / "best.pt")
             self._say(
                 f"epoch {epoch + 1}/{epochs}  loss {record.loss:.4f}  val {self.task.monitor} "
                 f"{score:.4f}  best {best:.4f} (epoch {best_epoch + 1})  {record.seconds:.1f}s"
             )
-            torch.save(
-                {
-                    "model": model.state_dict(),
+            own = {
+                "torch_rng": torch.get_rng_state(),
+                "augment_rng": loader.augmenter.generator.get_state() if loader.augmenter else None,
+            }
+            every_rank = self.ranks.gather_objects(own, "saving the checkpoint")  # each rank's random state
+            if main:
+                state = {
+                    "model": bare(model).state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "augment_rng": loader.augmenter.generator.get_state() if loader.augmenter else None,
+                    **own,
+                    "world_size": self.ranks.world_size,
+                    "ranks": every_rank,
                     "history": history,
                     "best": best,
                     "best_epoch": best_epoch,
                     "epoch": epoch,
-                },
-                self.checkpoints / "last.pt",
-            )
-            (self.run_dir / "history.json").write_text(json.dumps(history, indent=1))
+                }
+                _save_atomically(state, self.checkpoints / "last.pt")
+                (self.run_dir / "history.json").write_text(json.dumps(history, indent=1))
             if stop_after is not None and stop_after(epoch):
                 break
-        if best_epoch < 0:  # validation metric never defined (e.g. one class only): keep the last weights
-            torch.save(model.state_dict(), self.checkpoints / "best.pt")
+        if best_epoch < 0 and main:  # validation metric never defined (e.g. one class only): the last weights
+            torch.save(bare(model).state_dict(), self.checkpoints / "best.pt")
         return {"best": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history}
+
+    def _last_state(self) -> dict | None:
+        """The checkpoint to resume from, read by rank 0 and handed to every rank (other machines need no
+        shared file system); None when there is none. Refuses another number of processes than it had."""
+        path = self.checkpoints / "last.pt"
+        state = (
+            torch.load(path, map_location="cpu", weights_only=False) if self.ranks.is_main and path.is_file() else None
+        )
+        state = self.ranks.agree(state, "sharing the checkpoint")
+        if state is not None and state.get("world_size", 1) != self.ranks.world_size:
+            raise ConfigError(
+                f"{path}: saved by {state.get('world_size', 1)} training process(es); resume it with as many "
+                f"(--nproc-per-node), not {self.ranks.world_size}"
+            )
+        return state
 
     def _say(self, text: str) -> None:
         if self.progress:
             from rich.console import Console
 
             Console(stderr=True).print(text, highlight=False, markup=False)
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """A process killed while saving leaves the previous checkpoint intact (resume reads a whole one)."""
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def _duration(seconds: float) -> str:
