@@ -374,6 +374,9 @@ def train(
             help="Training processes on this machine (DDP through torchrun: one per GPU, or CPU processes).",
         ),
     ] = 1,
+    dist_timeout: Annotated[
+        str, typer.Option(help="Distributed training: a rank silent this long (e.g. 30m) is taken as hung.")
+    ] = "30m",
     track: Annotated[
         str, typer.Option(help="mlflow: log the finished run to MLflow (`mlflow ui` shows it); off: don't.")
     ] = "mlflow",
@@ -382,11 +385,13 @@ def train(
     ] = None,
 ) -> None:
     """Train a model on a dataset with its automatic plan, then evaluate it on the held-out patients."""
+    from datetime import timedelta
+
     from medmap.training.distributed import Ranks, launch
     from medmap.training.run import train_run
     from medmap.training.trainer import TrainConfig
 
-    ranks = Ranks.from_launcher()
+    ranks = Ranks.from_launcher(timeout=timedelta(seconds=parse_duration(dist_timeout, "--dist-timeout")))
     if nproc_per_node > 1 and not ranks.distributed:  # start the ranks; each runs this command without it
         raise typer.Exit(launch(without_option(sys.argv[1:], "--nproc-per-node"), nproc_per_node))
 
@@ -453,13 +458,13 @@ def quiet_tracker(track: str) -> str:
     return track
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--budget") -> float:
     """'15m' / '90s' / '1.5h' / '600' (seconds) -> seconds."""
     import re
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text.lower())
     if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"--budget {text!r}: expected a duration such as 15m, 90s or 1h")
+        raise ConfigError(f"{option} {text!r}: expected a duration such as 15m, 90s or 1h")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 

@@ -15,7 +15,9 @@ one line naming it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,6 +29,9 @@ from medmap.errors import ConfigError, MedmapError
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a training collective that waits longer than this: a rank hung
 PREPARATION_TIMEOUT = timedelta(hours=24)  # rank 0 planning and caching a large dataset while the others wait
+# how gloo and NCCL say that a peer went away or a collective timed out
+_TRANSPORT = re.compile(r"gloo|nccl|connection (reset|closed)|timed? ?out|broken pipe", re.IGNORECASE)
+_TIMEOUT = re.compile(r"timed? ?out", re.IGNORECASE)
 
 
 class LostRankError(MedmapError):
@@ -49,19 +54,20 @@ class Ranks:
     local_rank: int = 0
     local_world_size: int = 1
     supervised: bool = False  # started by torchrun's elastic agent (which reports a failed rank itself)
+    timeout: timedelta = COLLECTIVE_TIMEOUT  # a training collective waiting longer: a rank hung
     _control: object = field(default=None, repr=False)  # the gloo group used for waiting and small objects
 
     @classmethod
-    def from_launcher(cls, environ: dict[str, str] | None = None) -> Ranks:
+    def from_launcher(cls, environ: dict[str, str] | None = None, timeout: timedelta = COLLECTIVE_TIMEOUT) -> Ranks:
         """Read what torchrun tells each process it starts (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE:
         torchrun's contract with its workers); without them, one process."""
         env = os.environ if environ is None else environ
         if "RANK" not in env or "WORLD_SIZE" not in env:
-            return cls()
+            return cls(timeout=timeout)
         world = int(env["WORLD_SIZE"])
         local = int(env.get("LOCAL_WORLD_SIZE", world))
         supervised = "TORCHELASTIC_RUN_ID" in env
-        return cls(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), local, supervised)
+        return cls(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), local, supervised, timeout)
 
     @property
     def distributed(self) -> bool:
@@ -100,35 +106,60 @@ class Ranks:
             torch.cuda.set_device(torch.device(device))
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_world_size))
-        torch.distributed.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+        torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         self._control = torch.distributed.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+
+    @staticmethod
+    def _nccl() -> bool:
+        return torch.distributed.get_backend() == "nccl"
 
     def stop(self) -> None:
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
     def _collective(self, what: str, call, *args, **kwargs):
-        try:
+        with self.guard(what):
             return call(*args, **kwargs)
-        except (RuntimeError, torch.distributed.DistBackendError) as exc:  # gloo/NCCL: peer gone or timed out
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LostRankError(
+
+    @contextlib.contextmanager
+    def guard(self, what: str):
+        """Turn a collective's failure (a peer died: connection reset; or it hung: timeout) into
+        `LostRankError`; used around the collectives medmap calls and around DDP's training steps."""
+        try:
+            yield
+        except RuntimeError as exc:  # DistBackendError is one; gloo raises plain RuntimeErrors
+            text = str(exc)
+            if not (isinstance(exc, torch.distributed.DistBackendError) or _TRANSPORT.search(text)):
+                raise
+            if _TIMEOUT.search(text):  # this rank saw the hang: it is the one to say so
+                raise LostRankError(
+                    f"rank {self.rank}: no answer from the other training processes within {self.timeout} while "
+                    f"{what} (one hung?); the run stopped at its last checkpoint: continue it with --resume"
+                ) from exc
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            raise LostRankError(  # a peer died: torchrun's agent names it; this echo is quiet under the agent
                 f"rank {self.rank}: lost the other training processes while {what} ({first[:160]}); "
                 "the run stopped at its last checkpoint: continue it with --resume",
                 quiet=self.supervised,
             ) from exc
 
+    def _group(self, patient: bool):
+        """The long-timeout gloo group while rank 0 prepares the data; else the training group (whose
+        timeout catches a hung rank)."""
+        return self._control if patient else None
+
     def wait(self, what: str = "waiting for rank 0") -> None:
-        """All ranks meet here (the long-timeout group: rank 0 may be preparing the data)."""
+        """All ranks meet here, patiently (rank 0 may be planning and caching a large dataset)."""
         if self.distributed:
             self._collective(what, torch.distributed.barrier, group=self._control)
 
-    def agree(self, value, what: str = "agreeing on a value"):
+    def agree(self, value, what: str = "agreeing on a value", *, patient: bool = False):
         """Rank 0's ``value`` on every rank (decisions that must not differ: epochs, stopping)."""
         if not self.distributed:
             return value
         box = [value]
-        self._collective(what, torch.distributed.broadcast_object_list, box, src=0, group=self._control)
+        group = self._group(patient)
+        self._collective(what, torch.distributed.broadcast_object_list, box, src=0, group=group)
         return box[0]
 
     def gather(self, array: np.ndarray, what: str = "gathering validation outputs") -> np.ndarray:
@@ -137,21 +168,22 @@ class Ranks:
         if not self.distributed:
             return array
         parts: list = [None] * self.world_size
-        self._collective(what, torch.distributed.all_gather_object, parts, array, group=self._control)
+        self._collective(what, torch.distributed.all_gather_object, parts, array)
         return np.concatenate([p for p in parts if p.size] or parts[:1])  # a rank may have had no share
 
     def total(self, value: float, what: str = "adding up a metric") -> float:
         if not self.distributed:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64)
-        self._collective(what, torch.distributed.all_reduce, tensor, group=self._control)
+        device = torch.device("cuda", torch.cuda.current_device()) if self._nccl() else torch.device("cpu")
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        self._collective(what, torch.distributed.all_reduce, tensor)
         return float(tensor.item())
 
     def gather_objects(self, value, what: str = "gathering states") -> list:
         if not self.distributed:
             return [value]
         parts: list = [None] * self.world_size
-        self._collective(what, torch.distributed.all_gather_object, parts, value, group=self._control)
+        self._collective(what, torch.distributed.all_gather_object, parts, value)
         return parts
 
     def share(self, n: int) -> range:

@@ -237,11 +237,14 @@ def _train(
                 )
             ranks.batch_share(plan.batch_size)
         except MedmapError:
-            ranks.agree(None, "waiting for rank 0 to plan")  # the others stop quietly; this rank says why
+            ranks.agree(None, "waiting for rank 0 to plan", patient=True)  # the others stop quietly; this one says why
             raise
-        ranks.agree((plan.model_dump_json(), asdict(config), {k: [c.case_id for c in v] for k, v in splits.items()}))
+        ranks.agree(
+            (plan.model_dump_json(), asdict(config), {k: [c.case_id for c in v] for k, v in splits.items()}),
+            patient=True,
+        )
     else:
-        prepared = ranks.agree(None, "waiting for rank 0 to plan")
+        prepared = ranks.agree(None, "waiting for rank 0 to plan", patient=True)
         if prepared is None:
             raise LostRankError("rank 0 stopped before training (its error says why)", quiet=True)
         plan = Plan.model_validate_json(prepared[0])

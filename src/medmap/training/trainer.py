@@ -390,9 +390,10 @@ class Trainer:
             loader.dataset.set_epoch(epoch)
             losses = []
             lr = optimizer.param_groups[0]["lr"]
-            for batch in loader:
-                losses.append(self._step(model, loss_fn, optimizer, scaler, batch))
-                scheduler.step()
+            with self.ranks.guard(f"training epoch {epoch + 1}"):  # DDP's gradient all-reduce
+                for batch in loader:
+                    losses.append(self._step(model, loss_fn, optimizer, scaler, batch))
+                    scheduler.step()
             predictions, targets, val_loss = self.evaluate_batches(model, val_set, loss_fn=loss_fn)
             metrics = {**self.task.validation_metrics(predictions, targets), "loss": val_loss}
             mean_loss = self.ranks.total(float(np.mean(losses))) / self.ranks.world_size  # the global batch's
