@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +153,37 @@ def write_provenance(
     path.write_text(json.dumps(record, indent=1))
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What `train_run` was asked to do, in one object (the steps below read it; none re-passes its parts)."""
+
+    data: Path
+    run_dir: Path
+    task: str | None
+    overrides: list[str]
+    config: TrainConfig
+    resume: bool
+    cache_root: Path | None
+    folds: int
+    fold: int | None
+    progress: bool
+    command: list[str] | None
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_root) if self.cache_root else self.run_dir / "cache"
+
+
+@dataclass
+class PreparedRun:
+    """A planned, split and cached run: what every rank trains from."""
+
+    plan: Plan
+    config: TrainConfig
+    splits: dict[str, list[Case]]
+    cached: dict[str, list[CachedCase]]
+
+
 def train_run(
     data: str | Path,
     run_dir: str | Path,
@@ -178,10 +209,21 @@ def train_run(
     once; each joins the run the first one planned. ``folds=K`` on such a run trains what is left and
     evaluates the ensemble. ``ranks`` of several processes train one model together (DDP): rank 0 plans,
     caches and writes the run; the others wait, then train their shares; rank 0 evaluates."""
-    run_dir = Path(run_dir)
-    config = config or TrainConfig()
+    request = RunRequest(
+        Path(data),
+        Path(run_dir),
+        task,
+        list(overrides or []),
+        config or TrainConfig(),
+        resume,
+        Path(cache_root) if cache_root else None,
+        folds,
+        fold,
+        progress,
+        command,
+    )
     ranks = ranks or Ranks()
-    check_device(ranks.device(config.device))  # before any planning or caching
+    check_device(ranks.device(request.config.device))  # before any planning or caching
     if track not in ("mlflow", "off"):
         raise ConfigError(f"--track {track}: mlflow or off")
     if fold is not None and not 0 <= fold < folds:
@@ -191,106 +233,80 @@ def train_run(
             f"--folds {folds} with {ranks.world_size} processes: train each fold with --fold i (one fold per "
             "process or GPU is faster than DDP on small datasets), then --folds K gathers them"
         )
-    ranks.start(ranks.device(config.device))
+    ranks.start(ranks.device(request.config.device))
     try:
-        return _train(
-            data,
-            run_dir,
-            task,
-            overrides,
-            config,
-            resume,
-            cache_root,
-            folds,
-            fold,
-            progress,
-            command,
-            track,
-            tracking_uri,
-            ranks,
-        )
+        run = _prepared(request, ranks)
+        if fold is not None:
+            return _train_one_fold(request, run, ranks)
+        summary = _train_folds(request, run) if folds > 1 else _train_one_model(request, run, ranks)
+        if not ranks.is_main:
+            return summary
+        return {**summary, "tracking": track_run(request.run_dir, track, tracking_uri)}
     finally:
         ranks.stop()
 
 
-def _train(
-    data,
-    run_dir,
-    task,
-    overrides,
-    config,
-    resume,
-    cache_root,
-    folds,
-    fold,
-    progress,
-    command,
-    track,
-    tracking_uri,
-    ranks,
-) -> dict:
+def _prepared(request: RunRequest, ranks: Ranks) -> PreparedRun:
+    """Rank 0 prepares the run (`_prepare_run`) while the others wait; then they receive its plan, config
+    and split, and the first rank of every other machine caches the training data there. A user error
+    on rank 0 is its one line; the others stop without a word."""
     if ranks.is_main:
         try:
-            with run_lock(run_dir, shared=fold is not None or folds > 1):
-                dataset, plan, config, splits, cached = _prepare_run(
-                    data, run_dir, task, overrides, config, resume, cache_root, folds, fold, progress, command
-                )
-            ranks.batch_share(plan.batch_size)
+            with run_lock(request.run_dir, shared=request.fold is not None or request.folds > 1):
+                run = _prepare_run(request)
+            ranks.batch_share(run.plan.batch_size)
         except MedmapError:
-            ranks.agree(None, "waiting for rank 0 to plan", patient=True)  # the others stop quietly; this one says why
+            ranks.agree(None, "waiting for rank 0 to plan", patient=True)
             raise
-        ranks.agree(
-            (plan.model_dump_json(), asdict(config), {k: [c.case_id for c in v] for k, v in splits.items()}),
-            patient=True,
-        )
-    else:
-        prepared = ranks.agree(None, "waiting for rank 0 to plan", patient=True)
-        if prepared is None:
-            raise LostRankError("rank 0 stopped before training (its error says why)", quiet=True)
-        plan = Plan.model_validate_json(prepared[0])
-        config = TrainConfig(**prepared[1])
-        dataset = read_dataset(data)
-        by_id = {c.case_id: c for c in dataset.cases}
-        splits = {name: [by_id[i] for i in ids] for name, ids in prepared[2].items()}
-        cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
-        if ranks.is_local_main:  # another machine: its first rank caches for the ranks on it
-            cache.build([c for name in ("train", "val") for c in splits[name]], workers=config.workers)
+        split_ids = {k: [c.case_id for c in v] for k, v in run.splits.items()}
+        ranks.agree((run.plan.model_dump_json(), asdict(run.config), split_ids), patient=True)
         ranks.wait("waiting for the cache")
-        cached = {name: cache.build(splits[name], workers=config.workers) for name in ("train", "val")}
-    if ranks.is_main:
-        ranks.wait("waiting for the cache")
-    the_task = task_for(plan)
-    if fold is not None:
-        return _train_one_fold(run_dir, plan, the_task, config, splits, cached, folds, fold, progress, ranks)
-    if folds > 1:
-        summary = _train_folds(run_dir, plan, the_task, config, splits, cached, folds, resume=resume, progress=progress)
-        return {**summary, "tracking": track_run(run_dir, track, tracking_uri)}
-    trainer = Trainer(the_task, plan, config, run_dir, progress=progress, ranks=ranks)
-    result = trainer.fit(cached["train"], cached["val"], resume=resume)
+        return run
+    prepared = ranks.agree(None, "waiting for rank 0 to plan", patient=True)
+    if prepared is None:
+        raise LostRankError("rank 0 stopped before training (its error says why)", quiet=True)
+    plan, config = Plan.model_validate_json(prepared[0]), TrainConfig(**prepared[1])
+    by_id = {c.case_id: c for c in read_dataset(request.data).cases}
+    splits = {name: [by_id[i] for i in ids] for name, ids in prepared[2].items()}
+    cache = PreprocessedCache(request.cache, plan)
+    if ranks.is_local_main:  # another machine: its first rank caches for the ranks on it
+        cache.build(splits["train"] + splits["val"], workers=config.workers)
+    ranks.wait("waiting for the cache")
+    cached = {name: cache.build(splits[name], workers=config.workers) for name in ("train", "val")}
+    return PreparedRun(plan, config, splits, cached)
+
+
+def _train_one_model(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dict:
+    """Train (all ranks), then evaluate (rank 0 alone, after the others are done)."""
+    task = task_for(run.plan)
+    trainer = Trainer(task, run.plan, run.config, request.run_dir, progress=request.progress, ranks=ranks)
+    result = trainer.fit(run.cached["train"], run.cached["val"], resume=request.resume)
     if not ranks.is_main:
         return {"rank": ranks.rank, "epochs_run": result["epochs_run"]}
-    ranks.stop()  # rank 0 evaluates alone: the others are done
-    trainer = Trainer(the_task, plan, config, run_dir, progress=progress)
-    summary = _evaluate(run_dir, plan, trainer, splits, cached, history=result["history"], progress=progress)
-    summary = {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
-    return {**summary, "tracking": track_run(run_dir, track, tracking_uri)}
+    ranks.stop()
+    trainer = Trainer(task, run.plan, run.config, request.run_dir, progress=request.progress)
+    history = result["history"]
+    progress = request.progress
+    summary = _evaluate(request.run_dir, run.plan, trainer, run.splits, run.cached, history=history, progress=progress)
+    return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
 
 
 FOLDS_FILE = "folds.json"  # {"folds": K}: a run trained fold by fold, which --fold processes join
 
 
-def _prepare_run(data, run_dir: Path, task, overrides, config, resume, cache_root, folds, fold, progress, command):
+def _prepare_run(request: RunRequest) -> PreparedRun:
     """Rank 0's part: create the run (or reload it: --resume, or joining a run planned for --folds K),
-    split, plan, cache, and write intended use and provenance. Returns dataset, plan, config, splits, cache."""
+    split, plan, cache, and write intended use and provenance."""
+    data, run_dir, folds, config = request.data, request.run_dir, request.folds, request.config
     dataset = read_dataset(data)
-    if task and task != dataset.task:
-        raise ConfigError(f"--task {task}: {data} is a {dataset.task} dataset")
+    if request.task and request.task != dataset.task:
+        raise ConfigError(f"--task {request.task}: {data} is a {dataset.task} dataset")
     joining = folds > 1 and (run_dir / FOLDS_FILE).is_file()
     if joining:
         planned = json.loads((run_dir / FOLDS_FILE).read_text())["folds"]
         if planned != folds:
             raise ConfigError(f"{run_dir}: planned for --folds {planned}, not {folds}")
-    if resume or joining:
+    if request.resume or joining:
         if not (run_dir / "plan.json").is_file():
             raise OutputError(f"{run_dir}: nothing to resume (no plan.json)")
         plan = Plan.load(run_dir / "plan.json")
@@ -313,9 +329,9 @@ def _prepare_run(data, run_dir: Path, task, overrides, config, resume, cache_roo
         run_dir.mkdir(parents=True, exist_ok=True)
         plan = prepare_plan(
             dataset,
-            overrides=overrides or [],
+            overrides=request.overrides,
             device=config.device,
-            progress=progress,
+            progress=request.progress,
             cases=splits["train"] + splits["val"],
         )
         plan = plan.model_copy(update={"notes": [split_note(splits), *plan.notes]})
@@ -328,9 +344,9 @@ def _prepare_run(data, run_dir: Path, task, overrides, config, resume, cache_roo
             (run_dir / FOLDS_FILE).write_text(json.dumps({"folds": folds}))
     for name, cases in splits.items():
         _check_labels(dataset, cases, name)
-    cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
+    cache = PreprocessedCache(request.cache, plan)
     cached = {
-        name: cache.build(cases, workers=config.workers, progress=progress)
+        name: cache.build(cases, workers=config.workers, progress=request.progress)
         for name, cases in _cached_splits(plan, splits).items()
     }
     records = {
@@ -339,8 +355,8 @@ def _prepare_run(data, run_dir: Path, task, overrides, config, resume, cache_roo
     }
     write_intended_use(run_dir, plan, records)
     if not joining or not (run_dir / PROVENANCE).is_file():
-        write_provenance(run_dir, data, splits, records, config, command, plan.labels)
-    return dataset, plan, config, splits, cached
+        write_provenance(run_dir, data, splits, records, config, request.command, plan.labels)
+    return PreparedRun(plan, config, splits, cached)
 
 
 LOCK = ".lock"
@@ -364,17 +380,19 @@ def run_lock(run_dir: Path, *, shared: bool):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _train_one_fold(run_dir: Path, plan, task, config, splits, cached, k: int, index: int, progress, ranks) -> dict:
-    """Fold ``index`` of ``k`` alone (resumed where it stopped); the ensemble waits for ``--folds k``."""
+def _train_one_fold(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dict:
+    """Fold ``request.fold`` of ``request.folds`` alone (resumed where it stopped); the ensemble waits for
+    ``--folds K`` on the run."""
     from medmap.data.splits import kfold
 
-    pool = splits["train"] + splits["val"]
-    fold = kfold(pool, k, seed=config.seed)[index]
-    result = _fit_fold(run_dir, plan, task, config, cached, fold, progress, ranks)
+    k = request.folds
+    fold = kfold(run.splits["train"] + run.splits["val"], k, seed=run.config.seed)[request.fold]
+    task = task_for(run.plan)
+    result = _fit_fold(request.run_dir, run.plan, task, run.config, run.cached, fold, request.progress, ranks)
     if not ranks.is_main:
         return {"rank": ranks.rank}
     return {
-        "fold": index,
+        "fold": request.fold,
         "folds": k,
         "best_epoch": result["best_epoch"],
         "epochs_run": result["epochs_run"],
@@ -436,23 +454,14 @@ def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
     return uri if optional("logging the run to MLflow", tracking.log_run, run_dir, uri) else None
 
 
-def _train_folds(
-    run_dir: Path,
-    plan: Plan,
-    task,
-    config: TrainConfig,
-    splits: dict[str, list[Case]],
-    cached: dict[str, list[CachedCase]],
-    k: int,
-    *,
-    resume: bool,
-    progress: bool,
-) -> dict:
+def _train_folds(request: RunRequest, run: PreparedRun) -> dict:
     """K models on patient-grouped folds of train+val (each trained here unless a ``--fold`` process
     already finished it); threshold from their out-of-fold predictions; evaluation by the mean of the K
     models' probabilities (`_ensemble_predict`)."""
     from medmap.data.splits import kfold
 
+    run_dir, plan, config, splits, cached = request.run_dir, run.plan, run.config, run.splits, run.cached
+    k, progress, task = request.folds, request.progress, task_for(run.plan)
     cached_by_id = {c.case_id: c for c in cached["train"] + cached["val"]}
     oof_cases, oof_pred, oof_y, histories = [], [], [], []
     for fold in kfold(splits["train"] + splits["val"], k, seed=config.seed):
