@@ -179,3 +179,12 @@ def test_intended_use(tmp_path):
     assert ("liver", "chest CT, NIfTI (no header)") in groups and ("nodules", "chest CT, test nodules") in groups
     assert all(r["n"] > 0 for rows in payload["results"].values() for r in rows)
     assert "correct" in done.stdout
+
+
+def test_scale_out(tmp_path):
+    out = bench("scale_out", "--out", tmp_path).stdout
+    payload = json.loads((tmp_path / "scale_out.json").read_text())
+    rows = payload["results"]
+    assert [r["processes"] for r in rows] == [1, 2] and "speed-up" in out
+    assert rows[0]["global_batch"] == rows[1]["global_batch"]
+    assert rows[1]["first_epoch_loss_vs_1"] < 1e-3  # the same samples and augmentation on 2 processes

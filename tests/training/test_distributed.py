@@ -132,6 +132,7 @@ def test_rank_zero_alone_writes_one_run_folder(two_process_run):
     state = weights(run)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2  # every rank's random state, for resume
     assert not any(run.parent.glob("**/*.partial"))
+    assert json.loads((run / "provenance.json").read_text())["hardware"]["training_processes"] == 2
     assert (run / "metrics.json").is_file() and (run / "report.html").is_file()
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in two_process_run["one"].iterdir())
 

@@ -56,6 +56,7 @@ class Ranks:
     supervised: bool = False  # started by torchrun's elastic agent (which reports a failed rank itself)
     timeout: timedelta = COLLECTIVE_TIMEOUT  # a training collective waiting longer: a rank hung
     _control: object = field(default=None, repr=False)  # the gloo group used for waiting and small objects
+    _threads: int = field(default=0, repr=False)  # torch's threads before start() divided the cores
 
     @classmethod
     def from_launcher(cls, environ: dict[str, str] | None = None, timeout: timedelta = COLLECTIVE_TIMEOUT) -> Ranks:
@@ -105,6 +106,7 @@ class Ranks:
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         else:
+            self._threads = torch.get_num_threads()
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_world_size))
         torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         self._control = torch.distributed.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
@@ -114,8 +116,11 @@ class Ranks:
         return torch.distributed.get_backend() == "nccl"
 
     def stop(self) -> None:
+        """Leave the group; rank 0, which evaluates alone afterwards, gets its machine's threads back."""
         if self.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+            if self._threads:
+                torch.set_num_threads(self._threads)
 
     def _collective(self, what: str, call, *args, **kwargs):
         with self.guard(what):

@@ -123,12 +123,14 @@ def write_provenance(
     config: TrainConfig,
     command: list[str] | None,
     labels: dict[int, str] | None = None,
+    processes: int = 1,
 ) -> None:
     """``provenance.json`` (`medmap.provenance`): versions, commit, command, seed, hardware, and a digest of
     the data (case ids, labels and lesions per split, the training and validation images' features). A
     resumed run adds an entry under ``resumed``."""
     path = run_dir / PROVENANCE
     record = provenance.collect(seed=config.seed, command=command)
+    record["hardware"]["training_processes"] = processes
     if path.is_file():
         first = json.loads(path.read_text())
         first.setdefault("resumed", []).append({k: record[k] for k in ("started", "command", "source", "versions")})
@@ -168,6 +170,7 @@ class RunRequest:
     fold: int | None
     progress: bool
     command: list[str] | None
+    processes: int = 1  # training processes (DDP ranks), recorded in provenance
 
     @property
     def cache(self) -> Path:
@@ -221,6 +224,7 @@ def train_run(
         fold,
         progress,
         command,
+        (ranks or Ranks()).world_size,
     )
     ranks = ranks or Ranks()
     check_device(ranks.device(request.config.device))  # before any planning or caching
@@ -355,7 +359,7 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     }
     write_intended_use(run_dir, plan, records)
     if not joining or not (run_dir / PROVENANCE).is_file():
-        write_provenance(run_dir, data, splits, records, config, request.command, plan.labels)
+        write_provenance(run_dir, data, splits, records, config, request.command, plan.labels, request.processes)
     return PreparedRun(plan, config, splits, cached)
 
 
