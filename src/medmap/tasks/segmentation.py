@@ -26,17 +26,25 @@ class BatchDice(nn.Module):
     smooth = 1e-5  # MONAI's smooth_nr and smooth_dr
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from medmap.training.distributed import all_reduce_with_gradient
-
         probabilities = torch.softmax(logits, 1)[:, 1:]
         classes = torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, *[1] * (logits.dim() - 2))
         truth = (target == classes).to(probabilities.dtype)  # one-hot, background dropped ([B, 1, ...] target)
         axes = [0, *range(2, logits.dim())]
         sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
         if torch.is_grad_enabled():
-            sums = all_reduce_with_gradient(sums)
+            sums = _summed_over_processes(sums)
         intersection, ground, predicted = sums
         return (1 - (2 * intersection + self.smooth) / (ground + predicted + self.smooth)).mean()
+
+
+def _summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the training processes, differentiable; the identity for one process (no group)."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(tensor)
 
 
 class SegmentationLoss(nn.Module):

@@ -107,7 +107,8 @@ class Ranks:
             torch.cuda.set_device(torch.device(device))
         else:
             self._threads = torch.get_num_threads()
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_world_size))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // self.local_world_size))
         torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         self._control = torch.distributed.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
 
@@ -213,18 +214,6 @@ def wrap(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn
 def bare(model: torch.nn.Module) -> torch.nn.Module:
     """The network inside a DDP wrapper (what checkpoints hold: loadable by one process)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def all_reduce_with_gradient(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of ``tensor`` over the ranks, differentiable (a global-batch statistic such as batch Dice's
-    sums); the identity for one process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return tensor
-    if torch.distributed.get_world_size() == 1:
-        return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor)
 
 
 def launch(argv: list[str], nproc: int) -> int:

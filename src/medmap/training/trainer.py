@@ -29,7 +29,7 @@ from medmap.device import check_device
 from medmap.errors import ConfigError
 from medmap.inference.precision import autocast, resolve_precision
 from medmap.plan import Plan
-from medmap.training.distributed import Ranks, bare, wrap
+from medmap.training.distributed import LostRankError, Ranks, bare, wrap
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly")
@@ -454,6 +454,8 @@ class Trainer:
         )
         state = self.ranks.agree(state, "sharing the checkpoint")
         if state is not None and state.get("world_size", 1) != self.ranks.world_size:
+            if not self.ranks.is_main:  # every rank sees it; rank 0 is the one to say it
+                raise LostRankError("resumed with another number of processes (rank 0 says so)", quiet=True)
             raise ConfigError(
                 f"{path}: saved by {state.get('world_size', 1)} training process(es); resume it with as many "
                 f"(--nproc-per-node), not {self.ranks.world_size}"

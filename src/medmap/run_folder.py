@@ -1,0 +1,113 @@
+"""A training run's folder as an object: every file name defined once, and one way to read each.
+
+Training writes a run (`medmap.training.run`); evaluation, reports, model cards, tracking and bundles
+read it; a bundle is a verified, portable copy of its deployable part (`medmap.inference.bundle`).
+What is in a run folder:
+
+- ``plan.json`` (the `Plan`), ``config.json`` (the training settings), ``split.json`` (case ids per
+  split), ``folds.json`` (a run trained fold by fold), ``budget.json`` (what a time budget bought);
+- ``checkpoints/{last,best}.pt``, or ``fold-<i>/checkpoints/...`` per fold (each fold folder is a run
+  folder of its own, holding its split, history and checkpoints);
+- ``history.json`` (per-epoch losses and validation metrics), ``threshold.json`` (the operating point
+  chosen on validation), ``postprocessing.json`` (chosen on validation volumes), ``metrics.json``;
+- ``intended_use.json`` (`medmap.intended_use`) and ``provenance.json`` (`medmap.provenance`).
+
+This module sits below training and inference (it imports neither), so both can use it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from medmap.errors import OutputError
+from medmap.plan import Plan
+
+PLAN = "plan.json"
+CONFIG = "config.json"
+SPLIT = "split.json"
+FOLDS = "folds.json"
+BUDGET = "budget.json"
+HISTORY = "history.json"
+THRESHOLD = "threshold.json"
+POSTPROCESSING = "postprocessing.json"
+METRICS = "metrics.json"
+INTENDED_USE = "intended_use.json"
+PROVENANCE = "provenance.json"
+CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
+LAST = "last.pt"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """``RunFolder(path)``: nothing is read until asked; a missing optional file reads as None."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read(self, name: str):
+        """A JSON file of the run, or None when the run has none (older runs lack some)."""
+        path = self.path / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write(self, name: str, value, *, indent: int = 1) -> Path:
+        path = self.path / name
+        path.write_text(json.dumps(value, indent=indent))
+        return path
+
+    @property
+    def plan(self) -> Plan:
+        if not (self.path / PLAN).is_file():
+            raise OutputError(f"{self.path}: not a run folder (no {PLAN})")
+        return Plan.load(self.path / PLAN)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def fold(self, index: int) -> RunFolder:
+        return RunFolder(self.path / f"fold-{index}")
+
+    @property
+    def split_ids(self) -> dict[str, list[str]]:
+        return self.read(SPLIT) or {}
+
+    @property
+    def history(self) -> list[dict]:
+        return self.read(HISTORY) or []
+
+    @property
+    def threshold(self) -> float | None:
+        return (self.read(THRESHOLD) or {}).get("threshold")
+
+    def weights(self) -> list[Path]:
+        """The model weights that make the run's prediction: one per fold when trained with --folds, else
+        the single ``checkpoints/best.pt`` (which may not exist yet: see `trained_weights`)."""
+        folds = sorted(self.path.glob(f"fold-*/{CHECKPOINTS}/{BEST}"))
+        return folds or [self.checkpoints / BEST]
+
+    def trained_weights(self) -> list[Path]:
+        weights = self.weights()
+        if not weights[0].is_file():
+            raise OutputError(f"{self.path}: not a trained run (no {CHECKPOINTS}/{BEST})")
+        return weights
+
+    def load_networks(self, plan: Plan, dropout: float | None, device):
+        """Each of the run's models on ``device`` in evaluation mode, built from ``plan`` by its task: the
+        one way evaluation, the report's examples and bundles get a run's networks."""
+        import torch
+
+        from medmap.tasks import task_for
+
+        task = task_for(plan)
+        for path in self.trained_weights():
+            network = task.build_network(plan, dropout).to(device)
+            network.load_state_dict(torch.load(path, map_location=device))
+            yield network.eval()
