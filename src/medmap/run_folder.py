@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medmap.errors import OutputError
+from medmap.intended_use import FILE as INTENDED_USE  # each module that owns a file's content names it
 from medmap.plan import Plan
+from medmap.provenance import FILE as PROVENANCE
+
+__all__ = [
+    "BEST", "BUDGET", "CHECKPOINTS", "CONFIG", "FOLDS", "HISTORY", "INTENDED_USE", "LAST", "METRICS", "PLAN",
+    "POSTPROCESSING", "PROVENANCE", "SPLIT", "THRESHOLD", "RunFolder", "load_network",
+]  # fmt: skip
 
 PLAN = "plan.json"
 CONFIG = "config.json"
@@ -33,8 +40,6 @@ HISTORY = "history.json"
 THRESHOLD = "threshold.json"
 POSTPROCESSING = "postprocessing.json"
 METRICS = "metrics.json"
-INTENDED_USE = "intended_use.json"
-PROVENANCE = "provenance.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
 LAST = "last.pt"
@@ -100,14 +105,23 @@ class RunFolder:
         return weights
 
     def load_networks(self, plan: Plan, dropout: float | None, device):
-        """Each of the run's models on ``device`` in evaluation mode, built from ``plan`` by its task: the
-        one way evaluation, the report's examples and bundles get a run's networks."""
-        import torch
-
-        from medmap.tasks import task_for
-
-        task = task_for(plan)
+        """Each of the run's models, built from ``plan``, on ``device``, in evaluation mode."""
         for path in self.trained_weights():
-            network = task.build_network(plan, dropout).to(device)
-            network.load_state_dict(torch.load(path, map_location=device))
-            yield network.eval()
+            yield load_network(plan, path, dropout, device)
+
+
+def load_network(plan: Plan, weights: Path, dropout: float | None = None, device="cpu"):
+    """The plan's network (built by its task) with ``weights`` loaded, in evaluation mode: the one way
+    evaluation, the report's examples, bundles and prediction get a trained network. A damaged or foreign
+    weights file is one error naming it."""
+    import torch
+
+    from medmap.errors import ConfigError
+    from medmap.tasks import task_for
+
+    network = task_for(plan).build_network(plan, dropout)
+    try:
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:  # torch raises many types for damaged or foreign files
+        raise ConfigError(f"{weights}: cannot be loaded as this model's weights ({type(exc).__name__})") from None
+    return network.to(device).eval()

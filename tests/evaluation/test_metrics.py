@@ -75,3 +75,18 @@ def test_paired_auc_difference_supports_a_real_margin_only():
     assert better["delta_auc"] > 0 and better["supported"] and better["delta_ci"][0] > 0
     same = paired_auc_difference(y, strong, strong + rng.normal(0, 0.01, 150), n_boot=500)
     assert not same["supported"] and same["delta_ci"][0] < 0 < same["delta_ci"][1]
+
+
+def test_binary_auc_is_scikit_learns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from medmap.evaluation.metrics import binary_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(2, 120))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        score = np.round(rng.random(n), int(rng.integers(1, 4)))  # coarse scores: many ties
+        assert binary_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medmap.errors import DatasetError
-from medmap.evaluation.metrics import bootstrap_ci
+from medmap.evaluation.metrics import binary_auc, bootstrap_ci
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,7 @@ class BaselineResult:
 
 def bootstrap_auc(y: np.ndarray, score: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile 95 % interval of the AUC over bootstrap resamples of the cases."""
-    from sklearn.metrics import roc_auc_score
-
-    return bootstrap_ci(np.asarray(y), np.asarray(score), roc_auc_score, n_boot=n_boot, seed=seed)
+    return bootstrap_ci(np.asarray(y), np.asarray(score), binary_auc, n_boot=n_boot, seed=seed)
 
 
 def size_baseline(manifest: str | Path, positive: str = "malignant", folds: int = 5, seed: int = 0) -> BaselineResult:
@@ -99,15 +97,13 @@ def paired_auc_difference(
     itself, not the two AUCs' separate uncertainties. The model beats the baseline by a margin the data
     support when the interval's lower end is above 0.
     """
-    from sklearn.metrics import roc_auc_score
-
     y, model, baseline = np.asarray(y).astype(int), np.asarray(model, float), np.asarray(baseline, float)
     rng = np.random.default_rng(seed)
     deltas = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(y), len(y))
         if y[idx].min() != y[idx].max():
-            deltas.append(roc_auc_score(y[idx], model[idx]) - roc_auc_score(y[idx], baseline[idx]))
-    delta = float(roc_auc_score(y, model) - roc_auc_score(y, baseline))
+            deltas.append(binary_auc(y[idx], model[idx]) - binary_auc(y[idx], baseline[idx]))
+    delta = binary_auc(y, model) - binary_auc(y, baseline)
     low, high = float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))
     return {"delta_auc": delta, "delta_ci": [low, high], "supported": low > 0}

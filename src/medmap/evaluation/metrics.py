@@ -106,6 +106,19 @@ def _rates(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+def binary_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of binary labels as the Mann-Whitney statistic (ties count one half): what scikit-learn's
+    ``roc_auc_score`` returns, about 100x faster. Bootstrap intervals call it thousands of times, where
+    scikit-learn's input validation alone took 36 s of a 2-minute benchmark."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    positives = int(y.sum())
+    negatives = len(y) - positives
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
 def bootstrap_ci(
     y: np.ndarray, score: np.ndarray, statistic, *, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
@@ -123,12 +136,12 @@ def bootstrap_ci(
 
 def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float, *, n_boot: int = 2000, seed: int = 0) -> dict:
     """Every binary metric at ``threshold`` (chosen elsewhere, on validation data), with AUC's 95 % CI."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
 
     y, prob = np.asarray(y).astype(int), np.asarray(prob, float)
     both = y.min() != y.max()
-    auc = float(roc_auc_score(y, prob)) if both else float("nan")
-    low, high = bootstrap_ci(y, prob, roc_auc_score, n_boot=n_boot, seed=seed) if both else (float("nan"),) * 2
+    auc = binary_auc(y, prob) if both else float("nan")
+    low, high = bootstrap_ci(y, prob, binary_auc, n_boot=n_boot, seed=seed) if both else (float("nan"),) * 2
     ece, reliability = expected_calibration_error(y, prob)
     fpr, tpr, _ = roc_curve(y, prob) if both else (np.array([0, 1]), np.array([0, 1]), None)
     out = {

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from medmap import __version__
+from medmap.run_folder import METRICS, RunFolder
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
@@ -215,7 +216,6 @@ def combine_reports(reports: list[Path], path: str | Path, title: str = "medmap 
     """One page for several runs: a summary table (one row per model, key figures with intervals, the
     baseline verdict, weak evidence flagged, a link to its section), then each run's report. Links inside a
     run's report (its per-case CSV) are rewritten relative to the new page, so they keep working."""
-    import json
     import os
     import re
 
@@ -224,8 +224,7 @@ def combine_reports(reports: list[Path], path: str | Path, title: str = "medmap 
     rows, sections = [], []
     for i, report in enumerate(map(Path, reports), start=1):
         anchor, run = f"run-{i}", report.parent
-        metrics_file = run / "metrics.json"
-        stored = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        stored = RunFolder(run).read(METRICS)
         rows.append(_summary_row(anchor, run.name, stored))
         text = report.read_text()
         body = re.search(r"<body>(.*)</body>", text, re.S)

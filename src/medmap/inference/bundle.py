@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from medmap import __version__
+from medmap import run_folder as runs
 from medmap.colours import label_colour
 from medmap.dicomout.codes import Meaning, meaning_of
 from medmap.errors import ConfigError, OutputError
@@ -34,7 +35,7 @@ from medmap.inference.postprocess import PostProcessing
 from medmap.intended_use import FILE as INTENDED_USE
 from medmap.intended_use import IntendedUse
 from medmap.plan import Plan
-from medmap.provenance import FILE as PROVENANCE
+from medmap.run_folder import RunFolder, load_network
 
 FORMAT = "medmap-bundle"
 FORMAT_VERSION = 1
@@ -83,19 +84,7 @@ class Bundle:
 
     def networks(self, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
         """The bundle's networks (one per fold) in eval mode, weights loaded."""
-        from medmap.tasks import task_for
-
-        task = task_for(self.plan)
-        models = []
-        for path in self.weights:
-            model = task.build_network(self.plan, None)
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                model.load_state_dict(state)
-            except Exception as exc:  # torch raises many types for damaged or foreign files
-                raise ConfigError(f"{path}: cannot be loaded as this bundle's weights ({type(exc).__name__})") from None
-            models.append(model.to(device).eval())
-        return models
+        return [load_network(self.plan, path, None, device) for path in self.weights]
 
 
 def identity_of(plan: Plan, weight_digests: list[str]) -> str:
@@ -106,45 +95,32 @@ def identity_of(plan: Plan, weight_digests: list[str]) -> str:
     return f"{plan.dataset[:40]}-{plan.task}-{digest}"[:64]
 
 
-def run_weights(run: Path) -> list[Path]:
-    """A training run's model weights: one per fold when trained with --folds, else the single best.pt
-    (which may not exist yet: callers check)."""
-    folds = sorted(Path(run).glob("fold-*/checkpoints/best.pt"))
-    return folds or [Path(run) / "checkpoints" / "best.pt"]
-
-
-def _run_weights(run: Path) -> list[Path]:
-    weights = run_weights(run)
-    if not weights[0].is_file():
-        raise OutputError(f"{run}: not a trained run (no checkpoints/best.pt)")
-    return weights
-
-
 def create_bundle(
     run: str | Path, out: str | Path, *, intended_use: str | None = None, body_parts: list[str] | None = None
 ) -> Path:
     """Package a finished training run (``medmap train`` output) as a bundle folder. ``body_parts``
     (BodyPartExamined values) are added to those the training images carried: the bundle refuses series
     that name another."""
-    run, out = Path(run), Path(out)
+    folder, out = RunFolder(run), Path(out)
+    run = folder.path
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out}: exists and is not empty")
-    plan = Plan.load(run / "plan.json")
-    weights = _run_weights(run)
+    plan = folder.plan
+    weights = folder.trained_weights()
     (out / "weights").mkdir(parents=True, exist_ok=True)
-    files = ["plan.json"]
-    shutil.copy2(run / "plan.json", out / "plan.json")
+    files = [runs.PLAN]
+    shutil.copy2(folder.file(runs.PLAN), out / runs.PLAN)
     names = []
     for i, path in enumerate(weights):
         target = out / "weights" / f"model-{i}.pt"
         shutil.copy2(path, target)
         names.append(f"weights/model-{i}.pt")
     files += names
-    for optional in ("postprocessing.json", "metrics.json", "history.json", "threshold.json", PROVENANCE):
-        if (run / optional).is_file():
-            shutil.copy2(run / optional, out / optional)
+    for optional in (runs.POSTPROCESSING, runs.METRICS, runs.HISTORY, runs.THRESHOLD, runs.PROVENANCE):
+        if folder.file(optional).is_file():
+            shutil.copy2(folder.file(optional), out / optional)
             files.append(optional)
-    use = IntendedUse.load(run / INTENDED_USE)
+    use = IntendedUse.load(folder.file(INTENDED_USE))
     if use is not None:
         use = use.with_body_parts(body_parts or [])
         use.save(out / INTENDED_USE)
@@ -153,9 +129,7 @@ def create_bundle(
         raise ConfigError(
             f"{run}: --body-part needs the run's {INTENDED_USE}, which this (older) run lacks; retrain it"
         )
-    threshold = None
-    if (run / "threshold.json").is_file():
-        threshold = json.loads((run / "threshold.json").read_text()).get("threshold")
+    threshold = folder.threshold
     labels = [
         {"value": int(k), "name": v, "meaning": meaning_of(v).to_dict(), "colour": list(label_colour(v, int(k)))}
         for k, v in sorted(plan.labels.items())
@@ -208,16 +182,17 @@ def load_bundle(path: str | Path) -> Bundle:
             raise ConfigError(f"{file}: missing from the bundle")
         if sha256(file) != digest:
             raise ConfigError(f"{file}: altered since the bundle was made (SHA-256 differs from bundle.json)")
-    plan = Plan.load(root / "plan.json")
+    copy = RunFolder(root)  # a bundle holds the deployable files of its run, under the same names
+    plan = copy.plan
     labels = [Label(int(d["value"]), d["name"], Meaning.from_dict(d["meaning"])) for d in manifest["labels"]]
-    metrics = json.loads((root / "metrics.json").read_text()) if (root / "metrics.json").is_file() else {}
+    metrics = copy.read(runs.METRICS) or {}
     return Bundle(
         root=root,
         plan=plan,
         labels=labels,
         weights=[root / w for w in manifest["weights"]],
         threshold=manifest.get("threshold"),
-        postprocessing=PostProcessing.load(root / "postprocessing.json"),
+        postprocessing=PostProcessing.load(copy.file(runs.POSTPROCESSING)),
         metrics=metrics,
         manifest=manifest,
         intended_use=IntendedUse.load(root / INTENDED_USE),

@@ -10,22 +10,18 @@ is named as such.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from medmap import __version__
+from medmap import run_folder as runs
 from medmap.intended_use import IntendedUse
 from medmap.plan import Plan
 from medmap.provenance import summary_lines
+from medmap.run_folder import RunFolder
 
 POOR_DICE = 0.7  # below this a class's mean Dice is called weak on the card
 POOR_CALIBRATION = 0.1  # expected calibration error above which probabilities are not to be read as risks
 MANY_FALSE_POSITIVES = 0.5  # per case
-
-
-def _read(run: Path, name: str):
-    path = run / name
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _interval(values, digits: int = 3) -> str:
@@ -219,8 +215,9 @@ def model_card(
     bundle_format: int,
 ) -> str:
     """MODEL_CARD.md for a bundle made from ``run``."""
-    record = _read(run, "provenance.json") or {}
-    threshold = (_read(run, "threshold.json") or {}).get("threshold")
+    folder = RunFolder(run)
+    record = folder.read(runs.PROVENANCE) or {}
+    threshold = folder.threshold
     label_lines = [
         f"- {d['value']}: {d['name']} ({d['meaning']['type']['scheme']} {d['meaning']['type']['value']} "
         f'"{d["meaning"]["type"]["meaning"]}")'
@@ -230,8 +227,8 @@ def model_card(
         _header(plan, identity, record),
         _use(plan, statement, use),
         _data(record),
-        _training(_read(run, "config.json"), _read(run, "history.json"), _read(run, "budget.json")),
-        _evaluation(plan, _read(run, "metrics.json")),
+        _training(folder.read(runs.CONFIG), folder.read(runs.HISTORY), folder.read(runs.BUDGET)),
+        _evaluation(plan, folder.read(runs.METRICS)),
         ["## Labels", *label_lines],
         [
             "## Model",

@@ -88,16 +88,36 @@ def _smaller_than(mask: np.ndarray, voxels: float) -> np.ndarray:
 
 
 def _fill(labels: np.ndarray, remove: np.ndarray) -> None:
-    """Give each component of ``remove`` the most common label on its outer border (in place)."""
-    components, _ = _components(remove)
-    for index, box in enumerate(ndimage.find_objects(components), start=1):
-        if box is None:
-            continue
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        piece = components[grown] == index
-        border = ndimage.binary_dilation(piece) & ~piece & ~remove[grown]
-        values = labels[grown][border]
-        labels[grown][piece] = np.bincount(values).argmax() if values.size else 0
+    """Give each component of ``remove`` the most common label on its outer border (face neighbours not in
+    ``remove``; the smallest label wins a tie; 0 when it has no border), in place.
+
+    Vectorised over all components at once: a component per loop iteration (one dilation each) took 85 s
+    on a weak model's label maps with tens of thousands of specks, this takes well under a second. Border
+    labels never change (only ``remove`` voxels are written), so the order of components never mattered."""
+    components, n = _components(remove)
+    if n == 0:
+        return
+    keys = []  # border voxel index * (n + 1) + component: each border voxel counted once per component
+    for axis in range(labels.ndim):
+        for step in (1, -1):
+            beside = _shifted(components, axis, step)  # beside[v]: the component next to v along the axis
+            voxels = np.flatnonzero((beside > 0) & ~remove)
+            keys.append(voxels.astype(np.int64) * (n + 1) + beside.ravel()[voxels])
+    unique = np.unique(np.concatenate(keys))
+    voxel, component = np.divmod(unique, n + 1)
+    counts = np.zeros((n + 1, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (component, labels.ravel()[voxel]), 1)
+    fill = np.where(counts.any(axis=1), counts.argmax(axis=1), 0).astype(labels.dtype)
+    labels[remove] = fill[components[remove]]
+
+
+def _shifted(array: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """``out[v] = array[v + step]`` along ``axis`` (zero where that falls outside)."""
+    out = np.zeros_like(array)
+    inside, source = [slice(None)] * array.ndim, [slice(None)] * array.ndim
+    inside[axis], source[axis] = (slice(0, -1), slice(1, None)) if step == 1 else (slice(1, None), slice(0, -1))
+    out[tuple(inside)] = array[tuple(source)]
+    return out
 
 
 def _not_touching(mask: np.ndarray, container: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medmap import provenance
+from medmap import run_folder as runs
 from medmap.data.dataset import Case, check_mask
 from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curves
@@ -32,6 +32,7 @@ from medmap.inference.segment import segment_image
 from medmap.io.load import save
 from medmap.plan import Plan
 from medmap.progress import track
+from medmap.run_folder import RunFolder, load_network
 
 TOLERANCE_MM = 2.0  # surface Dice tolerance (a voxel or two of typical abdominal CT)
 
@@ -39,22 +40,18 @@ TOLERANCE_MM = 2.0  # surface Dice tolerance (a voxel or two of typical abdomina
 def load_models(trainer, plan: Plan, paths: list[Path]) -> list:
     """The networks of ``paths`` as ``x -> logits`` callables in the run's evaluation precision."""
     precision = resolve_precision(trainer.config.evaluation_precision, trainer.device)
-    models = []
-    for path in paths:
-        model = trainer.task.build_network(plan, trainer.config.dropout).to(trainer.device)
-        model.load_state_dict(torch.load(path, map_location=trainer.device))
-        models.append(with_precision(model.eval(), precision, trainer.device))
-    return models
+    networks = (load_network(plan, path, trainer.config.dropout, trainer.device) for path in paths)
+    return [with_precision(network, precision, trainer.device) for network in networks]
 
 
 def _validation_pairs(run_dir: Path, plan: Plan, trainer, splits, weights: list[Path], progress: bool):
     """(prediction, truth) of each validation case by a model that never trained on it."""
     by_id = {c.case_id: c for name in splits for c in splits[name]}
     assignments: list[tuple[Case, Path]] = []
-    fold_splits = sorted(run_dir.glob("fold-*/split.json"))
+    fold_splits = sorted(run_dir.glob(f"fold-*/{runs.SPLIT}"))
     if fold_splits:
         for split_file in fold_splits:
-            weight = split_file.parent / "checkpoints" / "best.pt"
+            weight = RunFolder(split_file.parent).checkpoints / runs.BEST
             assignments += [(by_id[i], weight) for i in json.loads(split_file.read_text())["val"]]
     else:
         assignments = [(c, weights[0]) for c in splits.get("val", [])]
@@ -116,7 +113,7 @@ def evaluate_segmentation(
     progress: bool = False,
 ) -> dict:
     out_dir = out_dir or run_dir
-    pp_file = run_dir / "postprocessing.json"
+    pp_file = run_dir / runs.POSTPROCESSING
     if pp_file.is_file():
         postprocessing = PostProcessing.load(pp_file)
     else:
@@ -162,7 +159,7 @@ def evaluate_segmentation(
         "cases": per_case,
         "tolerance_mm": TOLERANCE_MM,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
+    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
     plots = {}
     if per_case:
         plots["dice"] = optional("the Dice plot", metric_boxplot, per_case, "dice", names)

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from medmap import provenance
+from medmap import run_folder as runs
 from medmap.data.cache import CachedCase, PreprocessedCache, use_record
 from medmap.data.dataset import Case, Dataset
 from medmap.data.demo import is_synthetic
@@ -32,12 +32,12 @@ from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_s
 from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
-from medmap.inference.bundle import run_weights
 from medmap.inference.precision import resolve_precision
 from medmap.intended_use import FILE as INTENDED_USE
 from medmap.intended_use import fit_intended_use
 from medmap.plan import Plan
 from medmap.provenance import FILE as PROVENANCE
+from medmap.run_folder import RunFolder
 from medmap.tasks import task_for
 from medmap.training.distributed import LostRankError, Ranks
 from medmap.training.planner import plan_dataset
@@ -295,7 +295,7 @@ def _train_one_model(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dic
     return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
 
 
-FOLDS_FILE = "folds.json"  # {"folds": K}: a run trained fold by fold, which --fold processes join
+FINISHED = "finished.json"  # in a fold's folder: its training is complete (a gathering run reads, not trains, it)
 
 
 def _prepare_run(request: RunRequest) -> PreparedRun:
@@ -305,17 +305,17 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     dataset = read_dataset(data)
     if request.task and request.task != dataset.task:
         raise ConfigError(f"--task {request.task}: {data} is a {dataset.task} dataset")
-    joining = folds > 1 and (run_dir / FOLDS_FILE).is_file()
+    joining = folds > 1 and (run_dir / runs.FOLDS).is_file()
     if joining:
-        planned = json.loads((run_dir / FOLDS_FILE).read_text())["folds"]
+        planned = json.loads((run_dir / runs.FOLDS).read_text())["folds"]
         if planned != folds:
             raise ConfigError(f"{run_dir}: planned for --folds {planned}, not {folds}")
     if request.resume or joining:
-        if not (run_dir / "plan.json").is_file():
+        if not (run_dir / runs.PLAN).is_file():
             raise OutputError(f"{run_dir}: nothing to resume (no plan.json)")
-        plan = Plan.load(run_dir / "plan.json")
-        config = TrainConfig.from_file(run_dir / "config.json")
-        split_ids = json.loads((run_dir / "split.json").read_text())
+        plan = Plan.load(run_dir / runs.PLAN)
+        config = TrainConfig.from_file(run_dir / runs.CONFIG)
+        split_ids = json.loads((run_dir / runs.SPLIT).read_text())
         by_id = {c.case_id: c for c in dataset.cases}
         missing = [i for ids in split_ids.values() for i in ids if i not in by_id]
         if missing:
@@ -339,13 +339,11 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
             cases=splits["train"] + splits["val"],
         )
         plan = plan.model_copy(update={"notes": [split_note(splits), *plan.notes]})
-        plan.save(run_dir / "plan.json")
-        (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
-        (run_dir / "split.json").write_text(
-            json.dumps({k: [c.case_id for c in v] for k, v in splits.items()}, indent=1)
-        )
+        plan.save(run_dir / runs.PLAN)
+        (run_dir / runs.CONFIG).write_text(json.dumps(asdict(config), indent=2))
+        (run_dir / runs.SPLIT).write_text(json.dumps({k: [c.case_id for c in v] for k, v in splits.items()}, indent=1))
         if folds > 1:
-            (run_dir / FOLDS_FILE).write_text(json.dumps({"folds": folds}))
+            (run_dir / runs.FOLDS).write_text(json.dumps({"folds": folds}))
     for name, cases in splits.items():
         _check_labels(dataset, cases, name)
     cache = PreprocessedCache(request.cache, plan)
@@ -407,20 +405,20 @@ def _train_one_fold(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dict
 def _fit_fold(run_dir: Path, plan, task, config, cached, fold, progress, ranks=None) -> dict:
     """Train one fold in ``RUN/fold-<i>/`` (continuing it if interrupted; a finished one is only read).
     A lock on the fold keeps a gathering run from training a fold another process is still training."""
-    fold_dir = run_dir / f"fold-{fold.index}"
+    fold_dir = RunFolder(run_dir).fold(fold.index).path
     ranks = ranks or Ranks()
     cached_by_id = {c.case_id: c for c in cached["train"] + cached["val"]}
     if ranks.is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
-        (fold_dir / "split.json").write_text(
+        (fold_dir / runs.SPLIT).write_text(
             json.dumps({"train": [c.case_id for c in fold.train], "val": [c.case_id for c in fold.val]}, indent=1)
         )
     trainer = Trainer(task, plan, config, fold_dir, progress=progress, ranks=ranks)
-    finished = fold_dir / "finished.json"
+    finished = fold_dir / FINISHED
     with run_lock(fold_dir, shared=ranks.is_main):
         if ranks.agree(finished.is_file() if ranks.is_main else None):
-            return {**json.loads(finished.read_text()), "history": _history(fold_dir)} if ranks.is_main else {}
-        started = ranks.agree((trainer.checkpoints / "last.pt").is_file() if ranks.is_main else None)
+            return {**json.loads(finished.read_text()), "history": RunFolder(fold_dir).history} if ranks.is_main else {}
+        started = ranks.agree((trainer.checkpoints / runs.LAST).is_file() if ranks.is_main else None)
         result = trainer.fit(
             [cached_by_id[c.case_id] for c in fold.train],
             [cached_by_id[c.case_id] for c in fold.val],
@@ -429,11 +427,6 @@ def _fit_fold(run_dir: Path, plan, task, config, cached, fold, progress, ranks=N
         if ranks.is_main:
             finished.write_text(json.dumps({k: result[k] for k in ("best", "best_epoch", "epochs_run")}))
     return result
-
-
-def _history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
@@ -480,9 +473,8 @@ def _train_folds(request: RunRequest, run: PreparedRun) -> dict:
         histories.append(result["history"])
         if plan.task == "segmentation":  # out-of-fold volumes are segmented at evaluation (post-processing)
             continue
-        trainer = Trainer(task, plan, config, run_dir / f"fold-{fold.index}")
-        model = task.build_network(plan, config.dropout).to(trainer.device)
-        model.load_state_dict(torch.load(trainer.checkpoints / "best.pt", map_location=trainer.device))
+        trainer = Trainer(task, plan, config, RunFolder(run_dir).fold(fold.index).path)
+        (model,) = RunFolder(trainer.run_dir).load_networks(plan, config.dropout, trainer.device)
         pred, y = trainer.predict(model, PatchDataset([cached_by_id[c.case_id] for c in fold.val], plan, train=False))
         oof_cases += fold.val
         oof_pred.append(pred)
@@ -494,7 +486,7 @@ def _train_folds(request: RunRequest, run: PreparedRun) -> dict:
     oof_pred, oof_y = np.concatenate(oof_pred), np.concatenate(oof_y)
     threshold = task.choose_threshold(oof_pred, oof_y)
     _write_predictions(run_dir / "predictions_out_of_fold.csv", oof_cases, oof_pred, plan.labels)
-    (run_dir / "threshold.json").write_text(
+    (run_dir / runs.THRESHOLD).write_text(
         json.dumps({"threshold": threshold, "chosen_on": "out-of-fold validation", "rule": "Youden's J", "folds": k})
     )
     summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=histories[0])
@@ -503,10 +495,8 @@ def _train_folds(request: RunRequest, run: PreparedRun) -> dict:
 
 def _ensemble_predict(trainer: Trainer, plan: Plan, run_dir: Path, dataset: PatchDataset):
     """Mean class probabilities of every model of the run; also returns the last model (for Grad-CAM)."""
-    model = trainer.task.build_network(plan, trainer.config.dropout).to(trainer.device)
     predictions = []
-    for path in run_weights(run_dir):
-        model.load_state_dict(torch.load(path, map_location=trainer.device))
+    for model in RunFolder(run_dir).load_networks(plan, trainer.config.dropout, trainer.device):
         pred, targets = trainer.predict(model, dataset)
         predictions.append(pred)
     return np.mean(predictions, axis=0), targets, model
@@ -517,7 +507,7 @@ def _evaluate(run_dir: Path, plan: Plan, trainer: Trainer, splits, cached, **kwa
     if plan.task == "segmentation":
         from medmap.training.evaluate_segmentation import evaluate_segmentation
 
-        return evaluate_segmentation(run_dir, plan, trainer, splits, run_weights(run_dir), **kwargs)
+        return evaluate_segmentation(run_dir, plan, trainer, splits, RunFolder(run_dir).weights(), **kwargs)
     kwargs.pop("progress", None)
     return evaluate_cached(run_dir, plan, trainer, splits, cached, **kwargs)
 
@@ -536,14 +526,14 @@ def evaluate_cached(
     """Best weights -> threshold on validation -> metrics, predictions CSV and report for ``split``."""
     out_dir = out_dir or run_dir
     task = trainer.task
-    if (run_dir / "threshold.json").is_file():
-        threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
+    if (run_dir / runs.THRESHOLD).is_file():
+        threshold = json.loads((run_dir / runs.THRESHOLD).read_text())["threshold"]
     else:
         val_set = PatchDataset(cached["val"], plan, train=False)
         val_pred, val_y, _ = _ensemble_predict(trainer, plan, run_dir, val_set)
         threshold = task.choose_threshold(val_pred, val_y)
         _write_predictions(run_dir / "predictions_val.csv", splits["val"], val_pred, plan.labels)
-        (run_dir / "threshold.json").write_text(
+        (run_dir / runs.THRESHOLD).write_text(
             json.dumps({"threshold": threshold, "chosen_on": "validation", "rule": "Youden's J"})
         )
     evaluated = split if cached.get(split) else "val"
@@ -565,7 +555,7 @@ def evaluate_cached(
         "baseline": baseline
         and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
     }
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))  # before any figure or report
+    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=2))  # before any figure or report
     plots = optional("the evaluation plots", task.plots, metrics, plan.labels, baseline) or {}
     plots.update(
         optional("the example figures", task.examples, model, plan, evaluation_set, predictions, targets, threshold)
@@ -614,15 +604,15 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/
     (``evaluation-<split>-bfloat16/`` when evaluated in bfloat16)."""
-    run_dir = Path(run_dir)
-    if not run_weights(run_dir)[0].is_file():
-        raise OutputError(f"{run_dir}: not a trained run (no checkpoints/best.pt)")
-    plan = Plan.load(run_dir / "plan.json")
-    config = TrainConfig.from_file(run_dir / "config.json")
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    folder.trained_weights()  # refuses a run that has none
+    plan = folder.plan
+    config = TrainConfig.from_file(folder.file(runs.CONFIG))
     config.evaluation_precision = resolve_precision(precision, config.device)
     dataset = read_dataset(data)
     by_id = {c.case_id: c for c in dataset.cases}
-    ids = json.loads((run_dir / "split.json").read_text())
+    ids = json.loads((run_dir / runs.SPLIT).read_text())
     missing = [i for name in ids for i in ids[name] if i not in by_id]
     if missing:
         raise DatasetError(f"{data}: case {missing[0]} of the run's split is not in this dataset")
@@ -640,7 +630,7 @@ def evaluate_run(
     suffix = "" if config.evaluation_precision == "float32" else f"-{config.evaluation_precision}"
     out_dir = run_dir / f"evaluation-{split}{suffix}"
     out_dir.mkdir(exist_ok=True)
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else None
+    history = json.loads((run_dir / runs.HISTORY).read_text()) if (run_dir / runs.HISTORY).is_file() else None
     return _evaluate(
         run_dir, plan, trainer, splits, cached, history=history, split=split, out_dir=out_dir, progress=progress
     )

@@ -10,21 +10,18 @@ without an opt-in, and a store next to the runs keeps the user's working directo
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-ARTIFACTS = ("report.html", "metrics.json", "plan.json", "config.json", "provenance.json", "intended_use.json")
+from medmap import run_folder as runs
+from medmap.run_folder import RunFolder
+
+ARTIFACTS = ("report.html", runs.METRICS, runs.PLAN, runs.CONFIG, runs.PROVENANCE, runs.INTENDED_USE)
 
 
 def default_uri(run_dir: str | Path) -> str:
     """The SQLite store beside the run folder: ``sqlite:///<parent>/mlflow.db``."""
     return f"sqlite:///{Path(run_dir).resolve().parent / 'mlflow.db'}"
-
-
-def _read(run: Path, name: str):
-    path = run / name
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _numbers(prefix: str, values: dict) -> dict[str, float]:
@@ -60,9 +57,10 @@ def log_run(run_dir: str | Path, uri: str | None = None) -> str:
     from mlflow.tracking import MlflowClient
 
     run = Path(run_dir)
-    plan, config = _read(run, "plan.json") or {}, _read(run, "config.json") or {}
-    history, stored = _read(run, "history.json") or [], _read(run, "metrics.json") or {}
-    record = _read(run, "provenance.json") or {}
+    folder = RunFolder(run)
+    plan, config = folder.read(runs.PLAN) or {}, folder.read(runs.CONFIG) or {}
+    history, stored = folder.history, folder.read(runs.METRICS) or {}
+    record = folder.read(runs.PROVENANCE) or {}
     uri = uri or default_uri(run)
     client = MlflowClient(uri)
     name = plan.get("dataset", "medmap")

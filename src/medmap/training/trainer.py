@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medmap import run_folder as runs
 from medmap.data.cache import CachedCase
 from medmap.data.loader import AugmentingLoader, PatchDataset
 from medmap.device import check_device
@@ -155,7 +156,7 @@ class Trainer:
 
     @property
     def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.run_dir / runs.CHECKPOINTS
 
     def samples_per_epoch(self, train: list[CachedCase], steps: int | None = None) -> int:
         cfg, plan = self.config, self.plan
@@ -332,7 +333,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         val_set = PatchDataset(val, self.plan, train=False)
         epochs = cfg.epochs
-        budget_file = self.run_dir / "budget.json"
+        budget_file = self.run_dir / runs.BUDGET
         budget: dict = {}
         planning_started = time.perf_counter()
         if cfg.budget_seconds:
@@ -413,7 +414,7 @@ class Trainer:
             if not math.isnan(score) and score > best:
                 best, best_epoch = score, epoch
                 if main:
-                    torch.save(bare(model).state_dict(), self.checkpoints / "best.pt")
+                    torch.save(bare(model).state_dict(), self.checkpoints / runs.BEST)
             self._say(
                 f"epoch {epoch + 1}/{epochs}  loss {record.loss:.4f}  val {self.task.monitor} "
                 f"{score:.4f}  best {best:.4f} (epoch {best_epoch + 1})  {record.seconds:.1f}s"
@@ -437,18 +438,18 @@ class Trainer:
                     "best_epoch": best_epoch,
                     "epoch": epoch,
                 }
-                _save_atomically(state, self.checkpoints / "last.pt")
-                (self.run_dir / "history.json").write_text(json.dumps(history, indent=1))
+                _save_atomically(state, self.checkpoints / runs.LAST)
+                (self.run_dir / runs.HISTORY).write_text(json.dumps(history, indent=1))
             if stop_after is not None and stop_after(epoch):
                 break
         if best_epoch < 0 and main:  # validation metric never defined (e.g. one class only): the last weights
-            torch.save(bare(model).state_dict(), self.checkpoints / "best.pt")
+            torch.save(bare(model).state_dict(), self.checkpoints / runs.BEST)
         return {"best": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history}
 
     def _last_state(self) -> dict | None:
         """The checkpoint to resume from, read by rank 0 and handed to every rank (other machines need no
         shared file system); None when there is none. Refuses another number of processes than it had."""
-        path = self.checkpoints / "last.pt"
+        path = self.checkpoints / runs.LAST
         state = (
             torch.load(path, map_location="cpu", weights_only=False) if self.ranks.is_main and path.is_file() else None
         )
