@@ -105,3 +105,31 @@ def test_strength_zero_is_identity_and_2d_batches_work():
     on = BatchAugmenter(Augmentation(probability=1.0), (1.0, 1.0, 1.0), seed=1)
     y, _ = on(x)
     assert y.shape == x.shape and not torch.equal(y, x)
+
+
+def test_ranks_share_every_global_batch_and_augment_it_as_one_process_would():
+    """Distributed training: rank r holds rows r*b..(r+1)*b of each global batch, augmented exactly as
+    the single process augments those rows (every random number is drawn for the global batch)."""
+    from medmap.data.loader import EpochSampler
+
+    class Items:
+        epoch, length = 3, 20
+
+        def __len__(self):
+            return self.length
+
+    whole = list(EpochSampler(Items()))
+    shares = [list(EpochSampler(Items(), rank=r, world=2, global_batch=8)) for r in range(2)]
+    batches = [shares[0][i : i + 4] + shares[1][i : i + 4] for i in range(0, len(shares[0]), 4)]
+    assert [i for b in batches for i in b] == whole[:16]  # the 20 - 16 left over make no full batch
+
+    aug = Augmentation(probability=0.5, elastic=True)
+    images = torch.randn(8, 1, 6, 12, 12)
+    masks = (torch.rand(8, 6, 12, 12) > 0.5).long()
+    one = BatchAugmenter(aug, (2.0, 1.0, 1.0), seed=3)
+    ranks = [BatchAugmenter(aug, (2.0, 1.0, 1.0), seed=3, share=(r, 2)) for r in range(2)]
+    for _ in range(3):  # the generators stay in step batch after batch
+        expected, expected_masks = one(images, masks)
+        parts = [r(images[4 * i : 4 * i + 4], masks[4 * i : 4 * i + 4]) for i, r in enumerate(ranks)]
+        assert torch.equal(expected, torch.cat([p[0] for p in parts]))
+        assert torch.equal(expected_masks, torch.cat([p[1] for p in parts]))

@@ -212,6 +212,7 @@ def train_run(
     once; each joins the run the first one planned. ``folds=K`` on such a run trains what is left and
     evaluates the ensemble. ``ranks`` of several processes train one model together (DDP): rank 0 plans,
     caches and writes the run; the others wait, then train their shares; rank 0 evaluates."""
+    ranks = ranks or Ranks()
     request = RunRequest(
         Path(data),
         Path(run_dir),
@@ -224,9 +225,8 @@ def train_run(
         fold,
         progress,
         command,
-        (ranks or Ranks()).world_size,
+        ranks.world_size,
     )
-    ranks = ranks or Ranks()
     check_device(ranks.device(request.config.device))  # before any planning or caching
     if track not in ("mlflow", "off"):
         raise ConfigError(f"--track {track}: mlflow or off")
