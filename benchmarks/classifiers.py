@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
-    budget = min(args.budget, 20.0) if args.quick else args.budget
+    budget = min(args.budget, 10.0) if args.quick else args.budget  # quick: the suite checks it runs, not figures
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
