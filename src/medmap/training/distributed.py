@@ -149,11 +149,6 @@ class Ranks:
                 quiet=self.supervised,
             ) from exc
 
-    def _group(self, patient: bool):
-        """The long-timeout gloo group while rank 0 prepares the data; else the training group (whose
-        timeout catches a hung rank)."""
-        return self._control if patient else None
-
     def wait(self, what: str = "waiting for rank 0") -> None:
         """All ranks meet here, patiently (rank 0 may be planning and caching a large dataset)."""
         if self.distributed:
@@ -164,17 +159,16 @@ class Ranks:
         if not self.distributed:
             return value
         box = [value]
-        group = self._group(patient)
+        group = self._control if patient else None  # long timeout while rank 0 prepares; else the training one
         self._collective(what, torch.distributed.broadcast_object_list, box, src=0, group=group)
         return box[0]
 
     def gather(self, array: np.ndarray, what: str = "gathering validation outputs") -> np.ndarray:
         """Every rank's ``array`` concatenated in rank order (ranks hold contiguous shares, so this is the
-        original order). Pickled through the control group: validation outputs are small."""
+        original order). Pickled: validation outputs are small."""
         if not self.distributed:
             return array
-        parts: list = [None] * self.world_size
-        self._collective(what, torch.distributed.all_gather_object, parts, array)
+        parts = self.gather_objects(array, what)
         return np.concatenate([p for p in parts if p.size] or parts[:1])  # a rank may have had no share
 
     def total(self, value: float, what: str = "adding up a metric") -> float:
