@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/medmap train $(DEMO)/data/nodules.csv --task classification -o $(DEMO)/runs/nodules --epochs 8 \
 		--cache $(DEMO)/cache
 	# worked example 2: liver and liver tumours (short budget; README gives the full run)
-	$(BIN)/medmap train $(DEMO)/data/liver --task segmentation -o $(DEMO)/runs/liver --budget 5m --cache $(DEMO)/cache
+	$(BIN)/medmap train $(DEMO)/data/liver --task segmentation -o $(DEMO)/runs/liver --epochs 4 --cache $(DEMO)/cache
 	$(BIN)/medmap report $(DEMO)/runs/nodules $(DEMO)/runs/liver -o $(DEMO)/report.html
 	# deployment: bundles, then predictions on DICOM studies with DICOM SEG and SR results
 	$(BIN)/medmap bundle create $(DEMO)/runs/nodules -o $(DEMO)/bundles/nodules

@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import patch_set
 from medmap.data.cache import PreprocessedCache
 from medmap.data.layouts import read_dataset
-from medmap.data.loader import classifier_input
 from medmap.plan import Plan
+from medmap.tasks import task_for
+from medmap.tasks.classification.inputs import classifier_input
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 
@@ -44,7 +45,7 @@ def arrays(run: Path, data: Path, split: str, cache: Path) -> tuple[np.ndarray, 
     plan = Plan.load(run / "plan.json")
     ids = json.loads((run / "split.json").read_text())[split]
     by_id = {c.case_id: c for c in read_dataset(data).cases}
-    cases = PreprocessedCache(cache, plan).build([by_id[i] for i in ids], workers=0)
+    cases = PreprocessedCache(cache, plan, task_for(plan)).build([by_id[i] for i in ids], workers=0)
     x = np.stack([classifier_input(c.arrays()[0], plan) for c in cases]).astype(np.float32)
     if plan.input_mode in ("2d", "2.5d"):
         x = x[:, :, 0]

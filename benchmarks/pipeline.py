@@ -71,12 +71,16 @@ def medmap_plan(dataset_root: Path):
 def run_medmap(dataset, plan, cache_root: Path, epochs: int, samples: int) -> dict:
     from medmap.data.cache import PreprocessedCache
     from medmap.data.loader import AugmentingLoader, PatchDataset
+    from medmap.tasks import task_for
 
     t0 = time.perf_counter()
-    cached = PreprocessedCache(cache_root, plan).build(dataset.cases, workers=WORKERS)
+    cached = PreprocessedCache(cache_root, plan, task_for(plan)).build(dataset.cases, workers=WORKERS)
     build = time.perf_counter() - t0
     loader = AugmentingLoader(
-        PatchDataset(cached, plan, train=True, samples_per_epoch=samples), BATCH, workers=WORKERS, seed=0
+        PatchDataset(cached, plan, task_for(plan), train=True, samples_per_epoch=samples),
+        BATCH,
+        workers=WORKERS,
+        seed=0,
     )
     return {"cache_s": build, **_throughput(loader, epochs)}
 

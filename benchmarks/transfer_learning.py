@@ -52,7 +52,7 @@ def run_one(name, plan, train, val, test, run_dir, epochs, samples, seed, pretra
     result = trainer.fit(train, val)
     model = trainer.task.build_network(plan, config.dropout)
     model.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt"))
-    pred, y = trainer.predict(model, PatchDataset(test, plan, train=False))
+    pred, y = trainer.predict(model, PatchDataset(test, plan, task_for(plan), train=False))
     metrics = binary_metrics(y, pred[:, 1], 0.5, seed=seed)
     curve = [h["val"].get("auc", float("nan")) for h in result["history"]]
     best = float(np.nanmax(curve)) if np.isfinite(curve).any() else float("nan")  # one class in val: no AUC
@@ -85,7 +85,7 @@ def main() -> None:
         tmp = Path(tmp)
         plan = prepare_plan(dataset, overrides=[], device="cpu", progress=False)
         splits = train_val_test(dataset.cases, seed=args.seed)
-        cache = PreprocessedCache(tmp / "cache", plan)
+        cache = PreprocessedCache(tmp / "cache", plan, task_for(plan))
         cached = {c.case_id: c for c in cache.build([c for s in splits.values() for c in s])}
         pick = lambda cases: [cached[c.case_id] for c in cases]  # noqa: E731
         val, test = pick(splits["val"]), pick(splits["test"])

@@ -11,6 +11,7 @@ from pydicom.uid import EnhancedCTImageStorage, EnhancedMRImageStorage, Explicit
 
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.io.image import Image, ImageMeta
+from medmap.tasks import task_for
 
 AXIAL = np.column_stack([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])  # [normal, down a column, along a row]
 
@@ -103,3 +104,37 @@ def ball_case(seed: int, shape=(14, 28, 28), spacing=(3.0, 1.5, 1.5)):
     origin = (seed * 3.0, -20.0, 5.0)
     image = Image(intensity.astype(np.float32), spacing, origin, direction)
     return image, image.with_array(label)
+
+
+def split_of(dataset):
+    """The run's split of a dataset (its task's, seed 0)."""
+    return task_for(dataset.task).split(dataset.cases, seed=0)
+
+
+def lesion_manifest(tmp_path, rows, sidecar=None):
+    """One CT series ``ct`` under ``tmp_path`` and a lesion manifest ``m.csv`` of ``rows`` (image, x offset
+    in mm from the centre, label), each row its own patient; ``sidecar`` becomes ``labels.json``."""
+    import csv
+    import json
+
+    img = volume(shape=(9, 40, 40))
+    write_ct(img, tmp_path / "ct")
+    centre = img.index_to_world([4, 20, 20])
+    with open(tmp_path / "m.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "x", "y", "z", "label", "patient_id", "case_id"])
+        writer.writeheader()
+        for i, (image, offset, label) in enumerate(rows):
+            writer.writerow(
+                {
+                    "image": image,
+                    "x": centre[0] + offset,
+                    "y": centre[1],
+                    "z": centre[2],
+                    "label": label,
+                    "patient_id": f"P{i}",
+                    "case_id": f"nodule-{i}",
+                }
+            )
+    if sidecar:
+        (tmp_path / "labels.json").write_text(json.dumps(sidecar))
+    return tmp_path / "m.csv"

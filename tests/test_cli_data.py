@@ -57,20 +57,21 @@ def test_lesion_patches_in_3d_and_2_5d(demo, tmp_path):
     from medmap.data.fingerprint import compute_fingerprint
     from medmap.data.layouts import read_dataset
     from medmap.data.loader import PatchDataset
+    from medmap.tasks import task_for
     from medmap.training.planner import plan_dataset
 
     ds = read_dataset(demo / "nodules.csv")
     plan = plan_dataset(ds, compute_fingerprint(ds))
-    cached = PreprocessedCache(tmp_path / "c", plan).build(ds.cases, workers=1)
+    cached = PreprocessedCache(tmp_path / "c", plan, task_for(plan)).build(ds.cases, workers=1)
     side = plan.patch_size[0]
-    item = PatchDataset(cached, plan, train=False)[0]
+    item = PatchDataset(cached, plan, task_for(plan), train=False)[0]
     assert item["image"].shape == (1, side, side, side) and item["target"].item() in (0, 1)
     # the nodule (denser than lung) is at the centre of an evaluation patch
     centre = item["image"][
         0, side // 2 - 1 : side // 2 + 2, side // 2 - 1 : side // 2 + 2, side // 2 - 1 : side // 2 + 2
     ]
     assert centre.mean() > item["image"][0].mean()
-    planes = PatchDataset(cached, plan.with_overrides(["input_mode=2.5d"]), train=False)[0]["image"]
+    planes = PatchDataset(cached, plan.with_overrides(["input_mode=2.5d"]), task_for(plan), train=False)[0]["image"]
     assert planes.shape == (3, side, side)
     assert np.allclose(planes[0].numpy(), item["image"][0, side // 2].numpy())  # axial plane through the centre
 

@@ -305,12 +305,13 @@ def preprocess(
     from medmap.data.cache import PreprocessedCache
     from medmap.data.layouts import read_dataset
     from medmap.plan import Plan
+    from medmap.tasks import task_for
 
     dataset = read_dataset(data)
     the_plan = Plan.load(plan_file)
     if the_plan.dataset != dataset.name:
         raise MedmapError(f"{plan_file}: plan is for dataset {the_plan.dataset!r}, not {dataset.name!r}")
-    store = PreprocessedCache(cache, the_plan)
+    store = PreprocessedCache(cache, the_plan, task_for(the_plan))
     cases = [c for c in dataset.cases if c.split != "test"]
     todo = sum(not store.is_cached(c) for c in cases)
     store.build(cases, workers=workers, progress=True)
@@ -528,6 +529,7 @@ def pretrain(
     """Self-supervised (SimCLR) pretraining on unlabelled images; `train --pretrained` accepts the result."""
     from medmap.data.cache import PreprocessedCache
     from medmap.data.layouts import read_dataset
+    from medmap.tasks import task_for
     from medmap.training.pretrain import pretrain as run_pretrain
     from medmap.training.run import prepare_plan
 
@@ -537,7 +539,7 @@ def pretrain(
     overrides = list(set_ or []) + ([f"network={model}"] if model else [])
     the_plan = prepare_plan(dataset, overrides=overrides, device="cpu", progress=True)
     cases = [c for c in dataset.cases if c.split != "test"]
-    cached = PreprocessedCache(cache or output.parent / ".medmap-cache", the_plan).build(
+    cached = PreprocessedCache(cache or output.parent / ".medmap-cache", the_plan, task_for(the_plan)).build(
         cases, workers=workers, progress=True
     )
     result = run_pretrain(cached, the_plan, output, epochs=epochs, seed=seed, workers=workers, progress=True)

@@ -91,6 +91,16 @@ class Plan(_Strict):
     notes: list[str] = Field(default_factory=list)  # why each decision was taken
     overrides: list[str] = Field(default_factory=list)  # the --set values applied, in order
 
+    @property
+    def spatial_dims(self) -> int:
+        """Dimensions the network convolves over: 2 for ``2d`` and ``2.5d`` input, else 3."""
+        return 2 if self.input_mode in ("2d", "2.5d") else 3
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the network reads: the image's, three times over in ``2.5d`` (one per plane)."""
+        return self.channels * (3 if self.input_mode == "2.5d" else 1)
+
     def preprocessing_key(self) -> str:
         """A short hash of the fields that change preprocessed arrays (names the on-disk cache)."""
         import hashlib

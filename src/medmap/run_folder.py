@@ -80,6 +80,11 @@ class RunFolder:
     def fold(self, index: int) -> RunFolder:
         return RunFolder(self.path / f"fold-{index}")
 
+    def fold_folders(self) -> list[RunFolder]:
+        """The folds of a run trained with ``--folds K`` that have their split, in fold order; else []."""
+        found = [p for p in self.path.glob("fold-*") if (p / SPLIT).is_file()]
+        return [RunFolder(p) for p in sorted(found, key=lambda p: int(p.name.split("-")[1]))]
+
     @property
     def split_ids(self) -> dict[str, list[str]]:
         return self.read(SPLIT) or {}

@@ -9,7 +9,10 @@ from medmap.data.cache import PreprocessedCache
 from medmap.data.layouts import read_dataset, write_msd
 from medmap.data.loader import AugmentingLoader, PatchDataset
 from medmap.plan import Augmentation, Normalization, Plan
+from medmap.tasks.segmentation import SegmentationTask
 from tests.builders import volume
+
+SEGMENTATION = SegmentationTask()
 
 
 def seg_plan(**kw) -> Plan:
@@ -45,37 +48,39 @@ def seg_dataset(tmp_path):
 
 
 def test_cache_is_built_once_and_reused(tmp_path, seg_dataset):
-    cache = PreprocessedCache(tmp_path / "cache", seg_plan())
+    cache = PreprocessedCache(tmp_path / "cache", seg_plan(), SEGMENTATION)
     cached = cache.build(seg_dataset.cases, workers=1)
     stamps = [c.image.stat().st_mtime_ns for c in cached]
     image, mask = cached[0].arrays()
     assert image.shape[0] == 1 and image.dtype == np.float32 and isinstance(image, np.memmap)
     assert set(np.unique(mask)) == {0, 1, 2} and "2" in cached[0].meta["class_locations"]
-    again = PreprocessedCache(tmp_path / "cache", seg_plan(batch_size=8)).build(seg_dataset.cases, workers=2)
+    again = PreprocessedCache(tmp_path / "cache", seg_plan(batch_size=8), SEGMENTATION).build(
+        seg_dataset.cases, workers=2
+    )
     assert [c.image.stat().st_mtime_ns for c in again] == stamps  # batch size does not invalidate the cache
-    other = PreprocessedCache(tmp_path / "cache", seg_plan(target_spacing=(2.0, 2.0, 2.0)))
+    other = PreprocessedCache(tmp_path / "cache", seg_plan(target_spacing=(2.0, 2.0, 2.0)), SEGMENTATION)
     assert other.folder != cache.folder and not other.is_cached(seg_dataset.cases[0])
 
 
 def test_foreground_oversampling_finds_a_one_voxel_lesion(tmp_path, seg_dataset):
-    cached = PreprocessedCache(tmp_path / "cache", seg_plan()).build(seg_dataset.cases, workers=1)
-    always = PatchDataset(cached, seg_plan(foreground_oversample=1.0), train=True, samples_per_epoch=60)
-    never = PatchDataset(cached, seg_plan(foreground_oversample=0.0), train=True, samples_per_epoch=60)
+    cached = PreprocessedCache(tmp_path / "cache", seg_plan(), SEGMENTATION).build(seg_dataset.cases, workers=1)
+    always = PatchDataset(cached, seg_plan(foreground_oversample=1.0), SEGMENTATION, train=True, samples_per_epoch=60)
+    never = PatchDataset(cached, seg_plan(foreground_oversample=0.0), SEGMENTATION, train=True, samples_per_epoch=60)
     hits_always = sum(int((always[i]["target"] == 2).any()) for i in range(60))
     hits_never = sum(int((never[i]["target"] == 2).any()) for i in range(60))
     assert hits_always >= 20 and hits_always > 3 * max(hits_never, 1)
 
 
 def test_sampling_is_deterministic_per_epoch_and_index(tmp_path, seg_dataset):
-    cached = PreprocessedCache(tmp_path / "cache", seg_plan()).build(seg_dataset.cases, workers=1)
-    a = PatchDataset(cached, seg_plan(), train=True, samples_per_epoch=8, seed=3)
-    b = PatchDataset(cached, seg_plan(), train=True, samples_per_epoch=8, seed=3)
+    cached = PreprocessedCache(tmp_path / "cache", seg_plan(), SEGMENTATION).build(seg_dataset.cases, workers=1)
+    a = PatchDataset(cached, seg_plan(), SEGMENTATION, train=True, samples_per_epoch=8, seed=3)
+    b = PatchDataset(cached, seg_plan(), SEGMENTATION, train=True, samples_per_epoch=8, seed=3)
     assert torch.equal(a[5]["image"], b[5]["image"])
     b.set_epoch(1)
     assert not torch.equal(a[5]["image"], b[5]["image"])
     runs = []
     for workers in (0, 2):  # two full epochs each, no augmentation: only patch sampling can differ
-        dataset = PatchDataset(cached, seg_plan(), train=True, samples_per_epoch=8, seed=3)
+        dataset = PatchDataset(cached, seg_plan(), SEGMENTATION, train=True, samples_per_epoch=8, seed=3)
         loader = AugmentingLoader(dataset, 4, workers=workers, seed=1, augment=False)
         epochs = [list(loader) for _epoch in range(2)]  # whole epochs: the epoch advances at the end of one
         runs.append([batches[0]["image"] for batches in epochs])

@@ -80,8 +80,8 @@ def test_record_survives_its_file_and_body_parts_merge(liver_use, tmp_path):
 
 
 def test_lesion_region_outside_the_lung_is_refused():
-    from medmap.data.cache import centre_of, raw_lesion_cube
     from medmap.plan import Normalization, Plan
+    from medmap.tasks.classification.inputs import centre_of, raw_lesion_cube
 
     plan = Plan(
         task="classification",

@@ -10,9 +10,8 @@ from medmap.cli import parse_duration
 from medmap.data.layouts import read_dataset, write_msd
 from medmap.errors import ConfigError
 from medmap.tasks import task_for
-from medmap.training.run import _split
 from medmap.training.trainer import TrainConfig, Trainer, _schedule
-from tests.builders import ball_case
+from tests.builders import ball_case, split_of
 from tests.test_cli import medmap_cli
 from tests.training.test_trainer import blobs, blobs_plan, cached  # noqa: F401  (fixture)
 
@@ -87,15 +86,15 @@ def test_a_dataset_with_its_own_test_set_keeps_every_other_labelled_case_for_tra
     labels = {0: "background", 1: "ball", 2: "core"}
     training = [(f"ball_{i:02d}", *ball_case(i)) for i in range(10)]
     unlabelled = write_msd(tmp_path / "a", "A", labels, "MR", training, [("ball_90", ball_case(90)[0])])
-    splits = _split(read_dataset(unlabelled), seed=0)
+    splits = split_of(read_dataset(unlabelled))
     assert not splits["test"] and [c.case_id for c in splits["unlabelled"]] == ["ball_90"]
     assert len(splits["train"]) + len(splits["val"]) == 10
     labelled = write_msd(tmp_path / "b", "B", labels, "MR", training, [("ball_90", *ball_case(90))])
     dataset = read_dataset(labelled)
     assert dataset.cases[-1].mask is not None  # labelsTs/ read
-    splits = _split(dataset, seed=0)
+    splits = split_of(dataset)
     assert [c.case_id for c in splits["test"]] == ["ball_90"] and not splits["unlabelled"]
     assert len(splits["train"]) + len(splits["val"]) == 10
     without = write_msd(tmp_path / "c", "C", labels, "MR", training, [])
-    splits = _split(read_dataset(without), seed=0)
+    splits = split_of(read_dataset(without))
     assert splits["test"] and len(splits["train"]) + len(splits["val"]) + len(splits["test"]) == 10

@@ -4,15 +4,15 @@ changes nothing in it (spacing, normalisation, patch size, augmentation strength
 from medmap.data.dataset import Case
 from medmap.data.layouts import read_dataset, write_msd
 from medmap.io.load import load, save
-from medmap.training.run import _split, prepare_plan
-from tests.builders import ball_case
+from medmap.training.run import prepare_plan
+from tests.builders import ball_case, split_of
 
 
 def test_test_cases_are_never_read_and_do_not_change_the_plan(tmp_path, monkeypatch):
     cases = [(f"ball_{i:02d}", *ball_case(i)) for i in range(10)]
     root = write_msd(tmp_path / "balls", "Balls", {0: "background", 1: "ball", 2: "core"}, "MR", cases, [])
     dataset = read_dataset(root)
-    splits = _split(dataset, seed=0)
+    splits = split_of(dataset)
     test_ids = {c.case_id for c in splits["test"]}
     assert test_ids  # no own test set: some labelled cases are held out
 

@@ -22,7 +22,7 @@ def test_nt_xent_prefers_matching_views():
 
 def test_pretrained_encoder_loads_into_the_classifier_and_training(blobs, tmp_path):  # noqa: F811
     plan = blobs_plan()
-    unlabelled = PreprocessedCache(tmp_path / "cache", plan).build(
+    unlabelled = PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
         [c for c in blobs.cases if c.split == "train"], workers=1
     )
     result = pretrain(unlabelled, plan, tmp_path / "simclr.pt", epochs=2, workers=0, samples_per_epoch=32)
@@ -30,7 +30,9 @@ def test_pretrained_encoder_loads_into_the_classifier_and_training(blobs, tmp_pa
     model = build_classifier(plan)
     report = load_pretrained(model, tmp_path / "simclr.pt")
     assert report.missing == ["head.2.weight", "head.2.bias"] and not report.skipped
-    val = PreprocessedCache(tmp_path / "cache", plan).build([c for c in blobs.cases if c.split == "val"], workers=1)
+    val = PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
+        [c for c in blobs.cases if c.split == "val"], workers=1
+    )
     config = TrainConfig(epochs=1, workers=0, samples_per_epoch=16, pretrained=str(tmp_path / "simclr.pt"))
     Trainer(task_for(plan), plan, config, tmp_path / "run").fit(unlabelled, val)
     assert (tmp_path / "run" / "pretrained.json").is_file()

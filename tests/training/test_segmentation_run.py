@@ -89,7 +89,7 @@ def test_folds_and_a_patch_larger_than_the_volumes(balls, tmp_path):
 def test_deep_supervision_loss_weighs_every_level():
     import torch
 
-    from medmap.tasks.segmentation import SegmentationLoss
+    from medmap.tasks.segmentation.loss import SegmentationLoss
 
     loss = SegmentationLoss("dice_ce")
     target = torch.randint(0, 3, (2, 8, 16, 16))

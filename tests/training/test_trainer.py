@@ -13,6 +13,7 @@ from medmap.plan import Normalization, Plan
 from medmap.tasks import task_for
 from medmap.training.run import evaluate_run, train_run
 from medmap.training.trainer import TrainConfig, Trainer
+from tests.builders import lesion_manifest
 
 
 def blobs_plan() -> Plan:
@@ -57,7 +58,9 @@ def blobs(tmp_path):
 
 
 def cached(dataset, plan, tmp_path, split):
-    return PreprocessedCache(tmp_path / "cache", plan).build([c for c in dataset.cases if c.split == split], workers=1)
+    return PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
+        [c for c in dataset.cases if c.split == split], workers=1
+    )
 
 
 def test_loss_falls_and_validation_auc_rises(blobs, tmp_path):
@@ -120,10 +123,8 @@ def test_missing_labels_and_existing_run_are_refused(blobs, tmp_path):
         train_run(blobs.root, tmp_path / "run")
     assert (tmp_path / "run" / "x").read_text() == "keep me"
     unlabeled = Case("u1", [blobs.cases[0].images[0]], patient_id="u1")
-    from medmap.training.run import _check_labels
-
     with pytest.raises(DatasetError, match="case u1 has no label"):
-        _check_labels(blobs, [unlabeled], "train")
+        task_for(blobs.task).check_targets([unlabeled], "train")
 
 
 def test_pretrained_start_and_frozen_encoder(blobs, tmp_path):
@@ -159,34 +160,6 @@ def test_folds_train_k_models_and_ensemble_them(blobs, tmp_path):
     oof = (run / "predictions_out_of_fold.csv").read_text().splitlines()
     assert len(oof) == 1 + 65  # every train+val case predicted once, by the model that did not train on it
     assert summary["metrics"]["n"] == 15
-
-
-def lesion_manifest(tmp_path, rows, sidecar=None):
-    import csv
-
-    from tests.builders import volume, write_ct
-
-    img = volume(shape=(9, 40, 40))
-    write_ct(img, tmp_path / "ct")
-    centre = img.index_to_world([4, 20, 20])
-    with open(tmp_path / "m.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "x", "y", "z", "label", "patient_id", "case_id"])
-        writer.writeheader()
-        for i, (image, offset, label) in enumerate(rows):
-            writer.writerow(
-                {
-                    "image": image,
-                    "x": centre[0] + offset,
-                    "y": centre[1],
-                    "z": centre[2],
-                    "label": label,
-                    "patient_id": f"P{i}",
-                    "case_id": f"nodule-{i}",
-                }
-            )
-    if sidecar:
-        (tmp_path / "labels.json").write_text(json.dumps(sidecar))
-    return tmp_path / "m.csv"
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ def test_two_d_msd_trains_and_evaluates_with_its_report(discs, tmp_path):
 
 
 def test_a_failing_figure_is_a_warning_and_the_metrics_are_written(discs, tmp_path, monkeypatch):
-    import medmap.training.evaluate_segmentation as evaluation
+    import medmap.tasks.segmentation.evaluate as evaluation
 
     def broken(*args, **kwargs):
         raise TypeError("Input z must be at least a (2, 2) shaped array")

@@ -80,7 +80,10 @@ class Bundle:
 
     @property
     def foreground(self) -> list[Label]:
-        return [label for label in self.labels if not (self.task == "segmentation" and label.value == 0)]
+        """The labels a result reports (`Task.foreground`)."""
+        from medmap.tasks import task_for
+
+        return task_for(self.plan).foreground(self.labels)
 
     def networks(self, device: str | torch.device = "cpu") -> list[torch.nn.Module]:
         """The bundle's networks (one per fold) in eval mode, weights loaded."""

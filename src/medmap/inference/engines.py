@@ -22,7 +22,6 @@ import torch
 
 from medmap.errors import ConfigError
 from medmap.inference.bundle import Bundle, sha256
-from medmap.models.registry import input_channels, spatial_dims
 
 ENGINES = ("torch", "torchscript", "onnx")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -32,8 +31,8 @@ Engine = Callable[[torch.Tensor], torch.Tensor]
 
 def example_input(bundle: Bundle, batch: int = 1) -> torch.Tensor:
     plan = bundle.plan
-    shape = plan.patch_size if spatial_dims(plan) == 3 else plan.patch_size[1:]
-    return torch.zeros(batch, input_channels(plan), *shape)
+    shape = plan.patch_size if plan.spatial_dims == 3 else plan.patch_size[1:]
+    return torch.zeros(batch, plan.input_channels, *shape)
 
 
 def _export_dir(bundle: Bundle) -> Path:

@@ -18,19 +18,7 @@ from medmap.intended_use import IntendedUse
 from medmap.plan import Plan
 from medmap.provenance import summary_lines
 from medmap.run_folder import RunFolder
-
-POOR_DICE = 0.7  # below this a class's mean Dice is called weak on the card
-POOR_CALIBRATION = 0.1  # expected calibration error above which probabilities are not to be read as risks
-MANY_FALSE_POSITIVES = 0.5  # per case
-
-
-def _interval(values, digits: int = 3) -> str:
-    ok = values and all(isinstance(v, float | int) and v == v for v in values)  # v == v: not NaN
-    return f"{values[0]:.{digits}f}-{values[1]:.{digits}f}" if ok else ""
-
-
-def _ci(values, digits: int = 3) -> str:
-    return f" (95% CI {_interval(values, digits)})" if _interval(values, digits) else ""
+from medmap.tasks import task_for
 
 
 def _header(plan: Plan, identity: str, record: dict) -> list[str]:
@@ -103,93 +91,11 @@ def _training(config: dict | None, history: list | None, budget: dict | None) ->
     return lines
 
 
-def _classification(metrics: dict, baseline: dict | None, split: str) -> tuple[list[str], list[str]]:
-    m = metrics
-    rows = [
-        ("AUC", m.get("auc"), m.get("auc_ci")),
-        ("sensitivity", m.get("sensitivity"), m.get("sensitivity_ci")),
-        ("specificity", m.get("specificity"), m.get("specificity_ci")),
-        ("positive predictive value", m.get("ppv"), m.get("ppv_ci")),
-        ("negative predictive value", m.get("npv"), m.get("npv_ci")),
-        ("accuracy", m.get("accuracy"), m.get("accuracy_ci")),
-        ("balanced accuracy", m.get("balanced_accuracy"), None),
-        ("expected calibration error", m.get("ece"), None),
-    ]
-    lines = [
-        f"On the {split} split ({m.get('n')} cases, {m.get('positives', '?')} positive), at the decision threshold "
-        f"{m.get('threshold', float('nan')):.3f} chosen on validation:",
-        "",
-        "| metric | value | 95% CI |",
-        "|---|---|---|",
-        *[f"| {name} | {v:.3f} | {_interval(ci)} |" for name, v, ci in rows if v is not None],
-    ]
-    failures = []
-    if baseline:
-        d = baseline.get("comparison")
-        lines += ["", f"Baseline, {baseline['name']}: AUC {baseline['auc']:.3f}{_ci(baseline.get('auc_ci'))}."]
-        if d is not None:
-            verdict = (
-                "the margin is supported by the data"
-                if d["supported"]
-                else "**the model does not beat this baseline**: the interval includes no difference"
-            )
-            lines.append(
-                f"Model minus baseline: AUC {d['delta_auc']:+.3f} (paired bootstrap 95% CI {d['delta_ci'][0]:+.3f} "
-                f"to {d['delta_ci'][1]:+.3f}); {verdict}."
-            )
-            if not d["supported"]:
-                failures.append(f"does not beat {baseline['name']} on its own test set")
-    if m.get("ece") is not None and m["ece"] > POOR_CALIBRATION:
-        failures.append(f"probabilities are not calibrated (ECE {m['ece']:.3f}): read them as scores, not as risks")
-    if "fn" in m:
-        negatives = m["n"] - m.get("positives", 0)
-        failures.append(
-            f"at the threshold it missed {m['fn']} of {m.get('positives')} positives and flagged {m['fp']} of "
-            f"{negatives} negatives on the test split"
-        )
-    return lines, failures
-
-
-def _segmentation(metrics: dict, split: str) -> tuple[list[str], list[str]]:
-    lines = [
-        f"On the {split} split ({metrics.get('n')} volumes), mean over cases with 95% bootstrap CI:",
-        "",
-        "| class | Dice | HD95 (mm) | surface Dice |",
-        "|---|---|---|---|",
-    ]
-    failures = []
-    for name, entry in metrics.get("classes", {}).items():
-
-        def cell(key, entry=entry) -> str:
-            value, digits = entry[key], 1 if key.endswith("_mm") else 3  # millimetres to a tenth
-            return "-" if value["mean"] is None else f"{value['mean']:.{digits}f}{_ci(value['ci'], digits)}"
-
-        lines.append(f"| {name} | {cell('dice')} | {cell('hd95_mm')} | {cell('nsd')} |")
-        dice = entry["dice"]["mean"]
-        if dice is not None and dice < POOR_DICE:
-            failures.append(f"{name}: mean Dice {dice:.2f} is weak; check its outlines before any use")
-    for name, d in metrics.get("lesions", {}).items():
-        recall = f"{d['recall']:.2f}{_ci(d.get('recall_ci'), 2)}" if d["recall"] is not None else "-"
-        lines.append(
-            f"\n{name} lesions: {d['detected']} of {d['lesions']} found (recall {recall}), "
-            f"{d['false_positives_per_case']:.2f} false-positive components per case."
-        )
-        if d["false_positives_per_case"] > MANY_FALSE_POSITIVES:
-            failures.append(f"{name}: {d['false_positives_per_case']:.1f} false-positive components per case")
-        if d["recall"] is not None and d["recall"] < 1:
-            missed = d["lesions"] - d["detected"]
-            failures.append(f"{name}: missed {missed} of {d['lesions']} lesions on the test split")
-    return lines, failures
-
-
 def _evaluation(plan: Plan, stored: dict | None) -> list[str]:
     if not stored:
         return ["## Evaluation", "No evaluation was recorded with this run."]
     metrics, split = stored.get("metrics", {}), stored.get("split", "?")
-    if plan.task == "segmentation":
-        lines, failures = _segmentation(metrics, split)
-    else:
-        lines, failures = _classification(metrics, stored.get("baseline"), split)
+    lines, failures = task_for(plan).card_evaluation(metrics, stored.get("baseline"), split)
     if split != "test":
         failures.insert(0, f"scored on the {split} split, not on held-out test cases: the figures are optimistic")
     warning = metrics.get("sample_warning")

@@ -25,33 +25,41 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from scipy import ndimage
-
-from medmap.data.cache import centre_of, normalized_cube, raw_lesion_cube, whole_image_input
-from medmap.data.loader import classifier_input
 from medmap.device import check_device
 from medmap.errors import ConfigError, InputNotFoundError, MedmapError
 from medmap.inference import shards
 from medmap.inference.bundle import Bundle, load_bundle
 from medmap.inference.engines import load_engines
+from medmap.inference.models import Models
 from medmap.inference.precision import resolve_precision
-from medmap.inference.segment import check_input, segment_image
+from medmap.inference.segment import check_input
 from medmap.intended_use import OutOfUseError
+from medmap.io.dicom import Series, load_series, scan
+from medmap.io.dicom.files import ScanResult
+from medmap.io.dicom.reader import check_neighbours
 from medmap.io.image import Image
-from medmap.io.load import is_image_file, load, save
+from medmap.io.load import is_image_file, load
 from medmap.progress import track
+from medmap.tasks import task_for
 
 
 @dataclass
 class InputCase:
+    """One case to predict. A series found by `discover` keeps its parsed headers and the scan it came
+    from, so loading it reads its pixels without scanning the input tree again (a folder of N series is
+    scanned once, not N + 1 times)."""
+
     case_id: str
     source: Path
     series_uid: str | None = None
     lesions: list[tuple[float, float, float]] = field(default_factory=list)
+    series: Series | None = None
+    scanned: ScanResult | None = None
 
     def load(self) -> Image:
+        if self.series is not None and self.scanned is not None:
+            check_neighbours(self.series, self.scanned)  # an unreadable file beside it may be one of its slices
+            return load_series(self.series)
         return load(self.source, self.series_uid)
 
 
@@ -84,19 +92,18 @@ def discover(source: Path, lesions: list[tuple[float, float, float]] | None = No
         return _manifest_cases(source)
     if source.is_file():
         return [InputCase(_safe(source.name.split(".")[0]), source, lesions=list(lesions or []))]
-    from medmap.io.dicom import scan
-
     try:
-        found = scan(source).series
+        scanned = scan(source)
     except InputNotFoundError:
-        found = []
+        scanned = None
+    found = scanned.series if scanned else []
     cases, seen = [], set()
     for s in found:  # named by the series' folder; a number added only when two series share one
         name = _safe(Path(s.paths[0]).parent.name)
         if name in seen:
             name = f"{name}-{s.uid[-8:]}"
         seen.add(name)
-        cases.append(InputCase(name, source, s.uid))
+        cases.append(InputCase(name, source, s.uid, series=s, scanned=scanned))
     if not cases:
         files = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p))
         cases = [InputCase(_safe(p.name.split(".")[0]), p) for p in files]
@@ -131,23 +138,6 @@ def check_modality(image: Image, bundle: Bundle, case_id: str) -> None:
         raise ConfigError(f"case {case_id}: a {actual} image, the model was trained on {expected}")
 
 
-def segment_summary(labels: Image, bundle: Bundle) -> dict:
-    voxel_ml = float(np.prod(labels.spacing)) / 1000
-    out = {}
-    for label in bundle.foreground:
-        mask = labels.array == label.value
-        components, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
-        largest = int(np.bincount(components.ravel())[1:].max()) if n else 0
-        out[label.name] = {
-            "label": label.value,
-            "voxels": int(mask.sum()),
-            "volume_ml": round(float(mask.sum()) * voxel_ml, 3),
-            "components": int(n),
-            "largest_component_diameter_mm": round(float(np.cbrt(6 * largest * voxel_ml * 1000 / np.pi)), 2),
-        }
-    return out
-
-
 class Predictor:
     """A loaded bundle with its engines, ready for cases."""
 
@@ -166,29 +156,11 @@ class Predictor:
         self.overlays = overlays  # also Secondary Capture overlay images (segmentation of DICOM input)
         self.engine_name = engine
         self.precision = resolve_precision(precision, device, engine)
-        self.engines = load_engines(bundle, engine, device, self.precision)
+        self.task = task_for(bundle.plan)
+        engines = load_engines(bundle, engine, device, self.precision)
+        self.models = Models(bundle.plan, engines, self.device, bundle.postprocessing)  # as evaluation runs them
         self.algorithm = f"medmap {bundle.plan.dataset} {bundle.task}"
         self.version = bundle.identity  # this model, not the medmap that made it (SoftwareVersions says that)
-
-    def segment(self, image: Image) -> Image:
-        return segment_image(
-            image, self.bundle.plan, self.engines, postprocessing=self.bundle.postprocessing, device=self.device
-        )
-
-    def classify(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """Mean softmax of the fold models for a list of network inputs ``[C, *patch]``."""
-        x = torch.from_numpy(np.stack(inputs)).to(self.device)
-        if self.bundle.plan.input_mode in ("2d", "2.5d") and x.dim() == 5:
-            x = x[:, :, 0]
-        with torch.inference_mode():
-            probabilities = [torch.softmax(engine(x).float(), 1).cpu().numpy() for engine in self.engines]
-        return np.mean(probabilities, axis=0)
-
-    def decide(self, p: np.ndarray) -> int:
-        threshold = self.bundle.threshold
-        if len(p) == 2 and threshold is not None:
-            return int(p[1] >= threshold)
-        return int(np.argmax(p))
 
     def outside_use(self, reasons: list[str], what: str) -> list[str]:
         """Raise `OutOfUseError` for ``reasons`` unless told to answer anyway (then return them)."""
@@ -203,45 +175,8 @@ class Predictor:
         use = self.bundle.intended_use
         outside = self.outside_use(use.check_image(image) if use else [], f"case {case.case_id}")
         folder = out / case.case_id
-        is_dicom = bool(image.meta.slices)
-        result = CaseResult(case.case_id, True)
-        if self.bundle.task != "segmentation":
-            findings = self._classification(case, image)  # may refuse a case: nothing is written before
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.bundle.task == "segmentation":
-            labels = self.segment(image)
-            result.outputs["labels"] = str(save(labels, folder / "labels.nii.gz"))
-            result.result = {"segments": segment_summary(labels, self.bundle)}
-            if is_dicom:
-                from medmap.dicomout.seg import write_segmentation
-
-                segments = [(label.value, label.name, label.meaning) for label in self.bundle.foreground]
-                seg = write_segmentation(
-                    labels,
-                    image,
-                    segments,
-                    folder / "seg.dcm",
-                    algorithm=self.algorithm,
-                    algorithm_version=self.version,
-                )
-                result.outputs["seg"] = str(seg)
-                if self.overlays:
-                    from medmap.dicomout.overlay import write_overlays
-
-                    written = write_overlays(
-                        labels,
-                        image,
-                        folder / "overlays",
-                        [s[:2] for s in segments],
-                        algorithm=f"{self.algorithm} {self.version}",
-                    )
-                    result.outputs["overlays"] = str(folder / "overlays")
-                    result.result["overlay_images"] = len(written)
-        else:
-            result.result = findings
-            if "findings" in findings and is_dicom:
-                assessed = [f for f in findings["findings"] if f.get("assessed", True)]
-                result.outputs["sr"] = str(self._report(image, assessed, folder))
+        answer, outputs = self.task.predict_case(self, case, image, folder)  # a refusal writes nothing
+        result = CaseResult(case.case_id, True, outputs, answer)
         result.result["case_id"] = case.case_id
         result.result["intended_use"] = (
             "not recorded in this bundle" if use is None else {"outside": outside} if outside else "within"
@@ -251,70 +186,6 @@ class Predictor:
         (folder / "result.json").write_text(json.dumps(result.result, indent=1))
         result.outputs["json"] = str(folder / "result.json")
         return result
-
-    def _classification(self, case: InputCase, image: Image) -> dict:
-        plan, names = self.bundle.plan, [label.name for label in self.bundle.labels]
-        if not plan.lesion_level:
-            p = self.classify([classifier_input(whole_image_input(image, plan)[0], plan)])[0]
-            return self._item(p, names)
-        if not case.lesions:
-            raise ConfigError(
-                f"case {case.case_id}: a lesion-level model needs lesion positions (--lesion x,y,z or a CSV)"
-            )
-        use, inputs, items = self.bundle.intended_use, [], []
-        for position in case.lesions:
-            index = image.world_to_index(np.asarray(position, dtype=float))
-            if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
-                raise ConfigError(f"case {case.case_id}: lesion at {position} mm (LPS) lies outside the image")
-            raw = raw_lesion_cube(image, position, plan)
-            reasons = use.check_lesion(centre_of(raw, plan), position) if use else []
-            item: dict = {"position_lps_mm": list(position)}
-            if reasons and not self.ignore_intended_use:
-                item.update(assessed=False, reason="; ".join(reasons))
-            else:
-                inputs.append(classifier_input(normalized_cube(raw, plan), plan))
-                if reasons:
-                    item["outside_intended_use"] = reasons
-            items.append(item)
-        if not inputs:
-            self.outside_use([i["reason"] for i in items], f"case {case.case_id}")
-        assessed = iter(self.classify(inputs))
-        for item in items:
-            if item.get("assessed", True):
-                item.update(self._item(next(assessed), names))
-        return {"findings": items}
-
-    def _item(self, p: np.ndarray, names: list[str]) -> dict:
-        return {
-            "probabilities": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)},
-            "decision": names[self.decide(p)],
-            "threshold": self.bundle.threshold,
-        }
-
-    def _report(self, image: Image, items: list[dict], folder: Path) -> Path:
-        from medmap.dicomout.codes import meaning_of
-        from medmap.dicomout.sr import LesionFinding, write_lesion_report
-
-        names = [label.name for label in self.bundle.labels]
-        positive = names[-1]  # the class order is negative first (medmap.data.layouts)
-        finding_type = meaning_of("nodule").type if self.bundle.plan.modality == "CT" else meaning_of("lesion").type
-        findings = []
-        for item in items:
-            decided = item["decision"]
-            meaning = next(label.meaning for label in self.bundle.labels if label.name == decided)
-            findings.append(
-                LesionFinding(
-                    position_lps=tuple(item["position_lps_mm"]),
-                    finding_type=finding_type,
-                    predicted_class=meaning.type,
-                    probability=item["probabilities"][positive],
-                    probability_name="Probability of cancer" if positive.lower() == "malignant" else "Probability",
-                    finding_site=meaning_of("lung").type if self.bundle.plan.modality == "CT" else None,
-                )
-            )
-        return write_lesion_report(
-            image, findings, folder / "sr.dcm", algorithm=self.algorithm, algorithm_version=self.version
-        )
 
 
 def predict(

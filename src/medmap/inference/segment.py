@@ -44,7 +44,7 @@ def segment_image(
     """The label map of ``image`` (uint8, on ``image``'s grid) from patch-trained networks."""
     check_input(image, plan)
     array, bbox, resampled = segmentation_input(image, plan.normalization, plan.target_spacing)
-    two_d = plan.input_mode in ("2d", "2.5d")
+    two_d = plan.spatial_dims == 2
     settings = plan.inference
     use_mirror = settings.mirror if mirror is None else mirror
     axes = [a for a in plan.augmentation.flip_axes if not (two_d and a == 0)] if use_mirror else []
@@ -55,7 +55,7 @@ def segment_image(
         overlap=settings.overlap if overlap is None else overlap,
         batch_size=settings.batch_size,
         mirror_axes=axes,
-        spatial_dims=2 if two_d else 3,
+        spatial_dims=plan.spatial_dims,
         device=device,
         progress=progress,
     )

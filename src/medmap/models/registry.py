@@ -16,14 +16,6 @@ from medmap.errors import ConfigError
 from medmap.plan import Plan
 
 
-def spatial_dims(plan: Plan) -> int:
-    return 2 if plan.input_mode in ("2d", "2.5d") else 3
-
-
-def input_channels(plan: Plan) -> int:
-    return plan.channels * (3 if plan.input_mode == "2.5d" else 1)
-
-
 class SmallCNN(nn.Module):
     """Four conv-BN-ReLU stages with pooling, then global pooling and a linear head: a quick baseline."""
 
@@ -97,7 +89,7 @@ def build_classifier(plan: Plan, dropout: float = 0.2) -> nn.Module:
     builder = CLASSIFIERS.get(plan.network)
     if builder is None:
         raise ConfigError(f"network {plan.network!r}: choose one of {', '.join(sorted(CLASSIFIERS))}")
-    return builder(spatial_dims(plan), input_channels(plan), len(plan.labels), plan.network_width, dropout)
+    return builder(plan.spatial_dims, plan.input_channels, len(plan.labels), plan.network_width, dropout)
 
 
 # The layer whose activations Grad-CAM weighs: the last convolutional stage of each family.

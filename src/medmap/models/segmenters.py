@@ -185,9 +185,7 @@ class DeepLabV3Plus(nn.Module):
 
 
 def build_segmenter(plan: Plan, dropout: float = 0.0) -> nn.Module:
-    from medmap.models.registry import input_channels, spatial_dims
-
-    dims, channels, classes = spatial_dims(plan), input_channels(plan), len(plan.labels)
+    dims, channels, classes = plan.spatial_dims, plan.input_channels, len(plan.labels)
     name = plan.network
     if name == "unet":
         return _dynunet(plan, dims, channels, classes, dropout)

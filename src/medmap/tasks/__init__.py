@@ -1,16 +1,20 @@
-"""What differs between tasks: network head, loss, metrics, outputs. The loops are shared."""
+"""Everything that differs between tasks, one package per task (`base.Task` lists what each supplies);
+the loops, the cache, the run and the predictor are shared and call them."""
+
+from __future__ import annotations
 
 
-def task_for(plan):
-    """The `Task` object for a plan's task."""
+def task_for(plan_or_name):
+    """The `Task` object of a plan's task (or of a task's name): the one mapping from name to task."""
     from medmap.errors import ConfigError
 
-    if plan.task == "classification":
+    name = plan_or_name if isinstance(plan_or_name, str) else plan_or_name.task
+    if name == "classification":
         from medmap.tasks.classification import ClassificationTask
 
         return ClassificationTask()
-    if plan.task == "segmentation":
+    if name == "segmentation":
         from medmap.tasks.segmentation import SegmentationTask
 
         return SegmentationTask()
-    raise ConfigError(f"task {plan.task!r}: medmap trains classification and segmentation")
+    raise ConfigError(f"task {name!r}: medmap trains classification and segmentation")

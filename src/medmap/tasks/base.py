@@ -1,20 +1,52 @@
-"""The `Task` protocol: the only place where classification and segmentation differ.
+"""The `Task` protocol: everything that differs between tasks, in one place per task.
 
-The trainer, predictor and evaluator call these methods and never branch on the task's name. A task
-supplies its network, its loss, how a batch of network outputs becomes predictions, and the metric
-that decides the best epoch.
+The cache, the sampler, the trainer, the run, evaluation, the predictor and the bundle call these
+methods and never compare task names (the planner may: its decisions are per task by nature).
+`medmap.tasks.task_for` is the one mapping from a plan to its task. A task is a package under
+``tasks/``: ``task.py`` (this protocol), ``cache.py``, the sampling, ``evaluate.py`` and ``predict.py``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from medmap.data.cache import CachedCase
+from medmap.data.dataset import Case
+from medmap.io.image import Image
 from medmap.plan import Plan
+from medmap.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from medmap.inference.predictor import InputCase, Predictor
+
+
+@dataclass
+class EvaluationJob:
+    """One split of a trained run to evaluate, with what every task's evaluation reads."""
+
+    run: RunFolder
+    plan: Plan
+    splits: dict[str, list[Case]]
+    cached: dict[str, list[CachedCase]]  # the cached cases per split, for tasks that evaluate from the cache
+    seed: int
+    device: str
+    precision: str  # resolved: float32 or bfloat16
+    dropout: float | None
+    monitor: str
+    history: list[dict] | None = None
+    split: str = "test"
+    out_dir: Path | None = None
+    progress: bool = False
+
+    @property
+    def out(self) -> Path:
+        return self.out_dir or self.run.path
 
 
 class Task(Protocol):
@@ -22,6 +54,32 @@ class Task(Protocol):
     monitor: str  # validation metric to maximise: best checkpoint and early stopping
     learning_rate: float  # AdamW's peak learning rate when the user gives none (measured per task)
 
+    # data
+    def split(self, cases: list[Case], seed: int) -> dict[str, list[Case]]:
+        """Train / val / test (and any other named group) by patient."""
+        ...
+
+    def check_targets(self, cases: list[Case], split: str) -> None:
+        """Refuse, naming a case, when cases of ``split`` lack what training or scoring needs."""
+        ...
+
+    def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
+        """The splits whose cached inputs evaluation reads (training caches train and val besides)."""
+        ...
+
+    def cache_cases(self, cases: list[Case], plan: Plan, folder: Path, rng: np.random.Generator) -> None:
+        """Preprocess one group of cases (one image's) into the cache folder (`medmap.data.cache`)."""
+        ...
+
+    def use_record(self, case: Case, cached: CachedCase, plan: Plan) -> dict:
+        """The case's intended-use record (`medmap.intended_use`)."""
+        ...
+
+    def sample(self, case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
+        """One ``{"image", "target"}`` sample cut from a cached case (random in training, centred else)."""
+        ...
+
+    # model
     def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
         """The plan's network; ``dropout`` None means the task's default."""
         ...
@@ -36,26 +94,24 @@ class Task(Protocol):
         """Quick metrics computed after every epoch on the validation cases."""
         ...
 
-    def choose_threshold(self, predictions: np.ndarray, targets: np.ndarray) -> float | None:
-        """Any operating point, chosen on validation predictions (never on the evaluated cases)."""
+    # evaluation
+    def evaluate_run(self, job: EvaluationJob) -> dict:
+        """Score a trained run on one split: operating points chosen on validation only, metrics with
+        confidence intervals, per-case files, plots and the report (side steps only warn)."""
         ...
 
-    def evaluate(self, predictions: np.ndarray, targets: np.ndarray, threshold: float | None, seed: int = 0) -> dict:
-        """The full metrics of an evaluated split, with confidence intervals."""
+    def card_evaluation(self, metrics: dict, baseline: dict | None, split: str) -> tuple[list[str], list[str]]:
+        """The model card's evaluation lines and its weak points in words, from ``metrics.json``."""
         ...
 
-    def plots(self, metrics: dict, labels: dict[int, str], baseline: dict | None = None) -> dict[str, bytes]:
-        """PNG plots of those metrics, for the report."""
+    # deployment
+    def foreground(self, labels: list) -> list:
+        """The labels a result reports (a segmentation's background is not a finding)."""
         ...
 
-    def examples(
-        self,
-        model: nn.Module,
-        plan: Plan,
-        dataset,
-        predictions: np.ndarray,
-        targets: np.ndarray,
-        threshold: float | None,
-    ) -> dict[str, bytes]:
-        """Pictures of a few cases for a person to look at (Grad-CAM, overlays)."""
+    def predict_case(
+        self, predictor: Predictor, case: InputCase, image: Image, folder: Path
+    ) -> tuple[dict, dict[str, str]]:
+        """One checked input case -> (``result.json`` content, written files by kind: labels, seg, sr,
+        overlays). Refusals (`medmap.intended_use.OutOfUseError`) come before anything is written."""
         ...

@@ -25,6 +25,7 @@ from medmap.errors import ConfigError
 from medmap.models.registry import build_classifier, replace_head
 from medmap.plan import Plan
 from medmap.progress import track
+from medmap.tasks import task_for
 from medmap.training.trainer import seed_everything
 
 
@@ -43,9 +44,8 @@ class ContrastiveModel(nn.Module):
         super().__init__()
         self.encoder = build_classifier(plan, dropout=0.0)
         replace_head(self.encoder, plan, nn.Identity())
-        dims = 2 if plan.input_mode in ("2d", "2.5d") else 3
-        channels = plan.channels * (3 if plan.input_mode == "2.5d" else 1)
-        probe = torch.zeros(1, channels, *[s for s in plan.patch_size if dims == 3 or s > 1][-dims:])
+        dims = plan.spatial_dims
+        probe = torch.zeros(1, plan.input_channels, *[s for s in plan.patch_size if dims == 3 or s > 1][-dims:])
         with torch.no_grad():
             self.encoder.eval()
             features = self.encoder(probe).flatten(1).shape[1]
@@ -82,6 +82,7 @@ def pretrain(
     dataset = PatchDataset(
         cases,
         plan.model_copy(update={"augmentation": strong}),
+        task_for(plan),
         train=True,
         samples_per_epoch=samples_per_epoch or max(2 * len(cases), 8 * batch),
         seed=seed,

@@ -10,28 +10,20 @@ digest: `medmap.provenance`).
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from medmap import provenance
 from medmap import run_folder as runs
-from medmap.data.cache import CachedCase, PreprocessedCache, use_record
+from medmap.data.cache import CachedCase, PreprocessedCache
 from medmap.data.dataset import Case, Dataset
 from medmap.data.demo import is_synthetic
 from medmap.data.fingerprint import compute_fingerprint
 from medmap.data.layouts import read_dataset
-from medmap.data.loader import PatchDataset
-from medmap.data.splits import train_val_test
 from medmap.device import check_device
 from medmap.errors import ConfigError, DatasetError, MedmapError, OutputError
-from medmap.evaluation.baseline import paired_auc_difference, size_baseline_on_split
 from medmap.evaluation.optional import optional
-from medmap.evaluation.plots import training_curves
-from medmap.evaluation.report import classification_report
 from medmap.inference.precision import resolve_precision
 from medmap.intended_use import FILE as INTENDED_USE
 from medmap.intended_use import fit_intended_use
@@ -39,53 +31,10 @@ from medmap.plan import Plan
 from medmap.provenance import FILE as PROVENANCE
 from medmap.run_folder import RunFolder
 from medmap.tasks import task_for
+from medmap.tasks.base import EvaluationJob
 from medmap.training.distributed import LostRankError, Ranks
 from medmap.training.planner import plan_dataset
 from medmap.training.trainer import TrainConfig, Trainer
-
-
-def _check_labels(dataset: Dataset, cases: list[Case], split: str) -> None:
-    if dataset.task != "classification":
-        return
-    missing = [c.case_id for c in cases if c.label is None]
-    if missing:
-        raise DatasetError(f"{split} case {missing[0]} has no label ({len(missing)} case(s) without one)")
-
-
-def _write_predictions(path: Path, cases: list[Case], predictions: np.ndarray, labels: dict[int, str]) -> None:
-    names = [labels[k] for k in sorted(labels)]
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["case_id", "patient_id", "label", *[f"p_{n}" for n in names], "predicted"])
-        for case, p in zip(cases, predictions, strict=True):
-            label = labels.get(case.label, "") if case.label is not None else ""
-            writer.writerow([case.case_id, case.patient_id, label, *[f"{v:.6f}" for v in p], names[int(np.argmax(p))]])
-
-
-def _split(dataset: Dataset, seed: int) -> dict[str, list[Case]]:
-    """Train/val/test by patient.
-
-    Segmentation images without a mask (an MSD ``imagesTs`` without ``labelsTs``) cannot be scored: they
-    go to ``unlabelled`` (predicted at evaluation, not scored). A dataset that brings its own test images
-    keeps them as its test set: no labelled case is held out beyond the validation cases, so every other
-    one is trained on (when those test images have no labels the run is scored on validation and says
-    so). Only a dataset without test images of its own has a test share of its labelled cases held out.
-    """
-    if dataset.task != "segmentation":
-        return train_val_test(dataset.cases, seed=seed)
-    labelled = [c for c in dataset.cases if c.mask is not None]
-    unlabelled = [c for c in dataset.cases if c.mask is None]
-    has_own_test = any(c.split == "test" for c in dataset.cases)
-    splits = train_val_test(labelled, seed=seed, test=0.0 if has_own_test else 0.2)
-    return {**splits, "unlabelled": unlabelled}
-
-
-def _cached_splits(plan: Plan, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
-    """What the cache must hold: every split for classification; training and validation cases for
-    segmentation (it is evaluated on the original volumes)."""
-    if plan.task == "segmentation":
-        return {k: v for k, v in splits.items() if k in ("train", "val")}
-    return splits
 
 
 def prepare_plan(
@@ -272,7 +221,7 @@ def _prepared(request: RunRequest, ranks: Ranks) -> PreparedRun:
     plan, config = Plan.model_validate_json(prepared[0]), TrainConfig(**prepared[1])
     by_id = {c.case_id: c for c in read_dataset(request.data).cases}
     splits = {name: [by_id[i] for i in ids] for name, ids in prepared[2].items()}
-    cache = PreprocessedCache(request.cache, plan)
+    cache = PreprocessedCache(request.cache, plan, task_for(plan))
     if ranks.is_local_main:  # another machine: its first rank caches for the ranks on it
         cache.build(splits["train"] + splits["val"], workers=config.workers)
     ranks.wait("waiting for the cache")
@@ -288,10 +237,7 @@ def _train_one_model(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dic
     if not ranks.is_main:
         return {"rank": ranks.rank, "epochs_run": result["epochs_run"]}
     ranks.stop()
-    trainer = Trainer(task, run.plan, run.config, request.run_dir, progress=request.progress)
-    history = result["history"]
-    progress = request.progress
-    summary = _evaluate(request.run_dir, run.plan, trainer, run.splits, run.cached, history=history, progress=progress)
+    summary = _evaluate(request.run_dir, run, trainer.device, history=result["history"], progress=request.progress)
     return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
 
 
@@ -305,6 +251,7 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     dataset = read_dataset(data)
     if request.task and request.task != dataset.task:
         raise ConfigError(f"--task {request.task}: {data} is a {dataset.task} dataset")
+    task = task_for(dataset.task)
     joining = folds > 1 and (run_dir / runs.FOLDS).is_file()
     if joining:
         planned = json.loads((run_dir / runs.FOLDS).read_text())["folds"]
@@ -324,7 +271,7 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     else:
         if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
             raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
-        splits = _split(dataset, config.seed)
+        splits = task.split(dataset.cases, config.seed)
         for name in ("train", "val"):
             if not splits[name]:
                 raise DatasetError(
@@ -345,14 +292,14 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
         if folds > 1:
             (run_dir / runs.FOLDS).write_text(json.dumps({"folds": folds}))
     for name, cases in splits.items():
-        _check_labels(dataset, cases, name)
-    cache = PreprocessedCache(request.cache, plan)
+        task.check_targets(cases, name)
+    cache = PreprocessedCache(request.cache, plan, task)
+    needed = {"train": splits["train"], "val": splits["val"], **task.evaluation_cache(splits)}
     cached = {
-        name: cache.build(cases, workers=config.workers, progress=request.progress)
-        for name, cases in _cached_splits(plan, splits).items()
+        name: cache.build(cases, workers=config.workers, progress=request.progress) for name, cases in needed.items()
     }
     records = {
-        name: [use_record(case, c, plan) for case, c in zip(splits[name], cached[name], strict=True)]
+        name: [task.use_record(case, c, plan) for case, c in zip(splits[name], cached[name], strict=True)]
         for name in ("train", "val")
     }
     write_intended_use(run_dir, plan, records)
@@ -453,14 +400,13 @@ def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
 
 def _train_folds(request: RunRequest, run: PreparedRun) -> dict:
     """K models on patient-grouped folds of train+val (each trained here unless a ``--fold`` process
-    already finished it); threshold from their out-of-fold predictions; evaluation by the mean of the K
-    models' probabilities (`_ensemble_predict`)."""
+    already finished it), then the run evaluated as their ensemble: its operating points are chosen on
+    each fold's validation cases predicted by that fold's model (out of fold)."""
     from medmap.data.splits import kfold
 
     run_dir, plan, config, splits, cached = request.run_dir, run.plan, run.config, run.splits, run.cached
     k, progress, task = request.folds, request.progress, task_for(run.plan)
-    cached_by_id = {c.case_id: c for c in cached["train"] + cached["val"]}
-    oof_cases, oof_pred, oof_y, histories = [], [], [], []
+    histories = []
     for fold in kfold(splits["train"] + splits["val"], k, seed=config.seed):
         if progress:
             from rich.console import Console
@@ -469,128 +415,41 @@ def _train_folds(request: RunRequest, run: PreparedRun) -> dict:
                 f"fold {fold.index + 1}/{k}: {len(fold.train)} training, {len(fold.val)} validation cases",
                 highlight=False,
             )
-        result = _fit_fold(run_dir, plan, task, config, cached, fold, progress)
-        histories.append(result["history"])
-        if plan.task == "segmentation":  # out-of-fold volumes are segmented at evaluation (post-processing)
-            continue
-        trainer = Trainer(task, plan, config, RunFolder(run_dir).fold(fold.index).path)
-        (model,) = RunFolder(trainer.run_dir).load_networks(plan, config.dropout, trainer.device)
-        pred, y = trainer.predict(model, PatchDataset([cached_by_id[c.case_id] for c in fold.val], plan, train=False))
-        oof_cases += fold.val
-        oof_pred.append(pred)
-        oof_y.append(y)
-    trainer = Trainer(task, plan, config, run_dir, progress=progress)
-    if plan.task == "segmentation":
-        summary = _evaluate(run_dir, plan, trainer, splits, cached, history=histories[0], progress=progress)
-        return {**summary, "folds": k, "epochs_run": sum(len(h) for h in histories)}
-    oof_pred, oof_y = np.concatenate(oof_pred), np.concatenate(oof_y)
-    threshold = task.choose_threshold(oof_pred, oof_y)
-    _write_predictions(run_dir / "predictions_out_of_fold.csv", oof_cases, oof_pred, plan.labels)
-    (run_dir / runs.THRESHOLD).write_text(
-        json.dumps({"threshold": threshold, "chosen_on": "out-of-fold validation", "rule": "Youden's J", "folds": k})
-    )
-    summary = evaluate_cached(run_dir, plan, trainer, splits, cached, history=histories[0])
+        histories.append(_fit_fold(run_dir, plan, task, config, cached, fold, progress)["history"])
+    device = check_device(config.device)
+    summary = _evaluate(run_dir, run, device, history=histories[0], progress=progress)
     return {**summary, "folds": k, "epochs_run": sum(len(h) for h in histories)}
 
 
-def _ensemble_predict(trainer: Trainer, plan: Plan, run_dir: Path, dataset: PatchDataset):
-    """Mean class probabilities of every model of the run; also returns the last model (for Grad-CAM)."""
-    predictions = []
-    for model in RunFolder(run_dir).load_networks(plan, trainer.config.dropout, trainer.device):
-        pred, targets = trainer.predict(model, dataset)
-        predictions.append(pred)
-    return np.mean(predictions, axis=0), targets, model
-
-
-def _evaluate(run_dir: Path, plan: Plan, trainer: Trainer, splits, cached, **kwargs) -> dict:
-    """Classification is scored on the cached patches; segmentation on whole volumes in their own geometry."""
-    if plan.task == "segmentation":
-        from medmap.training.evaluate_segmentation import evaluate_segmentation
-
-        return evaluate_segmentation(run_dir, plan, trainer, splits, RunFolder(run_dir).weights(), **kwargs)
-    kwargs.pop("progress", None)
-    return evaluate_cached(run_dir, plan, trainer, splits, cached, **kwargs)
-
-
-def evaluate_cached(
+def _evaluate(
     run_dir: Path,
-    plan: Plan,
-    trainer: Trainer,
-    splits: dict[str, list[Case]],
-    cached: dict[str, list[CachedCase]],
+    run: PreparedRun,
+    device,
     *,
     history: list[dict] | None = None,
     split: str = "test",
     out_dir: Path | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Best weights -> threshold on validation -> metrics, predictions CSV and report for ``split``."""
-    out_dir = out_dir or run_dir
-    task = trainer.task
-    if (run_dir / runs.THRESHOLD).is_file():
-        threshold = json.loads((run_dir / runs.THRESHOLD).read_text())["threshold"]
-    else:
-        val_set = PatchDataset(cached["val"], plan, train=False)
-        val_pred, val_y, _ = _ensemble_predict(trainer, plan, run_dir, val_set)
-        threshold = task.choose_threshold(val_pred, val_y)
-        _write_predictions(run_dir / "predictions_val.csv", splits["val"], val_pred, plan.labels)
-        (run_dir / runs.THRESHOLD).write_text(
-            json.dumps({"threshold": threshold, "chosen_on": "validation", "rule": "Youden's J"})
-        )
-    evaluated = split if cached.get(split) else "val"
-    evaluation_set = PatchDataset(cached[evaluated], plan, train=False)
-    predictions, targets, model = _ensemble_predict(trainer, plan, run_dir, evaluation_set)
-    metrics = task.evaluate(predictions, targets, threshold, seed=trainer.config.seed)
-    _write_predictions(out_dir / f"predictions_{evaluated}.csv", splits[evaluated], predictions, plan.labels)
-    train_pool = splits.get("train", []) + splits.get("val", [])
-    baseline = size_baseline_on_split(train_pool, splits[evaluated], seed=trainer.config.seed)
-    if baseline and predictions.shape[1] == 2:
-        baseline["comparison"] = paired_auc_difference(
-            targets, predictions[:, 1], np.asarray(baseline["scores"]), seed=trainer.config.seed
-        )
-    stored = {k: v for k, v in metrics.items() if k not in ("roc", "reliability")}
-    payload = {
-        "split": evaluated,
-        "precision": resolve_precision(trainer.config.evaluation_precision, trainer.device),
-        "metrics": stored,
-        "baseline": baseline
-        and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
-    }
-    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=2))  # before any figure or report
-    plots = optional("the evaluation plots", task.plots, metrics, plan.labels, baseline) or {}
-    plots.update(
-        optional("the example figures", task.examples, model, plan, evaluation_set, predictions, targets, threshold)
-        or {}
+    """The run's models scored on ``split`` by the task (`Task.evaluate_run`), in the run's evaluation
+    precision, through the object `medmap predict` answers with (`medmap.inference.models.Models`)."""
+    task, config = task_for(run.plan), run.config
+    job = EvaluationJob(
+        run=RunFolder(run_dir),
+        plan=run.plan,
+        splits=run.splits,
+        cached=run.cached,
+        seed=config.seed,
+        device=str(device),
+        precision=resolve_precision(config.evaluation_precision, device),
+        dropout=config.dropout,
+        monitor=task.monitor,
+        history=history,
+        split=split,
+        out_dir=out_dir,
+        progress=progress,
     )
-    if history:
-        plots["training"] = optional("the training curves", training_curves, history, task.monitor)
-    plots = {name: png for name, png in plots.items() if png is not None}
-    notes = [
-        f"dataset {plan.dataset}: {len(splits.get('train', []))} training, {len(splits.get('val', []))} validation, "
-        f"{len(splits[evaluated])} {evaluated} cases, split by patient",
-        f"network {plan.network} (width {plan.network_width}), input {plan.input_mode}, patch {plan.patch_size}, "
-        f"spacing {plan.target_spacing} mm",
-        *plan.notes,
-    ]
-    if history:
-        best = max(history, key=lambda h: h["val"].get(task.monitor, float("-inf")))
-        notes.append(
-            f"trained {len(history)} epochs; best validation {task.monitor} {best['val'].get(task.monitor):.3f} "
-            f"at epoch {best['epoch'] + 1}"
-        )
-    notes += provenance.report_notes(run_dir)
-    report = optional(
-        "the HTML report",
-        classification_report,
-        out_dir / "report.html",
-        title=f"medmap evaluation: {plan.dataset} ({evaluated})",
-        metrics=metrics,
-        labels=plan.labels,
-        plots=plots,
-        notes=notes,
-        cases_csv=f"predictions_{evaluated}.csv",
-        baseline=baseline,
-    )
-    return {"metrics": stored, "baseline": payload["baseline"], "report": str(report or ""), "split": evaluated}
+    return task.evaluate_run(job)
 
 
 def evaluate_run(
@@ -608,11 +467,12 @@ def evaluate_run(
     run_dir = folder.path
     folder.trained_weights()  # refuses a run that has none
     plan = folder.plan
+    task = task_for(plan)
     config = TrainConfig.from_file(folder.file(runs.CONFIG))
     config.evaluation_precision = resolve_precision(precision, config.device)
     dataset = read_dataset(data)
     by_id = {c.case_id: c for c in dataset.cases}
-    ids = json.loads((run_dir / runs.SPLIT).read_text())
+    ids = folder.split_ids
     missing = [i for name in ids for i in ids[name] if i not in by_id]
     if missing:
         raise DatasetError(f"{data}: case {missing[0]} of the run's split is not in this dataset")
@@ -621,16 +481,17 @@ def evaluate_run(
         raise ConfigError(
             f"--split {split}: the run has no {split} cases ({', '.join(k for k in splits if splits[k])})"
         )
-    _check_labels(dataset, splits[split], split)
-    cache = PreprocessedCache(cache_root or run_dir / "cache", plan)
-    cached = {}
-    if plan.task != "segmentation":
-        cached = {name: cache.build(cases, workers=config.workers, progress=progress) for name, cases in splits.items()}
-    trainer = Trainer(task_for(plan), plan, config, run_dir)
+    task.check_targets(splits[split], split)
+    cache = PreprocessedCache(cache_root or run_dir / "cache", plan, task)
+    cached = {
+        name: cache.build(cases, workers=config.workers, progress=progress)
+        for name, cases in task.evaluation_cache(splits).items()
+    }
     suffix = "" if config.evaluation_precision == "float32" else f"-{config.evaluation_precision}"
     out_dir = run_dir / f"evaluation-{split}{suffix}"
     out_dir.mkdir(exist_ok=True)
-    history = json.loads((run_dir / runs.HISTORY).read_text()) if (run_dir / runs.HISTORY).is_file() else None
+    run = PreparedRun(plan, config, splits, cached)
+    device = check_device(config.device)
     return _evaluate(
-        run_dir, plan, trainer, splits, cached, history=history, split=split, out_dir=out_dir, progress=progress
+        run_dir, run, device, history=folder.read(runs.HISTORY), split=split, out_dir=out_dir, progress=progress
     )

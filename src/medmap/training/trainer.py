@@ -176,6 +176,7 @@ class Trainer:
         train_set = PatchDataset(
             train,
             self.plan,
+            self.task,
             train=True,
             samples_per_epoch=self.samples_per_epoch(train, steps),
             seed=seed,
@@ -192,7 +193,7 @@ class Trainer:
 
     def _place(self, model: torch.nn.Module) -> torch.nn.Module:
         model = model.to(self.device)
-        if model_dims(self.plan) == 3:
+        if self.plan.spatial_dims == 3:
             model = model.to(memory_format=torch.channels_last_3d)
         elif self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -331,7 +332,7 @@ class Trainer:
         lr = peak_learning_rate(cfg, self.task)
         optimizer = build_optimizer(cfg, head, backbone, lr, lr * (cfg.backbone_lr_factor if cfg.pretrained else 1.0))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        val_set = PatchDataset(val, self.plan, train=False)
+        val_set = PatchDataset(val, self.plan, self.task, train=False)
         epochs = cfg.epochs
         budget_file = self.run_dir / runs.BUDGET
         budget: dict = {}
@@ -493,9 +494,3 @@ def _split_parameters(model: torch.nn.Module) -> tuple[list, list]:
         is_head = first != "encoder" if has_encoder else first in HEAD_NAMES
         (head if is_head else backbone).append(p)
     return head, backbone
-
-
-def model_dims(plan: Plan) -> int:
-    from medmap.models.registry import spatial_dims
-
-    return spatial_dims(plan)

@@ -1,6 +1,5 @@
-"""Segmentation: a label per voxel. Dice + cross-entropy by default; the best epoch is the one with the
-highest mean foreground Dice on the validation cases' centre patches (a quick proxy: the full
-evaluation runs the sliding window over whole volumes, `medmap.training.evaluate_segmentation`)."""
+"""Segmentation losses: Dice + cross-entropy (default), Dice, Dice + focal, Tversky, with deep supervision;
+Dice pooled over the global batch across training processes (`BatchDice`)."""
 
 from __future__ import annotations
 
@@ -8,10 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmap.data.cache import CachedCase
 from medmap.errors import ConfigError
-from medmap.models.segmenters import build_segmenter
-from medmap.plan import Plan
 
 
 class BatchDice(nn.Module):
@@ -88,32 +84,3 @@ def dice_per_class(predictions: np.ndarray, targets: np.ndarray, classes: list[i
         total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
         out[value] = 2 * int(np.count_nonzero(p & t)) / total if total else float("nan")
     return out
-
-
-class SegmentationTask:
-    name = "segmentation"
-    monitor = "dice"
-    # 3e-3, not 1e-3: on the demo liver in a 4-minute budget tumour Dice 0.783 against 0.015 (and nnU-Net's
-    # SGD at 1e-2: 0.000); see docs/benchmarks.md, "Training per hour"
-    learning_rate = 3e-3
-
-    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
-        # no dropout by default: nnU-Net trains without it, and in DynUNet it doubles the forward time on a CPU
-        return build_segmenter(plan, 0.0 if dropout is None else dropout)
-
-    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
-        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
-
-    def predictions(self, logits: torch.Tensor) -> np.ndarray:
-        return logits.argmax(1).to(torch.uint8).cpu().numpy()
-
-    def choose_threshold(self, predictions: np.ndarray, targets: np.ndarray) -> float | None:
-        return None  # the arg-max decides; post-processing is chosen on whole validation volumes instead
-
-    def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-        classes = [int(v) for v in np.unique(np.concatenate([np.unique(predictions), np.unique(targets)])) if v > 0]
-        scores = dice_per_class(predictions, targets, classes)
-        values = [v for v in scores.values() if not np.isnan(v)]
-        metrics = {f"dice_{k}": v for k, v in scores.items()}
-        metrics["dice"] = float(np.mean(values)) if values else float("nan")
-        return metrics

@@ -3,15 +3,23 @@ the best epoch is the one with the highest validation AUC (macro one-vs-rest whe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
 from medmap.data.cache import CachedCase
+from medmap.data.dataset import Case
+from medmap.data.splits import train_val_test
+from medmap.errors import DatasetError
 from medmap.evaluation.metrics import binary_metrics, multiclass_metrics, youden_threshold
 from medmap.evaluation.plots import confusion_plot, gradcam_panel, reliability_plot, roc_plot
+from medmap.io.image import Image
 from medmap.models.registry import build_classifier
 from medmap.plan import Plan
+from medmap.tasks.base import EvaluationJob
+from medmap.tasks.classification import cache, inputs
 
 
 def class_weights(train: list[CachedCase], classes: int) -> torch.Tensor:
@@ -25,6 +33,27 @@ class ClassificationTask:
     name = "classification"
     monitor = "auc"
     learning_rate = 1e-3
+
+    def split(self, cases: list[Case], seed: int) -> dict[str, list[Case]]:
+        return train_val_test(cases, seed=seed)
+
+    def check_targets(self, cases: list[Case], split: str) -> None:
+        missing = [c.case_id for c in cases if c.label is None]
+        if missing:
+            raise DatasetError(f"{split} case {missing[0]} has no label ({len(missing)} case(s) without one)")
+
+    def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
+        """Every split: evaluation reads the cached inputs (as prediction cuts them from the images)."""
+        return splits
+
+    def cache_cases(self, cases: list[Case], plan: Plan, folder: Path, rng: np.random.Generator) -> None:
+        cache.cache_cases(cases, plan, folder)
+
+    def use_record(self, case: Case, cached: CachedCase, plan: Plan) -> dict:
+        return cache.use_record(case, cached, plan)
+
+    def sample(self, case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
+        return inputs.sample(case, plan, rng, train)
 
     def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
         return build_classifier(plan, 0.2 if dropout is None else dropout)
@@ -118,3 +147,22 @@ class ClassificationTask:
                 y, predictions, multi_class="ovr", average="macro", labels=list(range(predictions.shape[1]))
             )
         return {"auc": float(auc), "accuracy": accuracy}
+
+    def evaluate_run(self, job: EvaluationJob) -> dict:
+        """The cached inputs of the split, threshold chosen on validation (`evaluate`)."""
+        from medmap.tasks.classification.evaluate import evaluate_run
+
+        return evaluate_run(job, self)
+
+    def foreground(self, labels: list) -> list:
+        return list(labels)
+
+    def predict_case(self, predictor, case, image: Image, folder: Path) -> tuple[dict, dict[str, str]]:
+        from medmap.tasks.classification.predict import predict_case
+
+        return predict_case(predictor, case, image, folder)
+
+    def card_evaluation(self, metrics: dict, baseline: dict | None, split: str) -> tuple[list[str], list[str]]:
+        from medmap.tasks.classification.card import card_evaluation
+
+        return card_evaluation(metrics, baseline, split)

@@ -26,44 +26,45 @@ from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curv
 from medmap.evaluation.report import segmentation_report
 from medmap.evaluation.segmentation import case_metrics, summarize
 from medmap.evaluation.viewer import write_viewer
+from medmap.inference.models import Models
 from medmap.inference.postprocess import PostProcessing, choose_postprocessing
-from medmap.inference.precision import resolve_precision, with_precision
-from medmap.inference.segment import segment_image
 from medmap.io.load import save
-from medmap.plan import Plan
 from medmap.progress import track
-from medmap.run_folder import RunFolder, load_network
+from medmap.tasks.base import EvaluationJob
 
 TOLERANCE_MM = 2.0  # surface Dice tolerance (a voxel or two of typical abdominal CT)
 
 
-def load_models(trainer, plan: Plan, paths: list[Path]) -> list:
-    """The networks of ``paths`` as ``x -> logits`` callables in the run's evaluation precision."""
-    precision = resolve_precision(trainer.config.evaluation_precision, trainer.device)
-    networks = (load_network(plan, path, trainer.config.dropout, trainer.device) for path in paths)
-    return [with_precision(network, precision, trainer.device) for network in networks]
+def _models(job: EvaluationJob, weights: list[Path], postprocessing: PostProcessing | None = None) -> Models:
+    return Models.load(
+        job.plan,
+        weights,
+        device=job.device,
+        precision=job.precision,
+        dropout=job.dropout,
+        postprocessing=postprocessing,
+    )
 
 
-def _validation_pairs(run_dir: Path, plan: Plan, trainer, splits, weights: list[Path], progress: bool):
-    """(prediction, truth) of each validation case by a model that never trained on it."""
-    by_id = {c.case_id: c for name in splits for c in splits[name]}
+def _validation_pairs(job: EvaluationJob, weights: list[Path]):
+    """(prediction, truth, spacing) of each validation case by a model that never trained on it."""
+    by_id = {c.case_id: c for name in job.splits for c in job.splits[name]}
     assignments: list[tuple[Case, Path]] = []
-    fold_splits = sorted(run_dir.glob(f"fold-*/{runs.SPLIT}"))
-    if fold_splits:
-        for split_file in fold_splits:
-            weight = RunFolder(split_file.parent).checkpoints / runs.BEST
-            assignments += [(by_id[i], weight) for i in json.loads(split_file.read_text())["val"]]
+    folds = job.run.fold_folders()
+    if folds:
+        for fold in folds:
+            assignments += [(by_id[i], fold.checkpoints / runs.BEST) for i in fold.split_ids["val"]]
     else:
-        assignments = [(c, weights[0]) for c in splits.get("val", [])]
+        assignments = [(c, weights[0]) for c in job.splits.get("val", [])]
     pairs, models = [], {}
-    for case, weight in track(assignments, "choosing post-processing", enabled=progress):
+    for case, weight in track(assignments, "choosing post-processing", enabled=job.progress):
         if case.mask is None:
             continue
         if weight not in models:
-            models[weight] = load_models(trainer, plan, [weight])
+            models[weight] = _models(job, [weight])
         image, mask = case.load_image(), case.load_mask()
-        check_mask(case.case_id, image, mask, plan.labels)
-        predicted = segment_image(image, plan, models[weight], device=trainer.device)
+        check_mask(case.case_id, image, mask, job.plan.labels)
+        predicted = models[weight].segment(image)
         pairs.append((predicted.array, mask.array, image.spacing))
     return pairs
 
@@ -100,32 +101,21 @@ CSV_HEADER = [
 ]
 
 
-def evaluate_segmentation(
-    run_dir: Path,
-    plan: Plan,
-    trainer,
-    splits: dict[str, list[Case]],
-    weights: list[Path],
-    *,
-    history: list[dict] | None = None,
-    split: str = "test",
-    out_dir: Path | None = None,
-    progress: bool = False,
-) -> dict:
-    out_dir = out_dir or run_dir
+def evaluate_run(job: EvaluationJob) -> dict:
+    plan, splits, split, out_dir, run_dir = job.plan, job.splits, job.split, job.out, job.run.path
+    progress, precision, weights = job.progress, job.precision, job.run.weights()
     pp_file = run_dir / runs.POSTPROCESSING
     if pp_file.is_file():
         postprocessing = PostProcessing.load(pp_file)
     else:
-        pairs = _validation_pairs(run_dir, plan, trainer, splits, weights, progress)
+        pairs = _validation_pairs(job, weights)
         postprocessing = PostProcessing()
         if pairs:
             postprocessing = choose_postprocessing([p[:2] for p in pairs], plan.labels, [p[2] for p in pairs])
         postprocessing.save(pp_file)
-    precision = resolve_precision(trainer.config.evaluation_precision, trainer.device)
     labelled = [c for c in splits.get(split, []) if c.mask is not None]
     evaluated = split if labelled else "val"
-    models = load_models(trainer, plan, weights)
+    models = _models(job, weights, postprocessing)
     predictions_dir = out_dir / f"predictions_{evaluated}"
     predictions_dir.mkdir(parents=True, exist_ok=True)
     per_case, shown = {}, {}
@@ -133,7 +123,7 @@ def evaluate_segmentation(
     cases = splits.get(evaluated, []) + splits.get("unlabelled", [])
     for case in track(cases, f"segmenting {evaluated} cases", enabled=progress):
         image = case.load_image()
-        predicted = segment_image(image, plan, models, postprocessing=postprocessing, device=trainer.device)
+        predicted = models.segment(image)
         save(predicted, predictions_dir / f"{case.case_id}.nii.gz")
         if case.mask is None:
             continue
@@ -145,7 +135,7 @@ def evaluate_segmentation(
         )
         grey = image.array if image.channels == 1 else image.array[..., 0]
         shown[case.case_id] = (grey, truth, predicted.array, image.spacing)
-    summary = summarize(per_case, plan.labels, seed=trainer.config.seed)
+    summary = summarize(per_case, plan.labels, seed=job.seed)
     with open(out_dir / f"cases_{evaluated}.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_HEADER)
@@ -192,8 +182,8 @@ def evaluate_segmentation(
             (60.0, 400.0) if plan.modality == "CT" else None,
             f"medmap {plan.dataset}: {evaluated} cases, slice by slice",
         )
-    if history:
-        plots["training"] = optional("the training curves", training_curves, history, trainer.task.monitor)
+    if job.history:
+        plots["training"] = optional("the training curves", training_curves, job.history, job.monitor)
     plots = {name: png for name, png in plots.items() if png is not None}
     unlabelled = len(splits.get("unlabelled", []))
     notes = [
