@@ -720,6 +720,13 @@ def predict(
         raise typer.Exit(1)
 
 
+def _node_default(name: str):
+    """A node setting's one default (`medmap.deploy.settings.NodeSettings`), for the option's help."""
+    from medmap.deploy.settings import NodeSettings
+
+    return NodeSettings.model_fields[name].default
+
+
 @app.command()
 def serve(
     config_file: Annotated[
@@ -729,9 +736,9 @@ def serve(
         list[Path] | None, typer.Option(help="Bundle(s) to run; each takes series of its own modality.")
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Folder for the spool, results and the job database.")] = None,
-    ae: Annotated[str | None, typer.Option(help="This node's AE title [MEDMAP].")] = None,
-    port: Annotated[int | None, typer.Option(help="DICOM port to listen on [11112].")] = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    ae: Annotated[str | None, typer.Option(help=f"This node's AE title [{_node_default('ae')}].")] = None,
+    port: Annotated[int | None, typer.Option(help=f"DICOM port to listen on [{_node_default('port')}].")] = None,
+    host: Annotated[str | None, typer.Option(help=f"Address to listen on [{_node_default('host')}].")] = None,
     destination: Annotated[
         str | None, typer.Option(help="Where results go by C-STORE: AET@HOST:PORT (e.g. the PACS).")
     ] = None,
@@ -739,11 +746,18 @@ def serve(
         list[str] | None, typer.Option(help="Calling AE titles allowed (repeatable); default any.")
     ] = None,
     idle: Annotated[
-        float | None, typer.Option(help="Seconds without a new instance after which a series is complete [10].")
+        float | None,
+        typer.Option(
+            help=f"Seconds without a new instance after which a series is complete [{_node_default('idle')}]."
+        ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda [cpu].")] = None,
+    device: Annotated[str | None, typer.Option(help=f"cpu or cuda [{_node_default('device')}].")] = None,
     precision: Annotated[
-        str | None, typer.Option(help="auto (bfloat16 where the hardware has it natively), float32, bfloat16 [auto].")
+        str | None,
+        typer.Option(
+            help="auto (bfloat16 where the hardware has it natively), float32, bfloat16 "
+            f"[{_node_default('precision')}]."
+        ),
     ] = None,
     overlays: Annotated[
         bool | None, typer.Option(help="Also send Secondary Capture overlay images of segmentations.")
@@ -768,11 +782,12 @@ def serve(
     import logging
     import signal
 
-    from medmap.deploy.node import Node, node_config
+    from medmap.deploy.node import Node
+    from medmap.deploy.settings import load_settings
 
     given = {
-        "bundles": [str(b) for b in bundle] if bundle else None,
-        "data": str(data) if data else None,
+        "bundle": bundle,
+        "data": data,
         "ae": ae,
         "port": port,
         "host": host,
@@ -784,22 +799,22 @@ def serve(
         "overlays": overlays,
         "dicomweb": dicomweb,
         "http": http,
-        "token_file": str(token_file) if token_file else None,
-        "tls_cert": str(tls_cert) if tls_cert else None,
-        "tls_key": str(tls_key) if tls_key else None,
-        "tls_ca": str(tls_ca) if tls_ca else None,
+        "token_file": token_file,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "tls_ca": tls_ca,
         "destination_tls": destination_tls,
     }
-    config = node_config(config_file, {k: v for k, v in given.items() if v is not None})
+    settings = load_settings(config_file, given)  # the options given, over the file's values
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    node = Node(config)
+    node = Node(settings)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     node.start()
-    web = f"; web page and API on http://{config.host}:{config.http_port}/" if config.http_port else ""
+    web = f"; web page and API on http://{settings.host}:{settings.http}/" if settings.http else ""
     out.print(
-        f"medmap node {config.ae_title} listening on {config.host}:{config.port}{web}; data in {config.data}",
+        f"medmap node {settings.ae} listening on {settings.host}:{settings.port}{web}; data in {settings.data}",
         highlight=False,
     )
     stopping.wait()

@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medmap.deploy.api import create_app
-from medmap.deploy.node import Node, NodeConfig, Route
+from medmap.deploy.node import Node
+from medmap.deploy.settings import NodeSettings, Route
 from medmap.inference.bundle import create_bundle
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from tests.builders import ball_case
@@ -20,7 +21,7 @@ def api_bundle(balls_run, tmp_path_factory):
 
 @pytest.fixture
 def node(api_bundle, tmp_path):
-    node = Node(NodeConfig(data=tmp_path / "node", routes=[Route(api_bundle, modality="MR")]))
+    node = Node(NodeSettings(data=tmp_path / "node", routes=[Route(api_bundle, modality="MR")]))
     yield node
     node.store.close()
 
@@ -44,7 +45,7 @@ def test_upload_process_and_fetch_results(node, tmp_path):
     (job,) = response.json()["jobs"]
     assert job["state"] == "queued" and job["calling_ae"] == "HTTP"
     assert client.get(f"/v1/jobs/{job['id']}/result", headers=auth).status_code == 409
-    node._process(node.store.next_queued())  # what the worker thread does
+    node.worker.process(node.store.next_queued())  # what the worker thread does
     result = client.get(f"/v1/jobs/{job['id']}/result", headers=auth).json()
     assert result["state"] == "done" and result["segments"]["ball"]["volume_ml"] > 0
     assert {"labels.nii.gz", "seg.dcm", "result.json", "thumbnail.png"} <= set(result["files"])
@@ -65,7 +66,7 @@ def test_page_shows_refusals_without_paths_and_warns_without_token(node, tmp_pat
     client = TestClient(create_app(node))  # no token
     files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in series_files(tmp_path / "s", True)]
     (job,) = client.post("/v1/studies", files=files).json()["jobs"]
-    node._process(node.store.next_queued())
+    node.worker.process(node.store.next_queued())
     described = client.get(f"/v1/jobs/{job['id']}").json()
     assert described["state"] == "refused" and "outside the model's intended use" in described["error"]
     node.store.event("association rejected", "calling AE 'INTRUDER' from ('127.0.0.1', 5000)")

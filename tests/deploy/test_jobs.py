@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from medmap.deploy.jobs import JobStore
-from medmap.deploy.node import Destination, Route
+from medmap.deploy.settings import Destination, Route
 from medmap.errors import ConfigError
 
 
@@ -74,7 +74,7 @@ def test_routes_and_destinations():
 def test_node_settings_from_a_file_with_the_command_line_on_top(tmp_path):
     import json
 
-    from medmap.deploy.node import node_config
+    from medmap.deploy.settings import load_settings
 
     (tmp_path / "token").write_text("abc\n")
     settings = {
@@ -86,19 +86,44 @@ def test_node_settings_from_a_file_with_the_command_line_on_top(tmp_path):
         "routes": [{"bundle": "b/liver", "modality": "CT", "body_part": "ABDOMEN"}],
     }
     (tmp_path / "node.json").write_text(json.dumps(settings))
-    config = node_config(tmp_path / "node.json", {"port": 5000})
-    assert config.port == 5000 and config.destination.ae == "PACS" and config.allowed_ae == ["CT1"]
+    config = load_settings(tmp_path / "node.json", {"port": 5000})
+    assert config.port == 5000 and config.destination_address.ae == "PACS" and config.allow == ["CT1"]
     assert config.token == "abc" and config.routes[0].accepts("CT", "abdomen", "any")
     (tmp_path / "bad.json").write_text(json.dumps({**settings, "colour": "red"}))
     with pytest.raises(ConfigError, match="unknown setting"):
-        node_config(tmp_path / "bad.json", {})
+        load_settings(tmp_path / "bad.json", {})
     with pytest.raises(ConfigError, match="needs --data"):
-        node_config(None, {})
+        load_settings(None, {})
     assert config.precision == "auto" and not config.overlays
-    config = node_config(tmp_path / "node.json", {"precision": "float32", "overlays": True})
+    config = load_settings(tmp_path / "node.json", {"precision": "float32", "overlays": True})
     assert config.precision == "float32" and config.overlays
     with pytest.raises(ConfigError, match="--precision half"):
-        node_config(tmp_path / "node.json", {"precision": "half"})
+        load_settings(tmp_path / "node.json", {"precision": "half"})
+    assert load_settings(tmp_path / "node.json", {"port": None}).port == 4000  # an option not given
+    (tmp_path / "bad.json").write_text(json.dumps({**settings, "routes": [{"bundle": "b", "colour": "red"}]}))
+    with pytest.raises(ConfigError, match="unknown rule"):
+        load_settings(tmp_path / "bad.json", {})
+    with pytest.raises(ConfigError, match="AET@HOST:PORT"):
+        load_settings(tmp_path / "node.json", {"destination": "PACS:104"})
+
+
+def test_every_serve_option_is_the_setting_of_the_same_name_with_the_same_default():
+    """One spelling and one default per setting: ``--token-file`` is ``token_file`` in the JSON file, and
+    the option's help shows the settings model's default."""
+    import typing
+
+    import typer
+
+    from medmap.cli import serve
+    from medmap.deploy.settings import NodeSettings
+
+    options = typing.get_type_hints(serve, include_extras=True)
+    options.pop("config_file"), options.pop("return")
+    assert set(options) == set(NodeSettings.model_fields) - {"routes"}  # routes: rules, in the JSON file only
+    for name in ("ae", "port", "host", "idle", "device", "precision"):
+        option = options[name].__metadata__[0]
+        assert isinstance(option, typer.models.OptionInfo)
+        assert f"[{NodeSettings.model_fields[name].default}]" in option.help
 
 
 def test_the_outbox_sends_more_objects_of_one_kind_than_an_association_has_contexts(tmp_path):
@@ -110,7 +135,8 @@ def test_the_outbox_sends_more_objects_of_one_kind_than_an_association_has_conte
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
     from pynetdicom import AE, StoragePresentationContexts, evt
 
-    from medmap.deploy.node import Node, NodeConfig
+    from medmap.deploy.node import Node
+    from medmap.deploy.settings import NodeSettings
 
     received = []
 
@@ -125,9 +151,7 @@ def test_the_outbox_sends_more_objects_of_one_kind_than_an_association_has_conte
     pacs.supported_contexts = StoragePresentationContexts
     server = pacs.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
-        config = NodeConfig(
-            data=tmp_path / "node", routes=[Route(Path("b"))], destination=Destination("PACS", "127.0.0.1", port)
-        )
+        config = NodeSettings(data=tmp_path / "node", routes=[Route(Path("b"))], destination=f"PACS@127.0.0.1:{port}")
         node = Node(config)
         receive(node.store, "1")
         node.store.complete(["1.2.3"])
@@ -147,7 +171,7 @@ def test_the_outbox_sends_more_objects_of_one_kind_than_an_association_has_conte
             ds.save_as(path, enforce_file_format=True)
             results.append((str(ds.SOPInstanceUID), str(path)))
         node.store.results_ready(job.id, results, "{}")
-        assert node._send_due()
+        assert node.outbox.send_due()
         assert sorted(received) == sorted(uid for uid, _ in results)
         assert node.store.counts() == {"done": 1}
     finally:

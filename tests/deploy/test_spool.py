@@ -7,7 +7,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from medmap.deploy.node import InvalidInstanceError, Node, NodeConfig, Route, valid_uid
+from medmap.deploy.node import Node
+from medmap.deploy.scp import InvalidInstanceError, valid_uid
+from medmap.deploy.settings import NodeSettings, Route
 from medmap.io.dicom.writer import write_series
 from tests.builders import volume
 
@@ -15,7 +17,7 @@ from tests.builders import volume
 @pytest.fixture
 def node(tmp_path):
     # Routing needs a bundle path only when a job runs; the spool does not read it.
-    node = Node(NodeConfig(data=tmp_path / "node", routes=[Route(tmp_path / "no-bundle", modality="CT")]))
+    node = Node(NodeSettings(data=tmp_path / "node", routes=[Route(tmp_path / "no-bundle", modality="CT")]))
     node.spool.mkdir(parents=True)
     yield node
     node.store.close()
@@ -58,9 +60,9 @@ def test_c_store_with_an_invalid_uid_gets_a_failure_status_and_nothing_is_spoole
     event = SimpleNamespace(
         dataset=good, file_meta=instance.file_meta, assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="SCU"))
     )
-    assert node._on_store(event) == 0x0000
+    assert node.receiver.on_store(event) == 0x0000
     event.dataset = twin
-    assert node._on_store(event) == 0xC211
+    assert node.receiver.on_store(event) == 0xC211
     (only,) = node.spool.rglob("*.dcm")
     assert pydicom.dcmread(only).SOPInstanceUID == "1.2.3.4.5"
     assert np.array_equal(pydicom.dcmread(only).pixel_array, instance.pixel_array)

@@ -161,13 +161,13 @@ def create_app(node, token: str | None = None) -> FastAPI:
         )
         routes = "; ".join(
             html.escape(f"{r.bundle.name} ({r.modality or 'any'} {r.body_part or ''})".replace(" )", ")"))
-            for r in node.config.routes
+            for r in node.routes
         )
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>medmap node</title>
 <meta http-equiv="refresh" content="5"><style>{_PAGE_STYLE}</style></head><body><h1>medmap node {
-            html.escape(node.config.ae_title)
+            html.escape(node.settings.ae)
         }</h1>{warning}
-<p>medmap {__version__}; listening on port {node.config.port}; models: {routes}. Jobs: {html.escape(summary)}.</p>
+<p>medmap {__version__}; listening on port {node.settings.port}; models: {routes}. Jobs: {html.escape(summary)}.</p>
 <table id="jobs"><tr><th>job</th><th>received (UTC)</th><th>patient / accession</th><th>from</th><th>series</th>
 <th>model</th><th>state</th><th>delivery</th><th>result</th><th>overlay</th></tr>{body}</table>
 {events_table}</body></html>"""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medmap.device import check_device
@@ -71,6 +71,8 @@ class CaseResult:
     result: dict = field(default_factory=dict)
     error: str = ""
     refused: bool = False  # outside the bundle's intended use (not an error of the input)
+    image: Image | None = field(default=None, repr=False)  # the input as loaded (for a picture of it)
+    labels: Image | None = field(default=None, repr=False)  # a segmentation's label map on its grid
 
     def dicom_results(self) -> list[str]:
         """The DICOM objects written for this case (SEG, SR, overlay images): what goes back to a PACS."""
@@ -175,8 +177,8 @@ class Predictor:
         use = self.bundle.intended_use
         outside = self.outside_use(use.check_image(image) if use else [], f"case {case.case_id}")
         folder = out / case.case_id
-        answer, outputs = self.task.predict_case(self, case, image, folder)  # a refusal writes nothing
-        result = CaseResult(case.case_id, True, outputs, answer)
+        answer = self.task.predict_case(self, case, image, folder)  # a refusal writes nothing
+        result = CaseResult(case.case_id, True, answer.outputs, answer.result, image=image, labels=answer.labels)
         result.result["case_id"] = case.case_id
         result.result["intended_use"] = (
             "not recorded in this bundle" if use is None else {"outside": outside} if outside else "within"
@@ -223,7 +225,8 @@ def predict(
     results = []
     for case in track(cases, "predicting", enabled=progress):
         try:
-            results.append(predictor.run_case(case, out))
+            done = predictor.run_case(case, out)
+            results.append(replace(done, image=None, labels=None))  # a folder of studies must not pile up in memory
         except MedmapError as exc:
             message = str(exc) if case.case_id in str(exc) else f"case {case.case_id}: {exc}"
             results.append(CaseResult(case.case_id, False, error=message, refused=isinstance(exc, OutOfUseError)))

@@ -49,6 +49,16 @@ class EvaluationJob:
         return self.out_dir or self.run.path
 
 
+@dataclass
+class Answer:
+    """What a task answered for one case: ``result.json``'s content, the files written by kind (labels,
+    seg, sr, overlays) and, for a segmentation, the label map itself (so nothing re-reads it)."""
+
+    result: dict
+    outputs: dict[str, str]
+    labels: Image | None = None
+
+
 class Task(Protocol):
     name: str
     monitor: str  # validation metric to maximise: best checkpoint and early stopping
@@ -109,9 +119,7 @@ class Task(Protocol):
         """The labels a result reports (a segmentation's background is not a finding)."""
         ...
 
-    def predict_case(
-        self, predictor: Predictor, case: InputCase, image: Image, folder: Path
-    ) -> tuple[dict, dict[str, str]]:
-        """One checked input case -> (``result.json`` content, written files by kind: labels, seg, sr,
-        overlays). Refusals (`medmap.intended_use.OutOfUseError`) come before anything is written."""
+    def predict_case(self, predictor: Predictor, case: InputCase, image: Image, folder: Path) -> Answer:
+        """One checked input case answered, its files written under ``folder``. Refusals
+        (`medmap.intended_use.OutOfUseError`) come before anything is written."""
         ...

@@ -12,6 +12,7 @@ import numpy as np
 
 from medmap.errors import ConfigError
 from medmap.io.image import Image
+from medmap.tasks.base import Answer
 from medmap.tasks.classification.inputs import (
     centre_of,
     classifier_input,
@@ -72,14 +73,14 @@ def classify(predictor: Predictor, case: InputCase, image: Image) -> dict:
     return {"findings": items}
 
 
-def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Path) -> tuple[dict, dict[str, str]]:
+def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Path) -> Answer:
     result = classify(predictor, case, image)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {}
     if "findings" in result and image.meta.slices:  # DICOM input: the findings as a Structured Report
         assessed = [f for f in result["findings"] if f.get("assessed", True)]
         outputs["sr"] = str(_report(predictor, image, assessed, folder))
-    return result, outputs
+    return Answer(result, outputs)
 
 
 def _report(predictor: Predictor, image: Image, items: list[dict], folder: Path) -> Path:

@@ -18,7 +18,7 @@ from medmap.evaluation.plots import confusion_plot, gradcam_panel, reliability_p
 from medmap.io.image import Image
 from medmap.models.registry import build_classifier
 from medmap.plan import Plan
-from medmap.tasks.base import EvaluationJob
+from medmap.tasks.base import Answer, EvaluationJob
 from medmap.tasks.classification import cache, inputs
 
 
@@ -157,7 +157,7 @@ class ClassificationTask:
     def foreground(self, labels: list) -> list:
         return list(labels)
 
-    def predict_case(self, predictor, case, image: Image, folder: Path) -> tuple[dict, dict[str, str]]:
+    def predict_case(self, predictor, case, image: Image, folder: Path) -> Answer:
         from medmap.tasks.classification.predict import predict_case
 
         return predict_case(predictor, case, image, folder)

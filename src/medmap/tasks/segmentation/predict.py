@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from medmap.io.image import Image
 from medmap.io.load import save
+from medmap.tasks.base import Answer
 
 if TYPE_CHECKING:
     from medmap.inference.predictor import InputCase, Predictor
@@ -35,7 +36,7 @@ def segment_summary(labels: Image, foreground: list) -> dict:
     return out
 
 
-def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Path) -> tuple[dict, dict[str, str]]:
+def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Path) -> Answer:
     folder.mkdir(parents=True, exist_ok=True)
     foreground = predictor.bundle.foreground
     labels = predictor.models.segment(image)
@@ -66,4 +67,4 @@ def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Pa
             )
             outputs["overlays"] = str(folder / "overlays")
             result["overlay_images"] = len(written)
-    return result, outputs
+    return Answer(result, outputs, labels)

@@ -16,7 +16,7 @@ from medmap.data.splits import train_val_test
 from medmap.io.image import Image
 from medmap.models.segmenters import build_segmenter
 from medmap.plan import Plan
-from medmap.tasks.base import EvaluationJob
+from medmap.tasks.base import Answer, EvaluationJob
 from medmap.tasks.segmentation import cache, sampling
 from medmap.tasks.segmentation.loss import SegmentationLoss, dice_per_class
 
@@ -84,7 +84,7 @@ class SegmentationTask:
     def foreground(self, labels: list) -> list:
         return [label for label in labels if label.value != 0]
 
-    def predict_case(self, predictor, case, image: Image, folder: Path) -> tuple[dict, dict[str, str]]:
+    def predict_case(self, predictor, case, image: Image, folder: Path) -> Answer:
         from medmap.tasks.segmentation.predict import predict_case
 
         return predict_case(predictor, case, image, folder)
