@@ -55,7 +55,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto  # one worker per core (pytest-xdist); each builds its own session fixtures
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -9,8 +9,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import EnhancedCTImageStorage, EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from medmap.data.cache import PreprocessedCache
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.io.image import Image, ImageMeta
+from medmap.plan import Normalization, Plan
 from medmap.tasks import task_for
 
 AXIAL = np.column_stack([[0, 0, 1.0], [0, 1.0, 0], [1.0, 0, 0]])  # [normal, down a column, along a row]
@@ -138,3 +140,70 @@ def lesion_manifest(tmp_path, rows, sidecar=None):
     if sidecar:
         (tmp_path / "labels.json").write_text(json.dumps(sidecar))
     return tmp_path / "m.csv"
+
+
+def small_plan(task: str = "segmentation", **fields) -> Plan:
+    """The one Plan builder of the tests: a small network on small patches, no normalisation; ``fields``
+    override any field (as a planner's decision would)."""
+    segmentation = task == "segmentation"
+    base = {
+        "dataset": "t",
+        "task": task,
+        "modality": "CT",
+        "labels": {0: "background", 1: "foreground"} if segmentation else {0: "benign", 1: "malignant"},
+        "input_mode": "3d",
+        "target_spacing": (1.0, 1.0, 1.0),
+        "normalization": Normalization(scheme="none"),
+        "patch_size": (8, 16, 16),
+        "batch_size": 2,
+        "network": "unet" if segmentation else "smallcnn",
+        "network_width": 8,
+        "network_depth": 3,
+    }
+    return Plan(**{**base, **fields})
+
+
+def blobs_plan() -> Plan:
+    return small_plan(
+        "classification",
+        dataset="blobs",
+        modality="OT",
+        labels={0: "dark", 1: "bright"},
+        input_mode="2d",
+        patch_size=(1, 16, 16),
+        batch_size=8,
+        network_depth=4,
+    )
+
+
+def write_blobs(folder: Path):
+    """80 2-D pictures in MedMNIST npz layout (50 train, 15 val, 15 test) whose class is whether a central
+    disc is brighter than the background; returns the dataset."""
+    from medmap.data.layouts import read_dataset
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    disc = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 < 16
+    arrays, labels = [], []
+    for _ in range(80):
+        label = int(rng.random() < 0.5)
+        img = rng.normal(0, 1, (16, 16)) + disc * (1.5 if label else -1.5)
+        arrays.append(img.astype(np.float32))
+        labels.append(label)
+    np.savez(
+        folder / "blobs.npz",
+        train_images=np.stack(arrays[:50]),
+        train_labels=np.array(labels[:50])[:, None],
+        val_images=np.stack(arrays[50:65]),
+        val_labels=np.array(labels[50:65])[:, None],
+        test_images=np.stack(arrays[65:]),
+        test_labels=np.array(labels[65:])[:, None],
+    )
+    return read_dataset(folder / "blobs.npz")
+
+
+def cached(dataset, plan, tmp_path, split):
+    """The cases of one split of ``dataset`` through the cache under ``tmp_path``."""
+    return PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
+        [c for c in dataset.cases if c.split == split], workers=1
+    )

@@ -2,9 +2,10 @@ import pytest
 
 from medmap.data.demo import write_demo_data
 from medmap.data.layouts import write_msd
+from medmap.inference.bundle import create_bundle
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
-from tests.builders import ball_case, tiny_demo_size
+from tests.builders import ball_case, tiny_demo_size, write_blobs
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +32,16 @@ def balls_run(balls, tmp_path_factory):
     config = TrainConfig(epochs=12, samples_per_epoch=48, workers=0, learning_rate=3e-3, warmup_epochs=1)
     summary = train_run(balls, run, task="segmentation", overrides=overrides, config=config)
     return run, summary
+
+
+@pytest.fixture(scope="session")
+def ball_bundle(balls_run, tmp_path_factory):
+    """`balls_run` as a bundle (no extra body parts), made once per session. Read-only."""
+    run, _ = balls_run
+    return create_bundle(run, tmp_path_factory.mktemp("bundles") / "balls")
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    """2-D pictures whose class is whether a central disc is brighter than the background (npz)."""
+    return write_blobs(tmp_path)

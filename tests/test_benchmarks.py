@@ -16,7 +16,7 @@ from medmap.data.demo import DemoSize, write_demo_data
 from medmap.inference.bundle import create_bundle
 from medmap.io.load import save
 from tests.builders import ball_case
-from tests.integration.test_dciodvfy import require
+from tests.helpers import require
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,5 @@
 """The command line as a user runs it: a real process, one-line errors, non-zero exits, no tracebacks."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -11,22 +9,7 @@ from pydicom.data import get_testdata_file
 
 import medmap
 from tests.builders import volume, write_ct
-
-
-def medmap_cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "medmap.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+from tests.helpers import assert_one_line_error, medmap_cli
 
 
 def test_version_matches_the_installed_distribution():

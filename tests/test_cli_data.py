@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_cli import assert_one_line_error, medmap_cli
+from medmap.data.layouts import read_dataset
+from tests.helpers import assert_one_line_error, medmap_cli
 
 
 @pytest.fixture
@@ -17,7 +18,9 @@ def test_demo_data_command_prints_the_baseline(tmp_path):
     r = medmap_cli("demo-data", tmp_path / "d", "--small")
     assert r.returncode == 0, r.stderr
     assert "size-only baseline" in r.stdout and "AUC" in r.stdout
-    assert (tmp_path / "d" / "liver" / "dataset.json").is_file()
+    liver = read_dataset(tmp_path / "d" / "liver")  # what the command wrote is a dataset medmap reads
+    assert liver.task == "segmentation" and set(liver.labels.values()) == {"background", "liver", "tumour"}
+    assert all(c.mask is not None for c in liver.cases if c.split != "test")
 
 
 def test_dataset_check_clean_and_broken(demo, tmp_path):

@@ -72,70 +72,9 @@ def info(
 
     Sizes and spacings are shown x (columns) by y (rows) by z (slices).
     """
-    from medmap.io.dicom import scan
-    from medmap.io.dicom.reader import check_neighbours, plan_series, series_text
-    from medmap.io.image import orientation_label
-    from medmap.io.load import is_image_file, load
+    from medmap.io.inventory import describe
 
-    rows = []
-    refused: list[str] = []  # series the loader would refuse: each an error line, and exit status 1
-    if is_image_file(path):
-        img = load(path)
-        rows.append(
-            {
-                "series": path.name,
-                "modality": img.meta.modality or "-",
-                "body_part": "-",
-                "size": list(img.shape[::-1]),
-                "spacing_mm": list(img.spacing[::-1]),
-                "orientation": img.orientation_label(),
-                "instances": 1,
-                "problems": list(img.meta.notes),
-            }
-        )
-    else:
-        result = scan(path, progress=not as_json)
-        for s in result.series:
-            problems: list[str] = []
-            size, spacing, orientation = None, None, "-"
-            try:
-                check_neighbours(s, result)
-                lay = plan_series(s)
-                fmt = s.files[0].pixel_format
-                size = [fmt.columns, fmt.rows, len(lay.frames)]
-                spacing = list(lay.spacing[::-1])
-                orientation = orientation_label(lay.direction)
-                problems += lay.notes
-            except MedmapError as exc:
-                problems.append(str(exc).split(": ", 1)[-1])
-                refused.append(str(exc))
-            rows.append(
-                {
-                    "series": s.uid,
-                    "modality": s.modality,
-                    "body_part": series_text(s, "BodyPartExamined"),
-                    "size": size,
-                    "spacing_mm": spacing,
-                    "orientation": orientation,
-                    "instances": len(s.files),
-                    "problems": problems,
-                }
-            )
-        if not rows:
-            raise MedmapError(f"{path}: no DICOM image series found")
-        if result.skipped:
-            rows.append(
-                {
-                    "series": f"({len(result.skipped)} non-image files ignored)",
-                    "modality": "",
-                    "body_part": "",
-                    "size": None,
-                    "spacing_mm": None,
-                    "orientation": "",
-                    "instances": 0,
-                    "problems": [],
-                }
-            )
+    rows, refused = describe(path, progress=not as_json)
     if as_json:
         out.print_json(json.dumps(rows))
         _refuse(refused)
@@ -432,7 +371,7 @@ def train(
         if "next" in summary:
             out.print(f"fold {summary['fold']} trained ({summary['epochs_run']} epochs); {summary['next']}")
         return
-    _print_summary(summary)
+    _print_summary(output, summary)
     if summary.get("tracking"):
         out.print(f"tracked in MLflow: mlflow ui --backend-store-uri {summary['tracking']}", highlight=False)
 
@@ -469,50 +408,13 @@ def parse_duration(text: str, option: str = "--budget") -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def _print_summary(summary: dict) -> None:
-    m = summary["metrics"]
-    if "classes" in m:  # segmentation
-        out.print(f"{summary['split']} set: {m['n']} cases scored")
-        for name, entry in m["classes"].items():
-            d, h, s = entry["dice"], entry["hd95_mm"], entry["nsd"]
-            if d["mean"] is None:
-                out.print(f"  {name}: absent from every case")
-                continue
-            hd95 = f"{h['mean']:.1f} mm" if h["mean"] is not None else "-"
-            out.print(
-                f"  {name}: Dice {d['mean']:.3f} (95% CI {d['ci'][0]:.3f}-{d['ci'][1]:.3f}), HD95 {hd95}, "
-                f"surface Dice {s['mean']:.3f}"
-            )
-        for name, lesions in m["lesions"].items():
-            recall = "-" if lesions["recall"] is None else f"{lesions['recall']:.2f}"
-            out.print(
-                f"  {name} lesions: {lesions['detected']}/{lesions['lesions']} detected (recall {recall}), "
-                f"{lesions['false_positives_per_case']:.2f} false positives per case"
-            )
-        out.print(f"label maps: {summary['predictions']}")
-        out.print(f"report: {summary['report']}")
-        return
-    lo, hi = m.get("auc_ci", [float("nan")] * 2)
-    out.print(
-        f"{summary['split']} set: {m['n']} cases, AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
-        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
-    )
-    if "sensitivity" in m:
-        out.print(
-            f"  at threshold {m['threshold']:.3f} (chosen on validation): sensitivity {m['sensitivity']:.3f}, "
-            f"specificity {m['specificity']:.3f}, PPV {m['ppv']:.3f}, NPV {m['npv']:.3f}, ECE {m['ece']:.3f}"
-        )
-    if summary.get("baseline"):
-        b = summary["baseline"]
-        out.print(f"  {b['name']}: AUC {b['auc']:.3f} (95% CI {b['auc_ci'][0]:.3f}-{b['auc_ci'][1]:.3f})")
-        if "comparison" in b:
-            d = b["comparison"]
-            verdict = "supported" if d["supported"] else "NOT supported (interval includes 0)"
-            out.print(
-                f"  model - baseline: AUC {d['delta_auc']:+.3f} (paired 95% CI {d['delta_ci'][0]:+.3f} to "
-                f"{d['delta_ci'][1]:+.3f}): {verdict}"
-            )
-    out.print(f"report: {summary['report']}")
+def _print_summary(run: Path, summary: dict) -> None:
+    """The evaluated split's figures, in the words of the run's task (`Task.summary_lines`)."""
+    from medmap.run_folder import RunFolder
+    from medmap.tasks import task_for
+
+    for line in task_for(RunFolder(run).plan).summary_lines(summary):
+        out.print(line)
 
 
 @app.command()
@@ -562,7 +464,7 @@ def evaluate(
     """Evaluate a trained run: metrics with confidence intervals, per-case CSV, HTML report."""
     from medmap.training.run import evaluate_run
 
-    _print_summary(evaluate_run(run, data, split=split, cache_root=cache, precision=precision, progress=True))
+    _print_summary(run, evaluate_run(run, data, split=split, cache_root=cache, precision=precision, progress=True))
 
 
 @app.command()

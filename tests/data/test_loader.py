@@ -10,28 +10,15 @@ from medmap.data.layouts import read_dataset, write_msd
 from medmap.data.loader import AugmentingLoader, PatchDataset
 from medmap.plan import Augmentation, Normalization, Plan
 from medmap.tasks.segmentation import SegmentationTask
-from tests.builders import volume
+from tests.builders import small_plan, volume
 
 SEGMENTATION = SegmentationTask()
 
 
 def seg_plan(**kw) -> Plan:
-    base = dict(
-        dataset="T",
-        task="segmentation",
-        modality="CT",
-        labels={0: "bg", 1: "organ", 2: "lesion"},
-        input_mode="3d",
-        target_spacing=(2.0, 1.0, 1.0),
-        normalization=Normalization(scheme="ct", clip_low=-1000, clip_high=2000, mean=0, std=100),
-        patch_size=(8, 16, 16),
-        batch_size=4,
-        network="unet",
-        network_width=8,
-        network_depth=2,
-    )
-    base.update(kw)
-    return Plan(**base)
+    ct = Normalization(scheme="ct", clip_low=-1000, clip_high=2000, mean=0, std=100)
+    fields = {"labels": {0: "bg", 1: "organ", 2: "lesion"}, "target_spacing": (2.0, 1.0, 1.0), "normalization": ct}
+    return small_plan(**{"dataset": "T", "batch_size": 4, "network_depth": 2, **fields, **kw})
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from medmap.dicomout.overlay import write_overlays
 from medmap.dicomout.seg import write_segmentation
 from medmap.dicomout.sr import LesionFinding, write_lesion_report
 from tests.builders import ball_case, write_enhanced_ct
-from tests.integration.test_dciodvfy import dciodvfy_errors
+from tests.helpers import dciodvfy_errors
 
 ORDER = [3, 0, 7, 1, 12, 5, 2, 9, 4, 13, 6, 11, 8, 10]  # the 14 slices' storage order in the file
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medmap.colours import label_colour
 from medmap.evaluation.report import combine_reports
-from tests.integration.test_dciodvfy import require
+from tests.helpers import require
 
 
 def test_viewer_scrolls_through_every_case(balls_run, tmp_path):

@@ -20,14 +20,7 @@ from medmap.io.load import load
 from medmap.tasks import task_for
 from medmap.training.run import prepare_plan
 from tests.builders import ball_case
-from tests.integration.test_dciodvfy import dciodvfy_errors
-from tests.test_cli import medmap_cli
-
-
-@pytest.fixture(scope="module")
-def ball_bundle(balls_run, tmp_path_factory):
-    run, _ = balls_run
-    return create_bundle(run, tmp_path_factory.mktemp("bundles") / "balls")
+from tests.helpers import dciodvfy_errors, medmap_cli
 
 
 @pytest.fixture(scope="module")

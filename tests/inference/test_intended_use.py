@@ -17,7 +17,7 @@ from medmap.inference.predictor import predict
 from medmap.intended_use import IntendedUse, case_record, fit_intended_use, lesion_record
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.io.load import save
-from tests.builders import ball_case
+from tests.builders import ball_case, small_plan
 
 ABDOMEN = dict(shape=(20, 64, 64), spacing=(5.0, 4.0, 4.0))
 CHEST = dict(shape=(24, 64, 64), spacing=(4.0, 3.0, 3.0))
@@ -80,22 +80,17 @@ def test_record_survives_its_file_and_body_parts_merge(liver_use, tmp_path):
 
 
 def test_lesion_region_outside_the_lung_is_refused():
-    from medmap.plan import Normalization, Plan
+    from medmap.plan import Normalization
     from medmap.tasks.classification.inputs import centre_of, raw_lesion_cube
 
-    plan = Plan(
-        task="classification",
+    plan = small_plan(
+        "classification",
         dataset="n",
-        modality="CT",
-        labels={0: "benign", 1: "malignant"},
         lesion_level=True,
-        input_mode="3d",
-        target_spacing=(1.0, 1.0, 1.0),
         patch_size=(16, 16, 16),
         normalization=Normalization(scheme="zscore"),
         batch_size=8,
         network="resnet18",
-        network_width=8,
         network_depth=2,
     )
     train, val, chests = [], [], []
@@ -120,16 +115,17 @@ def test_lesion_region_outside_the_lung_is_refused():
 
 
 @pytest.fixture(scope="module")
-def ball_bundle(balls_run, tmp_path_factory):
+def head_bundle(balls_run, tmp_path_factory):
+    """`balls_run` as a bundle for heads (BodyPartExamined HEAD, besides what the training images said)."""
     run, _ = balls_run
     return create_bundle(run, tmp_path_factory.mktemp("use-bundle") / "balls", body_parts=["head"])
 
 
-def test_bundle_carries_and_states_its_intended_use(ball_bundle):
-    bundle = load_bundle(ball_bundle)
+def test_bundle_carries_and_states_its_intended_use(head_bundle):
+    bundle = load_bundle(head_bundle)
     assert bundle.intended_use is not None and bundle.intended_use.body_parts == ["HEAD"]
     assert "intended_use.json" in bundle.manifest["files"]
-    card = (ball_bundle / "MODEL_CARD.md").read_text()
+    card = (head_bundle / "MODEL_CARD.md").read_text()
     assert "BodyPartExamined HEAD (other values are refused)" in card and "calibrated on" in card
 
 
@@ -139,11 +135,11 @@ def inverted_ball(tmp_path):
     return save(image.with_array(110.0 - image.array), tmp_path / "inverted.nii.gz")
 
 
-def test_predict_refuses_writes_nothing_and_names_the_case(ball_bundle, tmp_path):
+def test_predict_refuses_writes_nothing_and_names_the_case(head_bundle, tmp_path):
     (tmp_path / "in").mkdir()
     good = save(ball_case(98)[0], tmp_path / "in" / "good.nii.gz")
     inverted_ball(tmp_path / "in")
-    results = {r.case_id: r for r in predict(ball_bundle, tmp_path / "in", tmp_path / "out")}
+    results = {r.case_id: r for r in predict(head_bundle, tmp_path / "in", tmp_path / "out")}
     assert results["good"].ok
     assert json.loads((tmp_path / "out/good/result.json").read_text())["intended_use"] == "within"
     refused = results["inverted"]
@@ -154,12 +150,12 @@ def test_predict_refuses_writes_nothing_and_names_the_case(ball_bundle, tmp_path
     assert good.is_file()
 
 
-def test_cli_refuses_with_one_line_or_answers_when_told(ball_bundle, tmp_path):
+def test_cli_refuses_with_one_line_or_answers_when_told(head_bundle, tmp_path):
     series = tmp_path / "series"
     image = ball_case(98)[0]
     image = image.with_array(np.rint(image.array).astype(np.int16), modality="MR")
     write_series(image, series, modality="MR", info=SeriesInfo(body_part="CHEST", patient_id="USE-1"))
-    command = [sys.executable, "-m", "medmap", "predict", str(ball_bundle), str(series), "-o"]
+    command = [sys.executable, "-m", "medmap", "predict", str(head_bundle), str(series), "-o"]
     done = subprocess.run([*command, str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -173,12 +169,12 @@ def test_cli_refuses_with_one_line_or_answers_when_told(ball_bundle, tmp_path):
     assert "BodyPartExamined CHEST" in result["intended_use"]["outside"][0]
 
 
-def test_bundle_without_a_record_still_predicts(ball_bundle, tmp_path):
+def test_bundle_without_a_record_still_predicts(head_bundle, tmp_path):
     """Bundles made before the record existed keep working, and say that nothing beyond modality was checked."""
     import shutil
 
     old = tmp_path / "old"
-    shutil.copytree(ball_bundle, old)
+    shutil.copytree(head_bundle, old)
     manifest = json.loads((old / "bundle.json").read_text())
     del manifest["files"]["intended_use.json"]
     (old / "bundle.json").write_text(json.dumps(manifest))

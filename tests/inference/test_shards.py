@@ -10,8 +10,7 @@ from medmap.inference.predictor import InputCase, predict
 from medmap.inference.shards import parse_shard, select
 from medmap.io.load import save
 from tests.builders import ball_case
-from tests.inference.test_intended_use import ball_bundle  # noqa: F401  (fixture)
-from tests.test_cli import assert_one_line_error, medmap_cli
+from tests.helpers import assert_one_line_error, medmap_cli
 
 
 def test_shards_partition_the_cases_whatever_their_order():
@@ -31,7 +30,7 @@ def test_bad_shards_are_refused(text):
         parse_shard(text)
 
 
-def test_shards_predict_and_merge_one_summary(ball_bundle, tmp_path):  # noqa: F811
+def test_shards_predict_and_merge_one_summary(ball_bundle, tmp_path):
     source = tmp_path / "in"
     source.mkdir()
     for seed in (90, 91, 92, 93, 94):

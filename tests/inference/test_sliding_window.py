@@ -8,8 +8,7 @@ from torch import nn
 
 from medmap.inference.segment import segment_image
 from medmap.inference.sliding_window import gaussian_1d, sliding_window, window_starts
-from medmap.plan import Normalization, Plan
-from tests.builders import rotation, volume
+from tests.builders import rotation, small_plan, volume
 
 
 def small_net(seed=0, dims=3):
@@ -104,20 +103,7 @@ class Threshold(nn.Module):
 
 
 def seg_plan(spacing):
-    return Plan(
-        dataset="t",
-        task="segmentation",
-        modality="MR",
-        labels={0: "background", 1: "bright"},
-        input_mode="3d",
-        target_spacing=spacing,
-        normalization=Normalization(scheme="none"),
-        patch_size=(8, 16, 16),
-        batch_size=2,
-        network="unet",
-        network_width=8,
-        network_depth=3,
-    )
+    return small_plan(modality="MR", labels={0: "background", 1: "bright"}, target_spacing=spacing)
 
 
 @pytest.mark.parametrize("target", [(2.5, 0.7, 0.8), (3.0, 1.1, 1.3)])

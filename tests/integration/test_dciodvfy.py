@@ -1,7 +1,6 @@
 """DICOM that medmap writes passes an independent validator (dciodvfy, Debian dicom3tools) and is read
 back by another toolkit (dcmtk's dcmdump)."""
 
-import shutil
 import subprocess
 import warnings
 
@@ -9,20 +8,9 @@ import pytest
 
 from medmap.io.anonymize import anonymize_tree
 from tests.builders import rotation, volume, write_ct
+from tests.helpers import dciodvfy_errors, require
 
 pytestmark = pytest.mark.integration
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    assert path, f"{tool} is not installed: `make test` installs it (scripts/install-system-deps.sh)"
-    return path
-
-
-def dciodvfy_errors(path) -> list[str]:
-    """dciodvfy's exit status is unreliable; its lines starting 'Error' are what counts."""
-    out = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.mark.parametrize("body_part", ["CHEST", ""])

@@ -14,10 +14,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from medmap.inference.bundle import create_bundle
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from tests.builders import ball_case
-from tests.integration.test_dciodvfy import require
+from tests.helpers import require
 
 pytestmark = pytest.mark.integration
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian orthanc-dicomweb
@@ -162,12 +161,6 @@ class NodeProcess:
 
     def logs(self) -> str:
         return "".join(p.read_text() for p in sorted(self.data.glob("node-*.log")))
-
-
-@pytest.fixture(scope="module")
-def ball_bundle(balls_run, tmp_path_factory):
-    run, _ = balls_run
-    return create_bundle(run, tmp_path_factory.mktemp("node-bundle") / "balls")
 
 
 def ball_series(folder: Path, seed: int = 99, inverted: bool = False) -> tuple[Path, str]:

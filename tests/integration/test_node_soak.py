@@ -8,21 +8,42 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_dciodvfy import require
-from tests.integration.test_node import ball_bundle  # noqa: F401 - the fixture
+from tests.helpers import require
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_soak_with_kills(ball_bundle, tmp_path):  # noqa: F811
+def test_soak_with_kills(ball_bundle, tmp_path):
     require("Orthanc")
     out = tmp_path / "soak.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "soak_node.py"), "--bundle", str(ball_bundle), "--instances", "280",
-         "--associations", "6", "--kills", "3", "--idle", "5", "--broken", "0.1",
-         "--timeout", "600", "--seed", "1", "--json", str(out)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "soak_node.py"),
+            "--bundle",
+            str(ball_bundle),
+            "--instances",
+            "280",
+            "--associations",
+            "6",
+            "--kills",
+            "3",
+            "--idle",
+            "5",
+            "--broken",
+            "0.1",
+            "--timeout",
+            "600",
+            "--seed",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -13,7 +13,7 @@ from PIL import Image as PILImage
 import medmap
 from medmap.data.layouts import read_dataset
 from medmap.errors import MedmapError
-from tests.test_cli import medmap_cli
+from tests.helpers import medmap_cli
 
 
 def nifti_bytes() -> bytes:

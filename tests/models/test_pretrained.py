@@ -7,7 +7,8 @@ from monai.networks.nets import ResNet
 from medmap.errors import ConfigError
 from medmap.models.pretrained import load_pretrained
 from medmap.models.registry import build_classifier
-from medmap.plan import Normalization, Plan
+from medmap.plan import Plan
+from tests.builders import small_plan
 
 
 def torchvision_resnet18_keys() -> set[str]:
@@ -48,16 +49,10 @@ def imagenet_like(tmp_path):
 
 
 def plan(input_mode: str) -> Plan:
-    return Plan(
-        dataset="d",
-        task="classification",
-        modality="CT",
-        labels={0: "benign", 1: "malignant"},
+    return small_plan(
+        "classification",
         input_mode=input_mode,
-        target_spacing=(1, 1, 1),
-        normalization=Normalization(scheme="none"),
         patch_size=(32, 32, 32) if input_mode == "3d" else (1, 64, 64),
-        batch_size=2,
         network="resnet18",
         network_width=64,
         network_depth=4,

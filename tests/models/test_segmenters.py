@@ -7,23 +7,17 @@ import torch
 from medmap.models.pretrained import load_pretrained
 from medmap.models.registry import build_classifier
 from medmap.models.segmenters import SEGMENTERS, build_segmenter, unet_layout
-from medmap.plan import Normalization, Plan
+from tests.builders import small_plan
 
 
 def plan(network, input_mode="3d", patch=(16, 32, 40), spacing=(3.0, 1.0, 1.0)):
-    return Plan(
-        dataset="t",
-        task="segmentation" if network in SEGMENTERS else "classification",
-        modality="CT",
+    return small_plan(
+        "segmentation" if network in SEGMENTERS else "classification",
         labels={0: "background", 1: "liver", 2: "tumour"},
         input_mode=input_mode,
         target_spacing=spacing,
-        normalization=Normalization(scheme="none"),
         patch_size=patch,
-        batch_size=2,
         network=network,
-        network_width=8,
-        network_depth=3,
     )
 
 

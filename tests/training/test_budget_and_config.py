@@ -11,9 +11,8 @@ from medmap.data.layouts import read_dataset, write_msd
 from medmap.errors import ConfigError
 from medmap.tasks import task_for
 from medmap.training.trainer import TrainConfig, Trainer, _schedule
-from tests.builders import ball_case, split_of
-from tests.test_cli import medmap_cli
-from tests.training.test_trainer import blobs, blobs_plan, cached  # noqa: F401  (fixture)
+from tests.builders import ball_case, blobs_plan, cached, split_of
+from tests.helpers import medmap_cli
 
 
 @pytest.mark.parametrize(
@@ -67,7 +66,7 @@ def test_schedule_warms_up_then_decays_to_zero_per_step(schedule):
     assert values[-1] < 0.02
 
 
-def test_budget_is_planned_from_timed_steps_and_recorded(blobs, tmp_path):  # noqa: F811
+def test_budget_is_planned_from_timed_steps_and_recorded(blobs, tmp_path):
     plan = blobs_plan()
     config = TrainConfig(epochs=1000, workers=0, budget_seconds=6, optimizer="sgd", schedule="poly", learning_rate=0.01)
     result = Trainer(task_for(plan), plan, config, tmp_path / "run").fit(

@@ -10,7 +10,7 @@ from medmap.models.registry import build_classifier
 from medmap.tasks import task_for
 from medmap.training.pretrain import nt_xent, pretrain
 from medmap.training.trainer import TrainConfig, Trainer
-from tests.training.test_trainer import blobs, blobs_plan  # noqa: F401 - the fixture is used by name
+from tests.builders import blobs_plan
 
 
 def test_nt_xent_prefers_matching_views():
@@ -20,7 +20,7 @@ def test_nt_xent_prefers_matching_views():
     assert matched < shuffled
 
 
-def test_pretrained_encoder_loads_into_the_classifier_and_training(blobs, tmp_path):  # noqa: F811
+def test_pretrained_encoder_loads_into_the_classifier_and_training(blobs, tmp_path):
     plan = blobs_plan()
     unlabelled = PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
         [c for c in blobs.cases if c.split == "train"], workers=1

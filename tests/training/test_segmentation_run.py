@@ -13,7 +13,7 @@ from medmap.io.load import load
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 from tests.builders import ball_case
-from tests.test_cli import medmap_cli
+from tests.helpers import medmap_cli
 
 
 def test_segmentation_trains_evaluates_and_keeps_geometry(balls, balls_run):

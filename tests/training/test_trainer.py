@@ -2,65 +2,14 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from medmap.data.cache import PreprocessedCache
 from medmap.data.dataset import Case
-from medmap.data.layouts import read_dataset
-from medmap.plan import Normalization, Plan
 from medmap.tasks import task_for
 from medmap.training.run import evaluate_run, train_run
 from medmap.training.trainer import TrainConfig, Trainer
-from tests.builders import lesion_manifest
-
-
-def blobs_plan() -> Plan:
-    return Plan(
-        dataset="blobs",
-        task="classification",
-        modality="OT",
-        labels={0: "dark", 1: "bright"},
-        input_mode="2d",
-        target_spacing=(1.0, 1.0, 1.0),
-        normalization=Normalization(scheme="none"),
-        patch_size=(1, 16, 16),
-        batch_size=8,
-        network="smallcnn",
-        network_width=8,
-        network_depth=4,
-    )
-
-
-@pytest.fixture
-def blobs(tmp_path):
-    """2-D pictures whose class is whether a central disc is brighter than the background."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:16, :16]
-    disc = (yy - 7.5) ** 2 + (xx - 7.5) ** 2 < 16
-    arrays, labels = [], []
-    for _ in range(80):
-        label = int(rng.random() < 0.5)
-        img = rng.normal(0, 1, (16, 16)) + disc * (1.5 if label else -1.5)
-        arrays.append(img.astype(np.float32))
-        labels.append(label)
-    np.savez(
-        tmp_path / "blobs.npz",
-        train_images=np.stack(arrays[:50]),
-        train_labels=np.array(labels[:50])[:, None],
-        val_images=np.stack(arrays[50:65]),
-        val_labels=np.array(labels[50:65])[:, None],
-        test_images=np.stack(arrays[65:]),
-        test_labels=np.array(labels[65:])[:, None],
-    )
-    return read_dataset(tmp_path / "blobs.npz")
-
-
-def cached(dataset, plan, tmp_path, split):
-    return PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
-        [c for c in dataset.cases if c.split == split], workers=1
-    )
+from tests.builders import blobs_plan, cached, lesion_manifest
 
 
 def test_loss_falls_and_validation_auc_rises(blobs, tmp_path):

@@ -58,4 +58,6 @@ def test_a_failing_figure_is_a_warning_and_the_metrics_are_written(discs, tmp_pa
     monkeypatch.setattr(evaluation, "overlay_panel", broken)
     with pytest.warns(MedmapWarning, match="the overlay figure failed"):
         train(discs, tmp_path / "run")
-    assert next(tmp_path.joinpath("run").rglob("metrics.json")).is_file()
+    metrics = json.loads(next(tmp_path.joinpath("run").rglob("metrics.json")).read_text())
+    assert metrics["cases"] and all(np.isfinite(m["classes"]["disc"]["dice"]) for m in metrics["cases"].values())
+    assert list(tmp_path.joinpath("run").rglob("*.nii.gz"))  # and the label maps

@@ -85,7 +85,7 @@ def write_segmentation(
 
     if labels.shape != source.shape:
         raise ConfigError(f"label map {labels.shape} is not on the source series' grid {source.shape}")
-    datasets = source_datasets(source)
+    datasets = source_datasets(source, pixels=False)  # highdicom reads the sources' metadata, never their pixels
     array = np.asarray(labels.array)
     segment_map = np.zeros(array.shape, np.uint8)  # label values -> segment numbers 1..N
     descriptions = []

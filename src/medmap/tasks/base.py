@@ -114,6 +114,10 @@ class Task(Protocol):
         """The model card's evaluation lines and its weak points in words, from ``metrics.json``."""
         ...
 
+    def summary_lines(self, summary: dict) -> list[str]:
+        """What the CLI prints about an evaluated split (the summary `evaluate_run` returned)."""
+        ...
+
     # deployment
     def foreground(self, labels: list) -> list:
         """The labels a result reports (a segmentation's background is not a finding)."""

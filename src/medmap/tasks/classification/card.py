@@ -54,3 +54,30 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
             f"{negatives} negatives on the test split"
         )
     return lines, failures
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What `medmap train` and `medmap evaluate` print about the evaluated split."""
+    m, lines = summary["metrics"], []
+    lo, hi = m.get("auc_ci", [float("nan")] * 2)
+    lines.append(
+        f"{summary['split']} set: {m['n']} cases, AUC {m['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}), "
+        f"accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
+    )
+    if "sensitivity" in m:
+        lines.append(
+            f"  at threshold {m['threshold']:.3f} (chosen on validation): sensitivity {m['sensitivity']:.3f}, "
+            f"specificity {m['specificity']:.3f}, PPV {m['ppv']:.3f}, NPV {m['npv']:.3f}, ECE {m['ece']:.3f}"
+        )
+    if summary.get("baseline"):
+        b = summary["baseline"]
+        lines.append(f"  {b['name']}: AUC {b['auc']:.3f} (95% CI {b['auc_ci'][0]:.3f}-{b['auc_ci'][1]:.3f})")
+        if "comparison" in b:
+            d = b["comparison"]
+            verdict = "supported" if d["supported"] else "NOT supported (interval includes 0)"
+            lines.append(
+                f"  model - baseline: AUC {d['delta_auc']:+.3f} (paired 95% CI {d['delta_ci'][0]:+.3f} to "
+                f"{d['delta_ci'][1]:+.3f}): {verdict}"
+            )
+    lines.append(f"report: {summary['report']}")
+    return lines

@@ -166,3 +166,8 @@ class ClassificationTask:
         from medmap.tasks.classification.card import card_evaluation
 
         return card_evaluation(metrics, baseline, split)
+
+    def summary_lines(self, summary: dict) -> list[str]:
+        from medmap.tasks.classification.card import summary_lines
+
+        return summary_lines(summary)

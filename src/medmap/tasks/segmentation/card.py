@@ -39,3 +39,28 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
             missed = d["lesions"] - d["detected"]
             failures.append(f"{name}: missed {missed} of {d['lesions']} lesions on the test split")
     return lines, failures
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What `medmap train` and `medmap evaluate` print about the evaluated split."""
+    m, lines = summary["metrics"], []
+    lines.append(f"{summary['split']} set: {m['n']} cases scored")
+    for name, entry in m["classes"].items():
+        d, h, s = entry["dice"], entry["hd95_mm"], entry["nsd"]
+        if d["mean"] is None:
+            lines.append(f"  {name}: absent from every case")
+            continue
+        hd95 = f"{h['mean']:.1f} mm" if h["mean"] is not None else "-"
+        lines.append(
+            f"  {name}: Dice {d['mean']:.3f} (95% CI {d['ci'][0]:.3f}-{d['ci'][1]:.3f}), HD95 {hd95}, "
+            f"surface Dice {s['mean']:.3f}"
+        )
+    for name, lesions in m["lesions"].items():
+        recall = "-" if lesions["recall"] is None else f"{lesions['recall']:.2f}"
+        lines.append(
+            f"  {name} lesions: {lesions['detected']}/{lesions['lesions']} detected (recall {recall}), "
+            f"{lesions['false_positives_per_case']:.2f} false positives per case"
+        )
+    lines.append(f"label maps: {summary['predictions']}")
+    lines.append(f"report: {summary['report']}")
+    return lines

@@ -93,3 +93,8 @@ class SegmentationTask:
         from medmap.tasks.segmentation.card import card_evaluation
 
         return card_evaluation(metrics, baseline, split)
+
+    def summary_lines(self, summary: dict) -> list[str]:
+        from medmap.tasks.segmentation.card import summary_lines
+
+        return summary_lines(summary)
