@@ -190,13 +190,14 @@ def dataset_check(
     """List every problem in a dataset with the case named; exit status 1 if there is any."""
     from medmap.data.check import check_dataset
     from medmap.data.layouts import read_dataset
+    from medmap.tasks import task_for
 
     dataset = read_dataset(path)
-    problems = check_dataset(dataset, progress=True)
-    kinds = {"segmentation": "masks", "classification": "labels"}
+    task = task_for(dataset.task)
+    problems = check_dataset(dataset, task, progress=True)
     out.print(
         f"{dataset.name}: {dataset.layout} layout, {dataset.task}, {len(dataset.cases)} cases, "
-        f"{len(dataset.patients)} patients, {kinds[dataset.task]}: {dataset.labels}"
+        f"{len(dataset.patients)} patients, {task.targets}: {dataset.labels}"
     )
     if not problems:
         out.print("no problems found")

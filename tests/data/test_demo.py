@@ -11,6 +11,7 @@ from medmap.data.check import check_dataset
 from medmap.data.demo import write_demo_data
 from medmap.data.layouts import read_dataset
 from medmap.errors import OutputError
+from medmap.tasks import task_for
 from tests.builders import tiny_demo_size
 
 TINY = tiny_demo_size()
@@ -29,7 +30,7 @@ def read_rows(path):
 def test_every_dataset_passes_check(demo):
     for name in ("nodules.csv", "liver", "radiographs.csv"):
         ds = read_dataset(demo / name)
-        assert check_dataset(ds) == [], name
+        assert check_dataset(ds, task_for(ds.task)) == [], name
     assert len(read_dataset(demo / "liver").split("test")) == 1
 
 

@@ -12,6 +12,7 @@ from medmap.data.check import check_dataset
 from medmap.data.layouts import read_dataset, write_msd
 from medmap.errors import DatasetError
 from medmap.io.image import Image
+from medmap.tasks import task_for
 from tests.builders import volume, write_ct
 
 
@@ -37,7 +38,7 @@ def test_msd_round_trip(tmp_path):
     assert ds.cases[-1].split == "test" and ds.cases[-1].mask is None
     assert np.array_equal(ds.cases[1].load_mask().array, training[1][2].array)
     assert ds.cases[0].load_image().same_geometry(training[0][1], tol=1e-5)
-    assert check_dataset(ds) == []
+    assert check_dataset(ds, task_for(ds.task)) == []
 
 
 def test_nnunet_raw_with_two_channels(tmp_path):
@@ -67,7 +68,7 @@ def test_nnunet_raw_with_two_channels(tmp_path):
     assert [(c.case_id, c.split) for c in ds.cases] == [("case_a", None), ("case_b", None), ("case_c", "test")]
     image = ds.cases[0].load_image()
     assert image.channels == 2 and np.array_equal(image.array[..., 1], image.array[..., 0] * 2)
-    assert check_dataset(ds) == []
+    assert check_dataset(ds, task_for(ds.task)) == []
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (28, 28, 3), (28, 28, 28)])
@@ -85,7 +86,7 @@ def test_medmnist_npz(tmp_path, shape):
     expected = arrays["test_images"][2]
     assert np.array_equal(image.array.reshape(expected.shape), expected)
     assert case.label == int(arrays["test_labels"][2, 0])
-    assert check_dataset(ds) == []
+    assert check_dataset(ds, task_for(ds.task)) == []
 
 
 def write_manifest(path, rows):
@@ -109,13 +110,14 @@ def test_csv_lesion_manifest_and_class_order(tmp_path):
     assert [c.label for c in ds.cases] == [1, 0] and ds.cases[0].lesion.position == pytest.approx(
         tuple(centre), abs=1e-6
     )
-    assert check_dataset(ds) == []
+    assert check_dataset(ds, task_for(ds.task)) == []
 
 
 def problems_of(tmp_path, rows, sidecar=None):
     if sidecar:
         (tmp_path / "labels.json").write_text(json.dumps(sidecar))
-    return [str(p) for p in check_dataset(read_dataset(write_manifest(tmp_path / "m.csv", rows)))]
+    dataset = read_dataset(write_manifest(tmp_path / "m.csv", rows))
+    return [str(p) for p in check_dataset(dataset, task_for(dataset.task))]
 
 
 def test_check_finds_each_problem(tmp_path):

@@ -31,6 +31,15 @@ class NpzSlot:
 ImageSource = Path | NpzSlot
 
 
+def exists(source: ImageSource) -> bool:
+    return source.file.exists() if isinstance(source, NpzSlot) else Path(source).exists()
+
+
+def rounded(values) -> str:
+    """A position or size as problems print it: ``(1.25, 3, 400)``."""
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def load_source(source: ImageSource, series_uid: str | None = None) -> Image:
     if isinstance(source, NpzSlot):
         with np.load(source.file, mmap_mode="r") as npz:

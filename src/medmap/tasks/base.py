@@ -61,6 +61,7 @@ class Answer:
 
 class Task(Protocol):
     name: str
+    targets: str  # what a case's target is called: "masks", "labels"
     monitor: str  # validation metric to maximise: best checkpoint and early stopping
     learning_rate: float  # AdamW's peak learning rate when the user gives none (measured per task)
 
@@ -71,6 +72,11 @@ class Task(Protocol):
 
     def check_targets(self, cases: list[Case], split: str) -> None:
         """Refuse, naming a case, when cases of ``split`` lack what training or scoring needs."""
+        ...
+
+    def target_problems(self, case: Case, image: Image | None, labels: dict[int, str]) -> list[str]:
+        """What is wrong with a case's target (`medmap dataset check`): missing, unreadable, off its image's
+        grid, undeclared values. ``image`` is None when it could not be read."""
         ...
 
     def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:

@@ -31,6 +31,7 @@ def class_weights(train: list[CachedCase], classes: int) -> torch.Tensor:
 
 class ClassificationTask:
     name = "classification"
+    targets = "labels"  # what a case's target is called in messages
     monitor = "auc"
     learning_rate = 1e-3
 
@@ -41,6 +42,9 @@ class ClassificationTask:
         missing = [c.case_id for c in cases if c.label is None]
         if missing:
             raise DatasetError(f"{split} case {missing[0]} has no label ({len(missing)} case(s) without one)")
+
+    def target_problems(self, case: Case, image: Image | None, labels: dict[int, str]) -> list[str]:
+        return [] if case.label is not None else ["no label"]
 
     def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
         """Every split: evaluation reads the cached inputs (as prediction cuts them from the images)."""

@@ -23,6 +23,7 @@ from medmap.tasks.segmentation.loss import SegmentationLoss, dice_per_class
 
 class SegmentationTask:
     name = "segmentation"
+    targets = "masks"  # what a case's target is called in messages
     monitor = "dice"
     # 3e-3, not 1e-3: on the demo liver in a 4-minute budget tumour Dice 0.783 against 0.015 (and nnU-Net's
     # SGD at 1e-2: 0.000); see docs/benchmarks.md, "Training per hour"
@@ -43,6 +44,11 @@ class SegmentationTask:
 
     def check_targets(self, cases: list[Case], split: str) -> None:
         """Cases without a mask are set apart by `split`; masks are checked against their images when read."""
+
+    def target_problems(self, case: Case, image: Image | None, labels: dict[int, str]) -> list[str]:
+        from medmap.tasks.segmentation.targets import target_problems
+
+        return target_problems(case, image, labels)
 
     def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
         """None: evaluation segments the original volumes."""
