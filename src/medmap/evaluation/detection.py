@@ -1,0 +1,115 @@
+"""Detection scored as LUNA16 scores it: FROC and CPM, with a bootstrap interval by scan.
+
+Every position is a centre in LPS millimetres (the patient coordinates DICOM uses), never a voxel index:
+the matching below is the same whatever the grids of the scans. A detection *hits* a nodule when its
+centre lies within the nodule's radius of the nodule's centre (LUNA16's criterion); a nodule counts as
+found at the best score of the detections that hit it; a detection that hits no nodule is a false
+positive. Lowering the score threshold from the highest score traces the FROC curve (sensitivity against
+false positives per scan); its sensitivities at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives per scan
+(linear interpolation on the curve, as LUNA16's evaluation script and MONAI's FROC helper do) and their
+mean, the CPM (competition performance metric), summarise it. The operating points are passed here
+explicitly: MONAI's helper defaults to others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # false positives per scan (LUNA16, nnDetection, MONAI)
+
+
+@dataclass(frozen=True)
+class Nodule:
+    centre: tuple[float, float, float]  # LPS mm
+    diameter_mm: float
+
+
+@dataclass(frozen=True)
+class Detection:
+    centre: tuple[float, float, float]  # LPS mm
+    score: float
+    diameter_mm: float | None = None  # the detector's estimate, when it gives one
+
+
+@dataclass
+class Scan:
+    """One scan's truth and detections (``case_id`` names it in per-case files)."""
+
+    case_id: str
+    nodules: list[Nodule]
+    detections: list[Detection] = field(default_factory=list)
+
+
+def match(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
+    """(best hitting score per nodule, NaN where none hits it; scores of the false-positive detections)."""
+    best = np.full(len(scan.nodules), np.nan)
+    false_positives = []
+    centres = np.array([n.centre for n in scan.nodules], float).reshape(-1, 3)
+    radii = np.array([n.diameter_mm / 2 for n in scan.nodules], float)
+    for detection in scan.detections:
+        distance = np.linalg.norm(centres - np.asarray(detection.centre, float), axis=1)
+        hits = np.flatnonzero(distance <= radii)
+        if hits.size == 0:
+            false_positives.append(detection.score)
+            continue
+        for i in hits:  # one detection may lie within two touching nodules: it finds both
+            best[i] = detection.score if np.isnan(best[i]) else max(best[i], detection.score)
+    return best, np.asarray(false_positives, float)
+
+
+def froc(scans: Sequence[Scan], rates: Sequence[float] = FP_RATES) -> dict:
+    """The FROC curve of ``scans`` and its sensitivities at ``rates`` false positives per scan, and the CPM
+    (their mean). Sensitivity is over every nodule of every scan; a nodule no detection hits is never found."""
+    found, fps = zip(*(match(scan) for scan in scans), strict=True) if scans else ((), ())
+    found = np.concatenate(found) if found else np.zeros(0)
+    fps = np.concatenate(fps) if fps else np.zeros(0)
+    total, n_scans = len(found), max(len(scans), 1)
+    thresholds = np.unique(np.concatenate([found[~np.isnan(found)], fps]))[::-1]  # high to low
+    sensitivity = np.array([np.sum(found >= t) / total if total else np.nan for t in thresholds])
+    fp_per_scan = np.array([np.sum(fps >= t) / n_scans for t in thresholds])
+    at = [float("nan")] * len(rates)
+    if total:
+        # the curve's upper envelope: at each false-positive rate the best sensitivity reached with it
+        curve_fps = np.unique(np.concatenate([[0.0], fp_per_scan]))
+        curve_sens = np.array([max([0.0, *sensitivity[fp_per_scan == fp]]) for fp in curve_fps])
+        at = [float(np.interp(rate, curve_fps, curve_sens)) for rate in rates]
+    return {
+        "nodules": int(total),
+        "scans": len(scans),
+        "found_at_any_score": int(np.sum(~np.isnan(found))),
+        "rates": list(rates),
+        "sensitivity_at": at,
+        "cpm": float(np.mean(at)) if total else float("nan"),
+        "curve": {
+            "fp_per_scan": fp_per_scan.tolist(),
+            "sensitivity": sensitivity.tolist(),
+            "thresholds": thresholds.tolist(),
+        },
+    }
+
+
+def froc_with_ci(
+    scans: Sequence[Scan], *, n_boot: int = 1000, seed: int = 0, rates: Sequence[float] = FP_RATES
+) -> dict:
+    """`froc`, plus 95 % percentile intervals of the CPM and of each operating point over resamples of
+    whole scans (nodules of one scan are not independent; the scan is the unit, as a patient would be)."""
+    result = froc(scans, rates)
+    rng = np.random.default_rng(seed)
+    cpms, points = [], []
+    for _ in range(n_boot):
+        draw = [scans[i] for i in rng.integers(0, len(scans), len(scans))]
+        if not any(scan.nodules for scan in draw):
+            continue
+        resampled = froc(draw, rates)
+        cpms.append(resampled["cpm"])
+        points.append(resampled["sensitivity_at"])
+    if cpms:
+        result["cpm_ci"] = [float(np.percentile(cpms, 2.5)), float(np.percentile(cpms, 97.5))]
+        result["sensitivity_at_ci"] = np.percentile(np.asarray(points), [2.5, 97.5], axis=0).T.tolist()
+    else:
+        result["cpm_ci"] = [float("nan"), float("nan")]
+        result["sensitivity_at_ci"] = [[float("nan")] * 2 for _ in rates]
+    return result
