@@ -51,10 +51,11 @@ def test_bfloat16_segmenters_stay_finite_and_agree_down_to_their_smallest_level(
     from medmap.tasks import task_for
     from tests.builders import small_plan
 
-    plan = small_plan(network=network, patch_size=(8, 16, 16), network_depth=4)
+    patch = (8, 16, 16) if network == "unet" else (32, 64, 64)  # a ResNet encoder halves every axis 5 times
+    plan = small_plan(network=network, patch_size=patch, network_depth=4)
     torch.manual_seed(0)
     model = task_for(plan).build_network(plan, None).eval()
-    x = torch.randn(2, 1, 8, 16, 16)
+    x = torch.randn(2, 1, *patch)
     with torch.no_grad():
         exact = model(x)
         fast = with_precision(model, "bfloat16")(x)
