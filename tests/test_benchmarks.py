@@ -188,3 +188,13 @@ def test_scale_out(tmp_path):
     assert [r["processes"] for r in rows] == [1, 2] and "speed-up" in out
     assert rows[0]["global_batch"] == rows[1]["global_batch"]
     assert rows[1]["first_epoch_loss_vs_1"] < 1e-3  # the same samples and augmentation on 2 processes
+
+
+def test_detection(tmp_path):
+    """The blob baseline scored on held-out generated chest CTs: every LUNA16 operating point, a CPM inside
+    its interval (the figures on the full demo are in docs/benchmarks.md)."""
+    done = bench("detection", "--out", tmp_path)
+    result = json.loads((tmp_path / "detection.json").read_text())["detectors"]["blob baseline"]
+    assert result["rates"] == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0] and len(result["sensitivity_at"]) == 7
+    assert result["cpm_ci"][0] <= result["cpm"] <= result["cpm_ci"][1]
+    assert result["nodules"] > 0 and "CPM" in done.stdout
