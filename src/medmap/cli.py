@@ -265,7 +265,10 @@ def preprocess(
 def train(
     data: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (new, or the one to --resume).")],
-    task: Annotated[str | None, typer.Option(help="classification or segmentation (checked against the data).")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="classification, segmentation, or detection (a lesion table's findings per image)."),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(

@@ -67,7 +67,7 @@ class Plan(_Strict):
 
     version: int = 1
     dataset: str
-    task: Literal["classification", "segmentation"]
+    task: Literal["classification", "segmentation", "detection"]
     modality: str
     channels: int = 1
     labels: dict[int, str]  # segmentation: label value -> name; classification: class index -> name

@@ -176,3 +176,21 @@ def test_nifti_files_written_by_msd_writer_have_the_affine(tmp_path):
         nib.load(tmp_path / "T" / "labelsTr" / "c.nii.gz").affine,
         nib.load(tmp_path / "T" / "imagesTr" / "c.nii.gz").affine,
     )
+
+
+def test_a_lesion_table_read_for_detection_holds_every_finding_of_an_image(tmp_path):
+    from medmap.errors import DatasetError
+
+    rows = "image,x,y,z,diameter_mm,patient_id\nct/a,1,2,3,8,P1\nct/a,4,5,6,5.5,P1\nct/b,,,,,P2\n"
+    (tmp_path / "t.csv").write_text(rows)
+    dataset = read_dataset(tmp_path / "t.csv", "detection")
+    assert dataset.task == "detection" and dataset.labels == {0: "background", 1: "nodule"}
+    a, b = dataset.cases
+    assert [f.position for f in a.lesions] == [(1.0, 2.0, 3.0), (4.0, 5.0, 6.0)] and a.patient_id == "P1"
+    assert b.lesions == [] and b.patient_id == "P2"  # a scan without findings: a negative
+    (tmp_path / "bad.csv").write_text("image,x,y,z,diameter_mm\nct/a,1,2,3,0\n")
+    with pytest.raises(DatasetError, match=r"line 2 .*diameter_mm 0.0 must be above 0"):
+        read_dataset(tmp_path / "bad.csv", "detection")
+    (tmp_path / "cols.csv").write_text("image,x,y,z\nct/a,1,2,3\n")
+    with pytest.raises(DatasetError, match="diameter_mm"):
+        read_dataset(tmp_path / "cols.csv", "detection")

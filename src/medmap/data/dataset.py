@@ -16,7 +16,7 @@ import numpy as np
 from medmap.errors import DatasetError
 from medmap.io.image import Image, ImageMeta
 
-Task = Literal["classification", "segmentation"]
+Task = Literal["classification", "segmentation", "detection"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Case:
     label: int | None = None  # classification target (class index)
     mask: ImageSource | None = None  # segmentation target
     lesion: Lesion | None = None  # lesion-centred classification: where to look
+    lesions: list[Lesion] = field(default_factory=list)  # detection: every finding of the image (may be none)
     split: str | None = None  # "train" / "val" / "test" when the layout fixes it
     series_uid: str | None = None  # for a DICOM folder holding several series
 

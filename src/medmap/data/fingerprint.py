@@ -57,7 +57,7 @@ class Fingerprint(BaseModel):
         return all(s[0] == 1 for s in self.shapes)
 
 
-def _lesion_mask(image: Image, centres: list[tuple[float, float, float]], radius_mm: list[float]) -> np.ndarray:
+def lesion_mask(image: Image, centres: list[tuple[float, float, float]], radius_mm: list[float]) -> np.ndarray:
     mask = np.zeros(image.shape, bool)
     for centre, radius in zip(centres, radius_mm, strict=True):
         c = image.world_to_index(np.asarray(centre))
@@ -100,10 +100,15 @@ def compute_fingerprint(
             labels, counts = np.unique(mask, return_counts=True)
             voxel_counts.update(dict(zip(labels.tolist(), counts.tolist(), strict=True)))
             foreground = values[mask > 0]
+        elif dataset.task == "detection":  # the findings as spheres (a scan may have none)
+            found = [lesion for c in cases for lesion in c.lesions]
+            inside = lesion_mask(image, [f.position for f in found], [f.diameter_mm / 2 for f in found])
+            voxel_counts.update({0: int(inside.size - inside.sum()), 1: int(inside.sum())})
+            foreground = values[inside]
         elif any(c.lesion for c in cases):
             lesions = [c.lesion for c in cases if c.lesion]
             radii = [max((lesion.diameter_mm or 10.0) / 2, 2.0) for lesion in lesions]
-            foreground = values[_lesion_mask(image, [lesion.position for lesion in lesions], radii)]
+            foreground = values[lesion_mask(image, [lesion.position for lesion in lesions], radii)]
         else:
             foreground = values.ravel()
         if foreground.size:
@@ -119,13 +124,14 @@ def compute_fingerprint(
         max=float(pooled.max()),
         integer_valued=bool(np.all(pooled == np.round(pooled))),
     )
-    if dataset.task == "segmentation":
+    if dataset.task in ("segmentation", "detection"):
         total = sum(voxel_counts.values()) or 1
         frequencies = {int(k): v / total for k, v in sorted(voxel_counts.items())}
     else:
         counts = Counter(c.label for c in training if c.label is not None)
         frequencies = {int(k): v / max(sum(counts.values()), 1) for k, v in sorted(counts.items())}
     diameters = [c.lesion.diameter_mm for c in training if c.lesion and c.lesion.diameter_mm]
+    diameters += [f.diameter_mm for c in training for f in c.lesions]
     return Fingerprint(
         dataset=dataset.name,
         task=dataset.task,

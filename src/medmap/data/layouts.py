@@ -27,11 +27,17 @@ from medmap.io.image import Image
 SPLITS = ("train", "val", "test")
 
 
-def read_dataset(path: str | Path) -> Dataset:
+def read_dataset(path: str | Path, task: str | None = None) -> Dataset:
     """Recognise the layout at ``path`` and read it. Whatever a damaged file makes a parser raise
-    becomes one line naming it (`reading`); the checks below name the case and what is wrong."""
+    becomes one line naming it (`reading`); the checks below name the case and what is wrong.
+    ``task="detection"`` reads a lesion table (``x,y,z,diameter_mm``) as one case per image holding all
+    its findings; otherwise the layout says the task."""
     path = Path(path)
     with reading(path, "not a readable dataset"):
+        if task == "detection":
+            if path.suffix != ".csv":
+                raise DatasetError(f"{path}: detection reads a lesion table (.csv with image, x, y, z, diameter_mm)")
+            return read_detection_table(path)
         return _read_dataset(path)
 
 
@@ -267,6 +273,43 @@ def read_csv_manifest(path: Path) -> Dataset:
             )
         )
     return Dataset(path.stem, path, "segmentation" if segmentation else "classification", "csv", labels, cases)
+
+
+def read_detection_table(path: Path, finding: str = "nodule") -> Dataset:
+    """A lesion table as a detection dataset: one case per image (``image`` and ``series_uid``), holding
+    every row's finding (centre ``x,y,z`` in LPS mm, ``diameter_mm``). A row with empty coordinates is
+    an image without findings (a negative scan). Labels: 0 background, 1 ``finding``."""
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: no such file or folder")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise DatasetError(f"{path}: the lesion table has no rows")
+    missing = {"image", "x", "y", "z", "diameter_mm"} - set(rows[0])
+    if missing:
+        raise DatasetError(f"{path}: a detection table needs the columns {', '.join(sorted(missing))} (LPS mm)")
+    base, cases = path.parent, {}
+    for n, row in enumerate(rows, start=2):
+        key = (row["image"], row.get("series_uid") or "")
+        if key not in cases:
+            name = _strip_suffix(Path(row["image"]).name) + (f"-{key[1][-8:]}" if key[1] else "")
+            cases[key] = Case(
+                name,
+                [base / row["image"]],
+                patient_id=row.get("patient_id") or name,
+                split=row.get("split") or None,
+                series_uid=row.get("series_uid") or None,
+            )
+        if row["x"] == "" and row["y"] == "" and row["z"] == "":
+            continue
+        try:
+            position, diameter = (float(row["x"]), float(row["y"]), float(row["z"])), float(row["diameter_mm"])
+        except ValueError:
+            raise DatasetError(f"{path}: line {n}: x, y, z and diameter_mm must be numbers (mm)") from None
+        if not diameter > 0:
+            raise DatasetError(f"{path}: line {n} (image {row['image']}): diameter_mm {diameter} must be above 0")
+        cases[key].lesions.append(Lesion(position, diameter))
+    return Dataset(path.stem, path, "detection", "csv", {0: "background", 1: finding}, list(cases.values()))
 
 
 def _strip_suffix(name: str) -> str:

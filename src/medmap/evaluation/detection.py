@@ -43,6 +43,11 @@ class Scan:
     detections: list[Detection] = field(default_factory=list)
 
 
+def hits(detection: Detection, nodules: Sequence[Nodule]) -> bool:
+    """Whether ``detection``'s centre lies within any nodule's radius."""
+    return any(np.linalg.norm(np.subtract(detection.centre, n.centre)) <= n.diameter_mm / 2 for n in nodules)
+
+
 def match(scan: Scan) -> tuple[np.ndarray, np.ndarray]:
     """(best hitting score per nodule, NaN where none hits it; scores of the false-positive detections)."""
     best = np.full(len(scan.nodules), np.nan)

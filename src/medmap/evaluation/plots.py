@@ -42,6 +42,20 @@ def roc_plot(curves: dict[str, dict], title: str = "ROC curve") -> bytes:
     return _png(fig)
 
 
+def froc_plot(curves: dict[str, dict], title: str = "FROC") -> bytes:
+    """``curves``: name -> a `medmap.evaluation.detection.froc` result (curve, operating points, CPM)."""
+    fig, ax = _figure()
+    for name, c in curves.items():
+        lo, hi = c.get("cpm_ci", [float("nan")] * 2)
+        fps, sens = c["curve"]["fp_per_scan"], c["curve"]["sensitivity"]
+        line = ax.step(fps, sens, where="post", lw=2, label=f"{name}: CPM {c['cpm']:.3f} ({lo:.3f}-{hi:.3f})")
+        ax.plot(c["rates"], c["sensitivity_at"], "o", ms=4, color=line[0].get_color())
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="false positives per scan", ylabel="sensitivity", title=title, xlim=(0.1, 10), ylim=(0, 1.02))
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
 def confusion_plot(matrix: list[list[int]], labels: list[str]) -> bytes:
     fig, ax = _figure(3.6, 3.2)
     m = np.asarray(matrix)

@@ -17,7 +17,7 @@ import torch
 
 from medmap.inference.postprocess import PostProcessing
 from medmap.inference.precision import with_precision
-from medmap.inference.segment import segment_image
+from medmap.inference.segment import class_probability, segment_image
 from medmap.inference.sliding_window import Predictor
 from medmap.io.image import Image
 from medmap.plan import Plan
@@ -51,6 +51,10 @@ class Models:
         return segment_image(
             image, self.plan, self.networks, postprocessing=self.postprocessing, device=self.device, progress=progress
         )
+
+    def class_probability(self, image: Image, value: int, *, progress: bool = False) -> Image:
+        """The probability of label ``value`` over ``image``, on the network's grid (`class_probability`)."""
+        return class_probability(image, self.plan, self.networks, value, device=self.device, progress=progress)
 
     def probabilities(self, inputs: Sequence[np.ndarray], batch_size: int | None = None) -> np.ndarray:
         """Mean softmax of the fold models for network inputs ``[C, *patch]`` (``[N, classes]``), in

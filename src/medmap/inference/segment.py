@@ -42,6 +42,36 @@ def segment_image(
     progress: bool = False,
 ) -> Image:
     """The label map of ``image`` (uint8, on ``image``'s grid) from patch-trained networks."""
+    result, bbox, resampled = _windows(image, plan, predictors, device, mirror, overlap, progress)
+    full = np.zeros(resampled.shape, np.uint8)
+    full[tuple(slice(a, b) for a, b in bbox)] = result.labels
+    labels = resample_like(Image(full, resampled.spacing, resampled.origin, resampled.direction), image, "nearest")
+    array = labels.array.astype(np.uint8)
+    if postprocessing is not None:
+        array = postprocessing.apply(array, image.spacing)
+    return image.with_array(array, modality="SEG")
+
+
+def class_probability(
+    image: Image,
+    plan: Plan,
+    predictors: Predictor | Sequence[Predictor],
+    value: int,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Image:
+    """The blended probability of label ``value`` on the network's grid (the image resampled to the plan's
+    spacing; zero outside the body crop): what a detector turns into scored findings. Positions read from
+    it are world positions like any other (its geometry is the resampled image's)."""
+    result, bbox, resampled = _windows(image, plan, predictors, device, None, None, progress, probabilities=True)
+    full = np.zeros(resampled.shape, np.float32)
+    full[tuple(slice(a, b) for a, b in bbox)] = result.probabilities[value]
+    return Image(full, resampled.spacing, resampled.origin, resampled.direction)
+
+
+def _windows(image, plan, predictors, device, mirror, overlap, progress, *, probabilities: bool = False):
+    """The sliding window over ``image`` preprocessed as in training: (result, body crop, resampled image)."""
     check_input(image, plan)
     array, bbox, resampled = segmentation_input(image, plan.normalization, plan.target_spacing)
     two_d = plan.spatial_dims == 2
@@ -58,11 +88,6 @@ def segment_image(
         spatial_dims=plan.spatial_dims,
         device=device,
         progress=progress,
+        return_probabilities=probabilities,
     )
-    full = np.zeros(resampled.shape, np.uint8)
-    full[tuple(slice(a, b) for a, b in bbox)] = result.labels
-    labels = resample_like(Image(full, resampled.spacing, resampled.origin, resampled.direction), image, "nearest")
-    array = labels.array.astype(np.uint8)
-    if postprocessing is not None:
-        array = postprocessing.apply(array, image.spacing)
-    return image.with_array(array, modality="SEG")
+    return result, bbox, resampled

@@ -17,4 +17,8 @@ def task_for(plan_or_name):
         from medmap.tasks.segmentation import SegmentationTask
 
         return SegmentationTask()
-    raise ConfigError(f"task {name!r}: medmap trains classification and segmentation")
+    if name == "detection":
+        from medmap.tasks.detection import DetectionTask
+
+        return DetectionTask()
+    raise ConfigError(f"task {name!r}: medmap trains classification, segmentation and detection")

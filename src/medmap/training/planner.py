@@ -19,7 +19,8 @@ XRAY_MODALITIES = {"CR", "DX", "MG", "RF", "XA", "IO", "PX"}
 CPU_BUDGET_MB, GPU_BUDGET_MB = 2_000, 12_000
 # Compute caps on voxels per patch: memory is rarely the limit on a CPU, time is.
 MAX_PATCH_VOXELS = {"cpu": 2**18, "cuda": 2**22}
-LIVE_MAPS = {"segmentation": 24, "classification": 12}  # feature maps alive per voxel per base feature
+LIVE_MAPS = {"segmentation": 24, "detection": 24, "classification": 12}  # maps alive per voxel per base feature
+DENSE = ("segmentation", "detection")  # tasks that label voxels (a detector here is a voxel labeller + components)
 
 
 def sample_mb(patch, width: int, task: str) -> float:
@@ -33,7 +34,7 @@ ANISOTROPY_RATIO = 3.0  # nnU-Net's threshold: beyond it the coarse axis keeps a
 def decide_target_spacing(fp: Fingerprint, device: str) -> tuple[tuple[float, float, float], str]:
     median = np.asarray(fp.median_spacing)
     spacings = np.asarray(fp.spacings)
-    if fp.is_2d and fp.task == "segmentation":
+    if fp.is_2d and fp.task in DENSE:
         # outlines are scored at full resolution: coarser pixels cost thin structures more than the
         # larger image costs time (MNI152 slices at 1.8 mm instead of 1 mm: grey-matter Dice -0.1 and more)
         return tuple(median), "2-D segmentation: the median pixel size (nnU-Net's 2d configuration)"
@@ -46,6 +47,15 @@ def decide_target_spacing(fp: Fingerprint, device: str) -> tuple[tuple[float, fl
         return (
             target,
             f"2-D images: median pixel {median[1]:.3g} mm x {factor:.3g} so the median image is <= {limit} px",
+        )
+    if fp.task == "detection":
+        # findings, not outlines: a small finding needs about 3 voxels across, and every voxel more costs
+        # sliding-window time over whole scans (nnDetection also plans detection coarser than segmentation)
+        small = float(np.percentile(fp.lesion_diameters_mm, 10)) if fp.lesion_diameters_mm else 6.0
+        iso = max(float(min(median)), small / 3)
+        return (iso, iso, iso), (
+            f"detection: isotropic {iso:.3g} mm, a third of the 10th-percentile finding diameter ({small:.3g} mm) "
+            "and no finer than the images"
         )
     if fp.lesion_cases:
         iso = float(min(median[1:]))
@@ -127,7 +137,7 @@ def decide_patch_size(fp: Fingerprint, spacing, budget_mb: int, device: str) -> 
 
 
 def decide_network(fp: Fingerprint, patch, device: str) -> tuple[str, int, int, str]:
-    if fp.task == "segmentation":
+    if fp.task in DENSE:
         depth = int(min(5, max(3, math.log2(max(min(p for p in patch if p > 1), 8) / 4) + 1)))  # DynUNet: >= 3
         width = 16 if device == "cpu" else 32
         return "unet", width, depth, f"U-Net, {depth} levels (coarsest >= 4 voxels), {width} base features"
@@ -143,7 +153,7 @@ def decide_batch_size(patch, width: int, budget_mb: int, task: str, device: str)
     batch = int(min(64, max(2, budget_mb // max(per_sample_mb, 1e-3))))
     why = f"{budget_mb} MB budget / ~{per_sample_mb:.0f} MB per sample"
     cap = max(2, CPU_BATCH_VOXELS // int(np.prod(patch)))
-    if task == "segmentation" and device == "cpu" and batch > cap:
+    if task in DENSE and device == "cpu" and batch > cap:
         # On a CPU memory is not the limit, time is, and past ~2^19 voxels a batch falls out of the caches:
         # seconds per sample measured 1.25 at 2 vs 1.9 at 5 (3-D 32x80x96), 0.14 at 8 vs 0.22 at 16
         # (2-D 240x192). Smaller batches also mean more optimiser steps per hour.
@@ -153,7 +163,7 @@ def decide_batch_size(patch, width: int, budget_mb: int, task: str, device: str)
 
 def decide_iterations(fp: Fingerprint, batch: int, device: str) -> tuple[int, str]:
     """An epoch is a number of steps: the unit of validation, checkpoints and patience."""
-    if fp.task == "segmentation":
+    if fp.task in DENSE:
         steps = 250 if device == "cuda" else 25
         return steps, (
             f"{steps} steps per epoch ("
@@ -203,7 +213,7 @@ def plan_dataset(dataset: Dataset, fp: Fingerprint, *, device: str = "cpu", budg
     augmentation, why = decide_augmentation(fp, input_mode, spacing)
     notes.append(f"augmentation: {why}")
     inference, why = decide_inference(device)
-    if fp.task == "segmentation":
+    if fp.task in DENSE:
         notes.append(f"inference: {why}")
     return Plan(
         dataset=dataset.name,

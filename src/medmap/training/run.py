@@ -219,7 +219,7 @@ def _prepared(request: RunRequest, ranks: Ranks) -> PreparedRun:
     if prepared is None:
         raise LostRankError("rank 0 stopped before training (its error says why)", quiet=True)
     plan, config = Plan.model_validate_json(prepared[0]), TrainConfig(**prepared[1])
-    by_id = {c.case_id: c for c in read_dataset(request.data).cases}
+    by_id = {c.case_id: c for c in read_dataset(request.data, plan.task).cases}
     splits = {name: [by_id[i] for i in ids] for name, ids in prepared[2].items()}
     cache = PreprocessedCache(request.cache, plan, task_for(plan))
     if ranks.is_local_main:  # another machine: its first rank caches for the ranks on it
@@ -248,11 +248,13 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     """Rank 0's part: create the run (or reload it: --resume, or joining a run planned for --folds K),
     split, plan, cache, and write intended use and provenance."""
     data, run_dir, folds, config = request.data, request.run_dir, request.folds, request.config
-    dataset = read_dataset(data)
+    joining = folds > 1 and (run_dir / runs.FOLDS).is_file()
+    reloading = (request.resume or joining) and (run_dir / runs.PLAN).is_file()
+    planned_task = Plan.load(run_dir / runs.PLAN).task if reloading else None
+    dataset = read_dataset(data, request.task or planned_task)  # a lesion table is read per image for detection
     if request.task and request.task != dataset.task:
         raise ConfigError(f"--task {request.task}: {data} is a {dataset.task} dataset")
     task = task_for(dataset.task)
-    joining = folds > 1 and (run_dir / runs.FOLDS).is_file()
     if joining:
         planned = json.loads((run_dir / runs.FOLDS).read_text())["folds"]
         if planned != folds:
@@ -470,7 +472,7 @@ def evaluate_run(
     task = task_for(plan)
     config = TrainConfig.from_file(folder.file(runs.CONFIG))
     config.evaluation_precision = resolve_precision(precision, config.device)
-    dataset = read_dataset(data)
+    dataset = read_dataset(data, plan.task)
     by_id = {c.case_id: c for c in dataset.cases}
     ids = folder.split_ids
     missing = [i for name in ids for i in ids[name] if i not in by_id]

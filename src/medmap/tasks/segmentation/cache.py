@@ -15,6 +15,7 @@ from medmap.data.dataset import Case, check_mask
 from medmap.data.preprocess import crop, resample, segmentation_input
 from medmap.errors import DatasetError, MedmapError
 from medmap.intended_use import case_record
+from medmap.io.image import Image
 from medmap.plan import Plan
 
 LOCATIONS_PER_CLASS = 5_000  # foreground voxels remembered per class, for oversampled patch centres
@@ -32,12 +33,21 @@ def cache_cases(cases: list[Case], plan: Plan, folder: Path, rng: np.random.Gene
 
 def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Generator) -> None:
     source = case.load_image()
-    array, bbox, resampled = segmentation_input(source, plan.normalization, plan.target_spacing)
-    image = crop(resampled, bbox)
     mask_image = case.load_mask()
-    mask = None
     if mask_image is not None:
         check_mask(case.case_id, source, mask_image, plan.labels)
+    cache_labelled_image(case, source, mask_image, plan, folder, rng)
+
+
+def cache_labelled_image(
+    case: Case, source: Image, mask_image: Image | None, plan: Plan, folder: Path, rng: np.random.Generator
+) -> None:
+    """An image and its label map (on the image's grid, checked) into the cache: what every task that
+    labels voxels caches (segmentation reads its masks; detection draws its findings as spheres)."""
+    array, bbox, resampled = segmentation_input(source, plan.normalization, plan.target_spacing)
+    image = crop(resampled, bbox)
+    mask = None
+    if mask_image is not None:
         mask = crop(resample(mask_image, plan.target_spacing, "nearest"), bbox)
     save_array(folder / f"{case.case_id}.npy", array)
     locations = {}

@@ -1,0 +1,61 @@
+"""The detection evaluation section of a model card and the CLI's summary: FROC operating points and CPM
+with intervals, the blob baseline and whether the margin over it is supported."""
+
+from __future__ import annotations
+
+from medmap.evaluation.wording import ci as _ci
+
+
+def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[list[str], list[str]]:
+    m = metrics
+    rates = " | ".join(f"{r:g}" for r in m.get("rates", []))
+    cells = " | ".join(f"{s:.3f}" for s in m.get("sensitivity_at", []))
+    lines = [
+        f"On the {split} split ({m.get('n')} scans, {m.get('nodules')} findings), LUNA16's criterion:",
+        "",
+        f"| false positives per scan | {rates} |",
+        "|---|" + "---|" * len(m.get("rates", [])),
+        f"| sensitivity | {cells} |",
+        "",
+        f"CPM {m.get('cpm', float('nan')):.3f}{_ci(m.get('cpm_ci'))}.",
+    ]
+    failures = []
+    base, comparison = m.get("baseline"), m.get("comparison")
+    if base and comparison:
+        lines.append(
+            f"Baseline, {base['name']}: CPM {base['cpm']:.3f}{_ci(base.get('cpm_ci'))}; model minus baseline "
+            f"{comparison['delta_cpm']:+.3f} (paired 95% CI {comparison['delta_ci'][0]:+.3f} to "
+            f"{comparison['delta_ci'][1]:+.3f})."
+        )
+        if not comparison["supported"]:
+            failures.append(f"does not beat the {base['name']} by a margin its interval supports")
+    at = m.get("at_threshold")
+    if at:
+        missed = m.get("nodules", 0) - round(at["sensitivity"] * m.get("nodules", 0))
+        failures.append(
+            f"at the operating threshold it missed {missed} of {m.get('nodules')} findings with "
+            f"{at['fp_per_scan']:.2f} false positives per scan"
+        )
+    return lines, failures
+
+
+def summary_lines(summary: dict) -> list[str]:
+    m = summary["metrics"]
+    lo, hi = m["cpm_ci"]
+    lines = [
+        f"{summary['split']} set: {m['n']} scans, {m['nodules']} findings; "
+        f"CPM {m['cpm']:.3f} (95% CI {lo:.3f}-{hi:.3f})",
+        "  sensitivity at "
+        + ", ".join(f"{r:g}" for r in m["rates"])
+        + " FP/scan: "
+        + ", ".join(f"{s:.3f}" for s in m["sensitivity_at"]),
+    ]
+    base, comparison = m.get("baseline"), m.get("comparison")
+    if base and comparison:
+        verdict = "supported" if comparison["supported"] else "NOT supported (interval includes 0)"
+        lines.append(
+            f"  {base['name']}: CPM {base['cpm']:.3f}; model - baseline {comparison['delta_cpm']:+.3f} "
+            f"({comparison['delta_ci'][0]:+.3f} to {comparison['delta_ci'][1]:+.3f}): {verdict}"
+        )
+    lines += [f"findings: {summary['predictions']}", f"report: {summary['report']}"]
+    return lines

@@ -1,0 +1,166 @@
+"""Evaluate a detection run on whole scans, as LUNA16 scores detectors.
+
+1. The operating threshold (at most one false positive per scan) is chosen on the validation scans,
+   each found by a model that never trained on it, and kept in ``threshold.json``.
+2. Every scan of the evaluated split goes through `medmap.inference.models.Models` (the probability map
+   `medmap predict` reads its findings from), its findings are matched to the truth
+   (`medmap.evaluation.detection`), and the classical blob detector runs on the same scans: FROC with
+   bootstrap intervals by scan, CPM, the paired bootstrap interval of the CPM difference, sensitivity at
+   the chosen threshold.
+3. ``metrics.json``, ``cases_<split>.csv`` (one row per finding: true positives, false positives, missed),
+   ``predictions_<split>/<case>.json`` (the findings in LPS mm), ``report.html`` with the FROC curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+
+import numpy as np
+
+from medmap import provenance
+from medmap import run_folder as runs
+from medmap.evaluation.blob_detector import detect_blobs
+from medmap.evaluation.detection import Nodule, Scan, froc, froc_with_ci, hits, match
+from medmap.evaluation.optional import optional
+from medmap.evaluation.plots import froc_plot, training_curves
+from medmap.evaluation.report import write_page
+from medmap.inference.models import Models
+from medmap.progress import track
+from medmap.tasks.base import EvaluationJob
+from medmap.tasks.detection.findings import findings, operating_threshold
+
+N_BOOT = 1000
+
+
+def _models(job: EvaluationJob, weights) -> Models:
+    return Models.load(job.plan, weights, device=job.device, precision=job.precision, dropout=job.dropout)
+
+
+def _truth(case) -> list[Nodule]:
+    return [Nodule(tuple(f.position), float(f.diameter_mm)) for f in case.lesions]
+
+
+def choose_threshold(job: EvaluationJob) -> float:
+    run = job.run
+    if run.file(runs.THRESHOLD).is_file():
+        return run.threshold
+    by_id = {c.case_id: c for name in job.splits for c in job.splits[name]}
+    folds = run.fold_folders()
+    groups = [(fold.split_ids["val"], [fold.checkpoints / runs.BEST]) for fold in folds]
+    if not folds:
+        groups = [([c.case_id for c in job.splits["val"]], run.weights())]
+    scans = []
+    for ids, weights in groups:
+        models = _models(job, weights)
+        for i in track(ids, "choosing the operating point", enabled=job.progress):
+            case = by_id[i]
+            scans.append(Scan(i, _truth(case), findings(models.class_probability(case.load_image(), 1))))
+    threshold = operating_threshold(scans, 1.0)
+    chosen = "out-of-fold validation" if folds else "validation"
+    run.write(
+        runs.THRESHOLD, {"threshold": threshold, "chosen_on": chosen, "rule": "at most 1 false positive per scan"}
+    )
+    return threshold
+
+
+def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], seed: int) -> dict:
+    """CPM(model) - CPM(baseline) with its paired bootstrap interval (the same scans in both resamples)."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(N_BOOT):
+        idx = rng.integers(0, len(model), len(model))
+        if not any(model[i].nodules for i in idx):
+            continue
+        deltas.append(froc([model[i] for i in idx])["cpm"] - froc([baseline[i] for i in idx])["cpm"])
+    delta = froc(model)["cpm"] - froc(baseline)["cpm"]
+    low, high = np.percentile(deltas, [2.5, 97.5]).tolist() if deltas else [float("nan")] * 2
+    return {"delta_cpm": float(delta), "delta_ci": [float(low), float(high)], "supported": bool(low > 0)}
+
+
+def evaluate_run(job: EvaluationJob) -> dict:
+    plan, splits, out_dir = job.plan, job.splits, job.out
+    threshold = choose_threshold(job)
+    evaluated = job.split if splits.get(job.split) else "val"
+    models = _models(job, job.run.weights())
+    predictions_dir = out_dir / f"predictions_{evaluated}"
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    scans, blobs = [], []
+    for case in track(splits[evaluated], f"detecting in {evaluated} scans", enabled=job.progress):
+        image = case.load_image()
+        found = findings(models.class_probability(image, 1))
+        scans.append(Scan(case.case_id, _truth(case), found))
+        blobs.append(Scan(case.case_id, _truth(case), detect_blobs(image)))
+        listed = [{"position_lps_mm": list(f.centre), "diameter_mm": f.diameter_mm, "score": f.score} for f in found]
+        (predictions_dir / f"{case.case_id}.json").write_text(
+            json.dumps({"coordinates": "LPS mm", "threshold": threshold, "findings": listed}, indent=1)
+        )
+    model = froc_with_ci(scans, n_boot=N_BOOT, seed=job.seed)
+    baseline = froc_with_ci(blobs, n_boot=N_BOOT, seed=job.seed)
+    comparison = _paired_cpm_difference(scans, blobs, job.seed)
+    found_at, false_at, rows = 0, 0, []
+    for scan in scans:
+        best, false_scores = match(scan)
+        found_at += int(np.sum(best >= threshold))
+        false_at += int(np.sum(false_scores >= threshold))
+        for nodule, score in zip(scan.nodules, best, strict=True):
+            hit = not np.isnan(score) and score >= threshold
+            rows.append(
+                [scan.case_id, "nodule", *nodule.centre, nodule.diameter_mm, "" if np.isnan(score) else score, hit]
+            )
+        rows += [
+            [scan.case_id, "false positive", *d.centre, d.diameter_mm, d.score, d.score >= threshold]
+            for d in scan.detections
+            if not hits(d, scan.nodules)
+        ]
+    with open(out_dir / f"cases_{evaluated}.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case_id", "kind", "x_lps_mm", "y_lps_mm", "z_lps_mm", "diameter_mm", "score", "at_threshold"])
+        writer.writerows(rows)
+    total = max(model["nodules"], 1)
+    metrics = {
+        **{k: v for k, v in model.items() if k != "curve"},
+        "n": len(scans),
+        "threshold": threshold,
+        "at_threshold": {"sensitivity": found_at / total, "fp_per_scan": false_at / max(len(scans), 1)},
+        "baseline": {"name": "blob detector (LoG in the lungs)", **{k: v for k, v in baseline.items() if k != "curve"}},
+        "comparison": comparison,
+    }
+    if len(scans) < 20:
+        metrics["sample_warning"] = f"{len(scans)} scans: fewer than 20, the intervals are wide"
+    payload = {"split": evaluated, "precision": job.precision, "metrics": metrics}
+    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
+    curves = {"model": model, "blob baseline": baseline}
+    plots = {"froc": optional("the FROC plot", froc_plot, curves)}
+    if job.history:
+        plots["training"] = optional("the training curves", training_curves, job.history, job.monitor)
+    plots = {name: png for name, png in plots.items() if png is not None}
+    lo, hi = model["cpm_ci"]
+    body = (
+        f"<h2>Detection on {len(scans)} {html.escape(evaluated)} scans ({model['nodules']} findings)</h2>"
+        f"<p>CPM {model['cpm']:.3f} ({lo:.3f}-{hi:.3f}); blob baseline {baseline['cpm']:.3f}; difference "
+        f"{comparison['delta_cpm']:+.3f} ({comparison['delta_ci'][0]:+.3f} to {comparison['delta_ci'][1]:+.3f}): "
+        + ("supported" if comparison["supported"] else "<b>not supported: the model does not beat the baseline</b>")
+        + f". At the validation-chosen threshold {threshold:.3f}: sensitivity {found_at}/{model['nodules']}, "
+        f"{false_at / max(len(scans), 1):.2f} false positives per scan.</p>"
+    )
+    notes = [
+        "LUNA16 criterion: a finding hits a nodule when its centre lies within the nodule's radius (LPS mm)",
+        f"network {plan.network} (width {plan.network_width}), patch {plan.patch_size} at spacing "
+        f"{tuple(round(s, 3) for s in plan.target_spacing)} mm",
+        *plan.notes,
+        *provenance.report_notes(job.run.path),
+    ]
+    report = optional(
+        "the HTML report",
+        write_page,
+        out_dir / "report.html",
+        f"medmap evaluation: {plan.dataset} ({evaluated})",
+        "Positions are LPS millimetres.",
+        body,
+        plots,
+        notes,
+        f"cases_{evaluated}.csv",
+    )
+    return {"metrics": metrics, "report": str(report or ""), "split": evaluated, "predictions": str(predictions_dir)}

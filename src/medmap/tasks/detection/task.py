@@ -1,0 +1,102 @@
+"""Detection: findings in a volume, each a centre and a diameter in LPS mm with a score.
+
+The detector is a voxel labeller trained on the findings drawn as spheres (the segmentation branch of a
+Retina U-Net; nnDetection and MONAI's RetinaNet are the anchors it is measured against) and its
+findings are the scored regions of its probability map (`findings`). It trains through segmentation's
+cache core, patch sampling (centred on findings a third of the time), loss and network; the best epoch
+is the one with the highest Dice of the spheres on validation patches (a quick proxy); the evaluation
+runs whole scans and scores them as LUNA16 does (`evaluate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmap.data.cache import CachedCase
+from medmap.data.dataset import Case
+from medmap.data.splits import train_val_test
+from medmap.intended_use import case_record
+from medmap.io.image import Image
+from medmap.models.segmenters import build_segmenter
+from medmap.plan import Plan
+from medmap.tasks.base import Answer, EvaluationJob
+from medmap.tasks.segmentation import sampling
+from medmap.tasks.segmentation.loss import SegmentationLoss, dice_per_class
+
+
+class DetectionTask:
+    name = "detection"
+    targets = "findings"
+    monitor = "dice"
+    learning_rate = 3e-3  # segmentation's (the same network and loss)
+
+    def split(self, cases: list[Case], seed: int) -> dict[str, list[Case]]:
+        """By patient; scans without findings are kept (they hold the false positives)."""
+        return train_val_test(cases, seed=seed)
+
+    def check_targets(self, cases: list[Case], split: str) -> None:
+        """A scan may have no findings; each finding's place is checked when the scan is cached."""
+
+    def target_problems(self, case: Case, image: Image | None, labels: dict[int, str]) -> list[str]:
+        if image is None:
+            return []
+        problems = []
+        for lesion in case.lesions:
+            index = image.world_to_index(np.asarray(lesion.position, dtype=float))
+            if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
+                problems.append(f"finding at {tuple(lesion.position)} mm (LPS) lies outside the image")
+        return problems
+
+    def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
+        """None: evaluation runs the detector on whole scans."""
+        return {}
+
+    def cache_cases(self, cases: list[Case], plan: Plan, folder: Path, rng: np.random.Generator) -> None:
+        from medmap.tasks.detection.cache import cache_cases
+
+        cache_cases(cases, plan, folder, rng)
+
+    def use_record(self, case: Case, cached: CachedCase, plan: Plan) -> dict:
+        return cached.meta["use"] if "use" in cached.meta else case_record(case.load_image(), plan.modality)
+
+    def sample(self, case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
+        return sampling.sample(case, plan, rng, train)
+
+    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
+        return build_segmenter(plan, 0.0 if dropout is None else dropout)
+
+    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
+        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
+
+    def predictions(self, logits: torch.Tensor) -> np.ndarray:
+        return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+    def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        return {"dice": float(dice_per_class(predictions, targets, [1])[1])}  # NaN: no finding in these patches
+
+    def evaluate_run(self, job: EvaluationJob) -> dict:
+        from medmap.tasks.detection.evaluate import evaluate_run
+
+        return evaluate_run(job)
+
+    def card_evaluation(self, metrics: dict, baseline: dict | None, split: str) -> tuple[list[str], list[str]]:
+        from medmap.tasks.detection.card import card_evaluation
+
+        return card_evaluation(metrics, baseline, split)
+
+    def summary_lines(self, summary: dict) -> list[str]:
+        from medmap.tasks.detection.card import summary_lines
+
+        return summary_lines(summary)
+
+    def foreground(self, labels: list) -> list:
+        return [label for label in labels if label.value != 0]
+
+    def predict_case(self, predictor, case, image: Image, folder: Path) -> Answer:
+        from medmap.tasks.detection.predict import predict_case
+
+        return predict_case(predictor, case, image, folder)
