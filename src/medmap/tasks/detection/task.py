@@ -13,22 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from medmap.data.cache import CachedCase
 from medmap.data.dataset import Case
 from medmap.data.splits import train_val_test
 from medmap.intended_use import case_record
 from medmap.io.image import Image
-from medmap.models.segmenters import build_segmenter
 from medmap.plan import Plan
 from medmap.tasks.base import Answer, EvaluationJob
 from medmap.tasks.segmentation import sampling
-from medmap.tasks.segmentation.loss import SegmentationLoss, dice_per_class
+from medmap.tasks.segmentation.loss import dice_per_class
+from medmap.tasks.segmentation.task import VoxelLabeller
 
 
-class DetectionTask:
+class DetectionTask(VoxelLabeller):
     name = "detection"
     targets = "findings"
     monitor = "dice"
@@ -65,15 +63,6 @@ class DetectionTask:
 
     def sample(self, case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
         return sampling.sample(case, plan, rng, train)
-
-    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
-        return build_segmenter(plan, 0.0 if dropout is None else dropout)
-
-    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
-        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
-
-    def predictions(self, logits: torch.Tensor) -> np.ndarray:
-        return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
     def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         return {"dice": float(dice_per_class(predictions, targets, [1])[1])}  # NaN: no finding in these patches

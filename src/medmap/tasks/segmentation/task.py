@@ -21,7 +21,22 @@ from medmap.tasks.segmentation import cache, sampling
 from medmap.tasks.segmentation.loss import SegmentationLoss, dice_per_class
 
 
-class SegmentationTask:
+class VoxelLabeller:
+    """The model side of every task that labels voxels (segmentation, and detection's voxel labeller):
+    the plan's segmenter, its loss, arg-max label maps."""
+
+    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
+        # no dropout by default: nnU-Net trains without it, and in DynUNet it doubles the forward time on a CPU
+        return build_segmenter(plan, 0.0 if dropout is None else dropout)
+
+    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
+        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
+
+    def predictions(self, logits: torch.Tensor) -> np.ndarray:
+        return logits.argmax(1).to(torch.uint8).cpu().numpy()
+
+
+class SegmentationTask(VoxelLabeller):
     name = "segmentation"
     targets = "masks"  # what a case's target is called in messages
     monitor = "dice"
@@ -62,16 +77,6 @@ class SegmentationTask:
 
     def sample(self, case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
         return sampling.sample(case, plan, rng, train)
-
-    def build_network(self, plan: Plan, dropout: float | None) -> nn.Module:
-        # no dropout by default: nnU-Net trains without it, and in DynUNet it doubles the forward time on a CPU
-        return build_segmenter(plan, 0.0 if dropout is None else dropout)
-
-    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
-        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
-
-    def predictions(self, logits: torch.Tensor) -> np.ndarray:
-        return logits.argmax(1).to(torch.uint8).cpu().numpy()
 
     def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         classes = [int(v) for v in np.unique(np.concatenate([np.unique(predictions), np.unique(targets)])) if v > 0]
