@@ -55,7 +55,7 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -n auto  # one worker per core (pytest-xdist); each builds its own session fixtures
+	$(BIN)/python -m pytest -n auto --dist loadgroup  # a worker per core (pytest-xdist); xdist_group keeps a module's costly fixtures on one
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

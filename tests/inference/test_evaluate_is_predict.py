@@ -16,6 +16,8 @@ from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 from tests.builders import lesion_manifest
 
+pytestmark = pytest.mark.xdist_group("evaluate_is_predict")  # its module fixture trains once, on one worker
+
 
 def test_segmentation_evaluation_writes_the_label_maps_predict_writes(balls_run, balls, tmp_path):
     run, summary = balls_run

@@ -16,6 +16,8 @@ from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 
+pytestmark = pytest.mark.xdist_group("detection")  # its module fixture trains once, on one worker
+
 OVERRIDES = ["patch_size=[16,32,32]", "network_width=8", "network_depth=3", "batch_size=2"]
 
 

@@ -23,7 +23,10 @@ from medmap.errors import ConfigError
 from medmap.training.distributed import Ranks
 from medmap.training.run import train_run
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed"),
+    pytest.mark.xdist_group("distributed"),  # one worker builds the module's runs (make test: --dist loadgroup)
+]
 
 SMALL = [
     "--task",
