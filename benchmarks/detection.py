@@ -29,7 +29,7 @@ import numpy as np
 from medmap.data.demo import DemoSize, write_chest
 from medmap.data.layouts import read_dataset
 from medmap.evaluation.blob_detector import detect_blobs
-from medmap.evaluation.detection import Nodule, Scan, froc_with_ci, match
+from medmap.evaluation.detection import Nodule, Scan, froc_with_ci, match, threshold_at
 from medmap.tasks import task_for
 
 SIZES = ((0.0, 6.0, "< 6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, float("inf"), ">= 10 mm"))
@@ -54,8 +54,8 @@ def held_out_scans(nodules_csv: Path, seed: int) -> list[tuple[Scan, object]]:
 
 def by_size_at(scans: list[Scan], fp_per_scan: float, curve: dict) -> dict:
     """Share of nodules of each size found at the score threshold that allows ``fp_per_scan``."""
-    allowed = [t for t, f in zip(curve["thresholds"], curve["fp_per_scan"], strict=True) if f <= fp_per_scan]
-    threshold = min(allowed) if allowed else float("inf")
+    threshold = threshold_at(curve, fp_per_scan)
+    threshold = float("inf") if threshold is None else threshold
     out = {}
     for low, high, name in SIZES:
         found = total = 0

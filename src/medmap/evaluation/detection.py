@@ -96,6 +96,13 @@ def froc(scans: Sequence[Scan], rates: Sequence[float] = FP_RATES) -> dict:
     }
 
 
+def threshold_at(curve: dict, fp_per_scan: float) -> float | None:
+    """The lowest score threshold of a `froc` curve with at most ``fp_per_scan`` false positives per scan;
+    None when even the highest score allows more."""
+    allowed = [t for t, f in zip(curve["thresholds"], curve["fp_per_scan"], strict=True) if f <= fp_per_scan]
+    return float(min(allowed)) if allowed else None
+
+
 def froc_with_ci(
     scans: Sequence[Scan], *, n_boot: int = 1000, seed: int = 0, rates: Sequence[float] = FP_RATES
 ) -> dict:

@@ -16,15 +16,24 @@ from medmap.plan import Plan
 from medmap.tasks.segmentation.cache import cache_labelled_image
 
 
-def finding_mask(case: Case, image: Image) -> Image:
-    """The case's findings as a label map on ``image``'s grid; refuses a finding outside the image."""
+def outside(case: Case, image: Image) -> list[str]:
+    """A sentence for each of the case's findings that lies outside ``image``."""
+    problems = []
     for lesion in case.lesions:
         index = image.world_to_index(np.asarray(lesion.position, dtype=float))
         if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
-            raise DatasetError(
-                f"case {case.case_id}: finding at {tuple(lesion.position)} mm (LPS) lies outside its image "
+            problems.append(
+                f"finding at {tuple(lesion.position)} mm (LPS) lies outside its image "
                 f"(voxel {tuple(np.round(index, 1))} of {image.shape})"
             )
+    return problems
+
+
+def finding_mask(case: Case, image: Image) -> Image:
+    """The case's findings as a label map on ``image``'s grid; refuses a finding outside the image."""
+    problems = outside(case, image)
+    if problems:
+        raise DatasetError(f"case {case.case_id}: {problems[0]}")
     drawn = lesion_mask(image, [f.position for f in case.lesions], [f.diameter_mm / 2 for f in case.lesions])
     return image.with_array(drawn.astype(np.uint8), modality="SEG")
 

@@ -65,7 +65,7 @@ def choose_threshold(job: EvaluationJob) -> float:
     return threshold
 
 
-def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], seed: int) -> dict:
+def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], delta: float, seed: int) -> dict:
     """CPM(model) - CPM(baseline) with its paired bootstrap interval (the same scans in both resamples)."""
     rng = np.random.default_rng(seed)
     deltas = []
@@ -74,7 +74,6 @@ def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], seed: int) -
         if not any(model[i].nodules for i in idx):
             continue
         deltas.append(froc([model[i] for i in idx])["cpm"] - froc([baseline[i] for i in idx])["cpm"])
-    delta = froc(model)["cpm"] - froc(baseline)["cpm"]
     low, high = np.percentile(deltas, [2.5, 97.5]).tolist() if deltas else [float("nan")] * 2
     return {"delta_cpm": float(delta), "delta_ci": [float(low), float(high)], "supported": bool(low > 0)}
 
@@ -98,7 +97,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
         )
     model = froc_with_ci(scans, n_boot=N_BOOT, seed=job.seed)
     baseline = froc_with_ci(blobs, n_boot=N_BOOT, seed=job.seed)
-    comparison = _paired_cpm_difference(scans, blobs, job.seed)
+    comparison = _paired_cpm_difference(scans, blobs, model["cpm"] - baseline["cpm"], job.seed)
     found_at, false_at, rows = 0, 0, []
     for scan in scans:
         best, false_scores = match(scan)

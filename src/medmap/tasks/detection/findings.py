@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medmap.evaluation.detection import Detection, Scan, froc
+from medmap.evaluation.detection import Detection, Scan, froc, threshold_at
 from medmap.io.image import Image
 
 FLOOR = 0.1  # probability above which a region is a candidate at all
@@ -40,6 +40,5 @@ def findings(probability: Image, *, floor: float = FLOOR, limit: int = LIMIT) ->
 def operating_threshold(scans: list[Scan], fp_per_scan: float = 1.0) -> float:
     """The lowest score threshold at which these scans have at most ``fp_per_scan`` false positives per
     scan (chosen on validation scans, never on the evaluated ones); 1.0 when there is no candidate."""
-    curve = froc(scans)["curve"]
-    allowed = [t for t, f in zip(curve["thresholds"], curve["fp_per_scan"], strict=True) if f <= fp_per_scan]
-    return float(min(allowed)) if allowed else 1.0
+    threshold = threshold_at(froc(scans)["curve"], fp_per_scan)
+    return 1.0 if threshold is None else threshold

@@ -40,14 +40,9 @@ class DetectionTask(VoxelLabeller):
         """A scan may have no findings; each finding's place is checked when the scan is cached."""
 
     def target_problems(self, case: Case, image: Image | None, labels: dict[int, str]) -> list[str]:
-        if image is None:
-            return []
-        problems = []
-        for lesion in case.lesions:
-            index = image.world_to_index(np.asarray(lesion.position, dtype=float))
-            if np.any(index < -0.5) or np.any(index > np.asarray(image.shape) - 0.5):
-                problems.append(f"finding at {tuple(lesion.position)} mm (LPS) lies outside the image")
-        return problems
+        from medmap.tasks.detection.cache import outside
+
+        return [] if image is None else outside(case, image)
 
     def evaluation_cache(self, splits: dict[str, list[Case]]) -> dict[str, list[Case]]:
         """None: evaluation runs the detector on whole scans."""
