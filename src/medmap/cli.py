@@ -571,9 +571,14 @@ def predict(
         str | None,
         typer.Option(help="i/n: only the i-th of n deterministic shares of the cases (Slurm arrays, indexed jobs)."),
     ] = None,
+    classifier: Annotated[
+        Path | None,
+        typer.Option(help="With a detection bundle: a lesion classifier bundle that classifies every finding."),
+    ] = None,
 ) -> None:
-    """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, per case.
-    Series outside the bundle's intended use (modality, body part, spacing, image profile) are refused."""
+    """Run a bundle on new studies: label maps + DICOM SEG, or probabilities + DICOM SR, or findings + DICOM
+    SR (detection; with --classifier each finding classified), per case. Series outside the bundle's
+    intended use (modality, body part, spacing, image profile) are refused."""
     from medmap.inference.predictor import predict as run_predict
     from medmap.inference.shards import parse_shard
 
@@ -601,6 +606,7 @@ def predict(
         ignore_intended_use=ignore_intended_use,
         shard=share,
         progress=True,
+        classifier=classifier,
     )
     for r in results:
         if r.ok:

@@ -194,3 +194,56 @@ def test_a_lesion_table_read_for_detection_holds_every_finding_of_an_image(tmp_p
     (tmp_path / "cols.csv").write_text("image,x,y,z\nct/a,1,2,3\n")
     with pytest.raises(DatasetError, match="diameter_mm"):
         read_dataset(tmp_path / "cols.csv", "detection")
+
+
+def test_luna16_annotations_are_read_as_they_are(tmp_path):
+    """LUNA16's annotations.csv (seriesuid, coordX..Z in world mm, diameter_mm): a series is the MetaImage
+    named by its UID or the DICOM series of that UID; an unknown UID names its line and UID."""
+    import SimpleITK as sitk
+
+    from medmap.io.load import load
+
+    image = volume(shape=(9, 24, 20))
+    (tmp_path / "subset0").mkdir()
+    medmap.save(image, tmp_path / "volume.mha")
+    sitk_image = sitk.ReadImage(str(tmp_path / "volume.mha"))
+    sitk.WriteImage(sitk_image, str(tmp_path / "subset0" / "1.2.3.4.mhd"))  # LUNA16's form: .mhd + .raw
+    centre = sitk_image.TransformContinuousIndexToPhysicalPoint((10.0, 12.0, 4.0))  # ITK's world: LPS mm
+    write_ct(volume(seed=1), tmp_path / "dicom" / "b")
+    dicom_uid = load(tmp_path / "dicom" / "b").meta.series_uid
+    (tmp_path / "annotations.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\n"
+        f"1.2.3.4,{centre[0]},{centre[1]},{centre[2]},6.5\n"
+        f"{dicom_uid},1,2,3,4\n"
+    )
+    dataset = read_dataset(tmp_path / "annotations.csv", "detection")
+    mhd, dicom = dataset.cases
+    assert mhd.images == [tmp_path / "subset0" / "1.2.3.4.mhd"] and mhd.patient_id == "1.2.3.4"
+    assert np.allclose(mhd.lesions[0].position, centre) and mhd.lesions[0].diameter_mm == 6.5
+    assert np.allclose(mhd.load_image().world_to_index(np.asarray(centre)), (4.0, 12.0, 10.0))  # (z, y, x)
+    assert dicom.series_uid == dicom_uid and dicom.images == [tmp_path / "dicom" / "b"]
+    (tmp_path / "unknown.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n9.9.9,1,2,3,4\n")
+    with pytest.raises(DatasetError, match=r"line 2: series 9\.9\.9 not found"):
+        read_dataset(tmp_path / "unknown.csv", "detection")
+
+
+def test_the_detector_holds_out_the_patients_the_classifier_of_the_same_table_holds_out(tmp_path):
+    """Find-then-classify is scored on patients neither model saw: with classed findings, the detection
+    split puts each patient where the classification split of the same table and seed does."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(30):
+        for _ in range(int(rng.integers(1, 5))):
+            label = "malignant" if rng.random() < 0.4 else "benign"
+            rows.append(
+                {"image": f"ct/P{p}", "x": 1, "y": 2, "z": 3, "diameter_mm": 6, "label": label, "patient_id": f"P{p}"}
+            )
+    rows.append({"image": "ct/N0", "x": "", "y": "", "z": "", "diameter_mm": "", "label": "", "patient_id": "N0"})
+    table = write_manifest(tmp_path / "nodules.csv", rows)
+    for seed in (0, 1):
+        classes = read_dataset(table)  # the negative scan's row holds no lesion to classify
+        by_class = task_for("classification").split(classes.cases, seed)
+        by_scan = task_for("detection").split(read_dataset(table, "detection").cases, seed)
+        for name in ("train", "val", "test"):
+            assert {c.patient_id for c in by_scan[name]} - {"N0"} == {c.patient_id for c in by_class[name]}
+        assert sum("N0" in {c.patient_id for c in by_scan[n]} for n in by_scan) == 1  # the negative scan kept

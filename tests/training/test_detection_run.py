@@ -22,11 +22,12 @@ OVERRIDES = ["patch_size=[16,32,32]", "network_width=8", "network_depth=3", "bat
 
 
 def write_table(root, patients=6, outside=False):
+    """Chest CT series ``ct/P<n>`` and ``nodules.csv`` (two nodules each, one malignant, one benign)."""
     rows = []
     for p in range(patients):
         case = chest_ct((24, 96, 96), (3.0, 2.0, 2.0), seed=p, n_nodules=2)
         write_series(case.image, root / "ct" / f"P{p}", info=SeriesInfo(patient_id=f"P{p}", body_part="CHEST"))
-        for n in case.nodules:
+        for i, n in enumerate(case.nodules):
             x, y, z = n.position
             rows.append(
                 {
@@ -35,6 +36,7 @@ def write_table(root, patients=6, outside=False):
                     "y": y,
                     "z": z,
                     "diameter_mm": n.diameter_mm,
+                    "label": ("benign", "malignant")[i % 2],
                     "patient_id": f"P{p}",
                 }
             )
@@ -89,3 +91,95 @@ def test_a_finding_outside_its_image_names_the_case(tmp_path):
         train_run(
             table, tmp_path / "run", task="detection", overrides=OVERRIDES, config=TrainConfig(epochs=1, workers=0)
         )
+
+
+@pytest.fixture(scope="module")
+def nodule_classifier(detection_run, tmp_path_factory):
+    """A lesion classifier bundle for the same table (untrained weights: find-then-classify's plumbing is
+    under test, not its accuracy)."""
+    import torch
+
+    from medmap.data.layouts import read_dataset
+    from medmap.tasks import task_for
+    from medmap.training.run import prepare_plan
+
+    table, _, _ = detection_run
+    root = tmp_path_factory.mktemp("classifier")
+    plan = prepare_plan(
+        read_dataset(table), overrides=["network=smallcnn", "network_width=8"], device="cpu", progress=False
+    )
+    (root / "run" / "checkpoints").mkdir(parents=True)
+    plan.save(root / "run" / "plan.json")
+    torch.manual_seed(0)
+    torch.save(task_for(plan).build_network(plan, None).state_dict(), root / "run" / "checkpoints" / "best.pt")
+    (root / "run" / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
+    return create_bundle(root / "run", root / "bundle")
+
+
+def truth_spheres(image, nodules, value=1.0):
+    """A detector's probability map that is exactly the truth: each nodule a sphere of ``value``."""
+    from medmap.io.image import Image
+
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1).reshape(-1, 3)
+    world = image.index_to_world(grid.astype(float))
+    prob = np.zeros(len(grid), np.float32)
+    for n in nodules:
+        inside = np.linalg.norm(world - np.asarray(n.position), axis=1) <= n.diameter_mm / 2
+        prob[inside] = value
+    return Image(prob.reshape(image.shape), image.spacing, image.origin, image.direction, image.meta)
+
+
+def test_find_then_classify_lists_each_nodule_with_its_class_and_one_sr_holds_them(
+    detection_run, nodule_classifier, tmp_path
+):
+    """A detector that finds exactly the truth (its map replaced) feeds the classifier: every nodule comes
+    back with its position, diameter, score and class, and the DICOM SR carries one group per nodule."""
+    import subprocess
+
+    import highdicom as hd
+
+    from medmap.data.layouts import read_dataset
+    from medmap.inference.bundle import load_bundle
+    from medmap.inference.predictor import InputCase, Predictor
+    from tests.helpers import dciodvfy_errors, require
+
+    table, run, _ = detection_run
+    bundle = create_bundle(run, tmp_path / "bundle")
+    case = read_dataset(table, "detection").cases[0]
+    predictor = Predictor(load_bundle(bundle), precision="float32", classifier=load_bundle(nodule_classifier))
+    predictor.models.class_probability = lambda image, k: truth_spheres(image, case.lesions)
+    result = predictor.run_case(InputCase("P0", case.images[0]), tmp_path / "out")
+    found = result.result["findings"]
+    assert len(found) == len(case.lesions) == 2
+    truths = sorted(case.lesions, key=lambda n: n.position[0])
+    for item, truth in zip(sorted(found, key=lambda f: f["position_lps_mm"][0]), truths, strict=True):
+        assert np.allclose(item["position_lps_mm"], truth.position, atol=1.5)  # voxel centroid of the sphere
+        assert item["diameter_mm"] == pytest.approx(truth.diameter_mm, rel=0.35)
+        assert item["score"] == pytest.approx(1.0)  # at or above any operating threshold
+        classified = item["classification"]
+        assert sum(classified["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert classified["decision"] in ("benign", "malignant") and classified["threshold"] == 0.5
+    sr_path = result.outputs["sr"]
+    assert dciodvfy_errors(sr_path) == []
+    dumped = subprocess.run([require("dsrdump"), sr_path], capture_output=True, text=True, timeout=60)
+    assert dumped.returncode == 0 and dumped.stdout.count("Certainty of Finding") == 2, dumped.stderr
+    sr = hd.sr.srread(sr_path)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    names = {m.name.meaning for g in groups for m in g.get_measurements()}
+    assert names == {"Diameter", "Certainty of Finding", "Probability of cancer"}
+    decided = sorted(item["classification"]["decision"].capitalize() for item in found)
+    written = sorted(line.split('"')[-2] for line in dumped.stdout.splitlines() if '"Finding")=(' in line)
+    assert [w for w in written if w in ("Benign", "Malignant")] == decided
+
+
+def test_classifier_pairs_are_checked_in_one_line(detection_run, nodule_classifier, ball_bundle, tmp_path):
+    from tests.helpers import assert_one_line_error, medmap_cli
+
+    table, run, _ = detection_run
+    detector = create_bundle(run, tmp_path / "bundle")
+    series = table.parent / "ct" / "P0"
+    wrong_first = medmap_cli("predict", ball_bundle, series, "-o", tmp_path / "a", "--classifier", nodule_classifier)
+    assert_one_line_error(wrong_first, "--classifier goes with a detection bundle")
+    not_lesions = medmap_cli("predict", detector, series, "-o", tmp_path / "b", "--classifier", ball_bundle)
+    assert_one_line_error(not_lesions, "not a lesion classifier")

@@ -54,10 +54,14 @@ def load_source(source: ImageSource, series_uid: str | None = None) -> Image:
 
 @dataclass(frozen=True)
 class Lesion:
-    """A finding at a world position (LPS mm), for lesion-centred classification."""
+    """A finding at a world position (LPS mm), for lesion-centred classification and detection. A
+    detection table's lesion also keeps its class index and table line when the table has labels (the
+    detector splits its patients as the classifier of the same table does)."""
 
     position: tuple[float, float, float]
     diameter_mm: float | None = None
+    label: int | None = None
+    line: int | None = None
 
 
 @dataclass

@@ -27,6 +27,25 @@ from medmap.io.image import Image
 SPLITS = ("train", "val", "test")
 
 
+def _class_labels(path: Path, rows: list[dict]) -> tuple[dict[int, str], dict[str, int]]:
+    """Class index -> name, and back, of a table's ``label`` column: a ``labels.json`` beside the table
+    fixes the order ({"0": "normal", "1": "consolidation"}), otherwise `_class_order`. A label the
+    sidecar does not declare names its line."""
+    sidecar = path.with_name("labels.json")
+    declared = {int(k): str(v) for k, v in _read_json(sidecar).items()} if sidecar.is_file() else {}
+    names = sorted({r["label"] for r in rows if r["label"] != ""}, key=_class_order)
+    labels = declared or dict(enumerate(names))
+    to_index = {name: index for index, name in labels.items()}
+    for n, row in enumerate(rows, start=2):
+        if row["label"] not in ("", *to_index):
+            cid = row.get("case_id") or row["image"]
+            raise DatasetError(
+                f"{path}: line {n} (case {cid}): label {row['label']!r} is not declared in "
+                f"{sidecar.name} ({', '.join(to_index)})"
+            )
+    return labels, to_index
+
+
 def read_dataset(path: str | Path, task: str | None = None) -> Dataset:
     """Recognise the layout at ``path`` and read it. Whatever a damaged file makes a parser raise
     becomes one line naming it (`reading`); the checks below name the case and what is wrong.
@@ -231,23 +250,17 @@ def read_csv_manifest(path: Path) -> Dataset:
     lesions = {"x", "y", "z"} <= columns
     if not segmentation and "label" not in columns:
         raise DatasetError(f"{path}: manifest needs a 'label' column, or a 'mask' column for segmentation")
-    sidecar = path.with_name("labels.json")  # {"0": "normal", "1": "consolidation"}: fixes the order
-    declared = {int(k): str(v) for k, v in _read_json(sidecar).items()} if sidecar.is_file() else {}
-    labels, to_index = declared, {}
-    if not segmentation:
-        names = sorted({r["label"] for r in rows if r["label"] != ""}, key=_class_order)
-        labels = declared or dict(enumerate(names))
-        to_index = {name: index for index, name in labels.items()}
-        for n, row in enumerate(rows, start=2):
-            if row["label"] not in ("", *to_index):
-                cid = row.get("case_id") or row["image"]
-                raise DatasetError(
-                    f"{path}: line {n} (case {cid}): label {row['label']!r} is not declared in "
-                    f"{sidecar.name} ({', '.join(to_index)})"
-                )
+    if segmentation:  # a labels.json beside it names the mask's values ({"0": "background", "1": "liver"})
+        sidecar = path.with_name("labels.json")
+        labels = {int(k): str(v) for k, v in _read_json(sidecar).items()} if sidecar.is_file() else {}
+        to_index: dict[str, int] = {}
+    else:
+        labels, to_index = _class_labels(path, rows)
     base = path.parent
     cases = []
     for n, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
+        if lesions and not any(row[k] for k in ("x", "y", "z", "label")):
+            continue  # a scan without findings (a detector's negative) holds no lesion to classify
         image = base / row["image"]
         cid = row.get("case_id") or (f"{_strip_suffix(image.name)}-{n}" if lesions else _strip_suffix(image.name))
         lesion = None
@@ -275,19 +288,32 @@ def read_csv_manifest(path: Path) -> Dataset:
     return Dataset(path.stem, path, "segmentation" if segmentation else "classification", "csv", labels, cases)
 
 
+LUNA16_COLUMNS = {"seriesuid": "series_uid", "coordX": "x", "coordY": "y", "coordZ": "z"}
+
+
 def read_detection_table(path: Path, finding: str = "nodule") -> Dataset:
-    """A lesion table as a detection dataset: one case per image (``image`` and ``series_uid``), holding
-    every row's finding (centre ``x,y,z`` in LPS mm, ``diameter_mm``). A row with empty coordinates is
-    an image without findings (a negative scan). Labels: 0 background, 1 ``finding``."""
+    """A lesion table as a detection dataset: one case per image, holding every row's finding (centre
+    ``x,y,z`` in LPS mm, ``diameter_mm``). A row with empty coordinates is an image without findings (a
+    negative scan). LUNA16's ``annotations.csv`` is read as it is (``seriesuid,coordX,coordY,coordZ,
+    diameter_mm``, world mm as ITK writes them, which is LPS): each series is the image file named by its
+    UID (``<seriesuid>.mhd``, ``.mha``, ``.nrrd``, ``.nii.gz``) or the DICOM series of that UID under the
+    table's folder. Labels: 0 background, 1 ``finding``; a ``label`` column (the nodules' class) is kept
+    on each lesion so the detector can split its patients as the classifier of the same table does."""
     if not path.exists():
         raise InputNotFoundError(f"{path}: no such file or folder")
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise DatasetError(f"{path}: the lesion table has no rows")
+    if "image" not in rows[0] and "seriesuid" in rows[0]:
+        rows = _luna16_rows(path, rows)
     missing = {"image", "x", "y", "z", "diameter_mm"} - set(rows[0])
     if missing:
-        raise DatasetError(f"{path}: a detection table needs the columns {', '.join(sorted(missing))} (LPS mm)")
+        raise DatasetError(
+            f"{path}: a detection table needs the columns {', '.join(sorted(missing))} (LPS mm), "
+            "or LUNA16's seriesuid, coordX, coordY, coordZ, diameter_mm"
+        )
+    to_index = _class_labels(path, rows)[1] if "label" in rows[0] else {}
     base, cases = path.parent, {}
     for n, row in enumerate(rows, start=2):
         key = (row["image"], row.get("series_uid") or "")
@@ -308,8 +334,45 @@ def read_detection_table(path: Path, finding: str = "nodule") -> Dataset:
             raise DatasetError(f"{path}: line {n}: x, y, z and diameter_mm must be numbers (mm)") from None
         if not diameter > 0:
             raise DatasetError(f"{path}: line {n} (image {row['image']}): diameter_mm {diameter} must be above 0")
-        cases[key].lesions.append(Lesion(position, diameter))
+        cases[key].lesions.append(Lesion(position, diameter, to_index.get(row.get("label", "")), n))
     return Dataset(path.stem, path, "detection", "csv", {0: "background", 1: finding}, list(cases.values()))
+
+
+def _luna16_rows(path: Path, rows: list[dict]) -> list[dict]:
+    """LUNA16's columns as medmap's, each series UID resolved to its image (file or DICOM folder)."""
+    files = {}
+    for suffix in (".mhd", ".mha", ".nrrd", ".nii.gz", ".nii"):
+        for found in path.parent.rglob(f"*{suffix}"):
+            files.setdefault(found.name[: -len(suffix)], found)
+    dicom: dict[str, Path] | None = None
+    out = []
+    for n, row in enumerate(rows, start=2):
+        uid = (row.get("seriesuid") or "").strip()
+        renamed = {LUNA16_COLUMNS.get(k, k): v for k, v in row.items()}
+        if uid in files:
+            renamed.update(image=str(files[uid].relative_to(path.parent)), series_uid="")
+        else:
+            if dicom is None:
+                dicom = _dicom_series_folders(path.parent)
+            if uid not in dicom:
+                raise DatasetError(
+                    f"{path}: line {n}: series {uid or '(empty)'} not found under {path.parent} "
+                    "(no <seriesuid>.mhd/.mha/.nrrd/.nii.gz file, no DICOM series with that UID)"
+                )
+            renamed["image"] = str(dicom[uid].relative_to(path.parent))
+        renamed.setdefault("patient_id", uid)
+        out.append(renamed)
+    return out
+
+
+def _dicom_series_folders(root: Path) -> dict[str, Path]:
+    """Series Instance UID -> the folder of its first file, for every DICOM series under ``root``."""
+    from medmap.io.dicom import scan
+
+    try:
+        return {s.uid: Path(s.paths[0]).parent for s in scan(root).series}
+    except InputNotFoundError:
+        return {}
 
 
 def _strip_suffix(name: str) -> str:

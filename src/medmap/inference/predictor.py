@@ -9,7 +9,10 @@ file (NIfTI, NRRD, MHA, PNG, ...), a folder of image files, or a CSV manifest (`
   equivalent-sphere diameter of its largest component (mm);
 - classification: ``result.json`` with the class probabilities and the decision at the bundle's
   threshold (per lesion for lesion-level models); ``sr.dcm`` (TID 1500 Comprehensive 3D SR) for DICOM
-  input.
+  input;
+- detection: ``result.json`` with each finding (centre in LPS mm, diameter, score) at the bundle's
+  operating threshold; with ``classifier`` (a lesion-level classifier bundle: find, then classify) each
+  finding's class too; ``sr.dcm`` with a measurement group per finding for DICOM input.
 
 A case that fails (unreadable, wrong modality or dimension) is reported and skipped; the others go on.
 A case outside the bundle's intended use (`medmap.intended_use`: a chest CT sent to a liver model, a
@@ -133,6 +136,17 @@ def _manifest_cases(path: Path) -> list[InputCase]:
     return list(by_image.values())
 
 
+def check_pair(detector: Bundle, classifier: Bundle) -> None:
+    """Find, then classify needs a detector and a classifier of lesions at given positions."""
+    if detector.task != "detection":
+        raise ConfigError(f"--classifier goes with a detection bundle; {detector.root} is a {detector.task} model")
+    if classifier.task != "classification" or not classifier.plan.lesion_level:
+        raise ConfigError(f"--classifier {classifier.root}: not a lesion classifier (it must take lesion positions)")
+    ours, theirs = detector.plan.modality or "", classifier.plan.modality or ""
+    if ours and theirs and ours != theirs:
+        raise ConfigError(f"--classifier {classifier.root}: trained on {theirs}, the detector on {ours}")
+
+
 def check_modality(image: Image, bundle: Bundle, case_id: str) -> None:
     expected = (bundle.plan.modality or "").upper()
     actual = (image.meta.modality or "").upper()
@@ -152,6 +166,7 @@ class Predictor:
         precision: str = "auto",
         overlays: bool = False,
         ignore_intended_use: bool = False,
+        classifier: Bundle | None = None,
     ) -> None:
         self.bundle, self.device = bundle, check_device(device)
         self.ignore_intended_use = ignore_intended_use  # answer anyway, the reasons recorded in each result
@@ -163,6 +178,12 @@ class Predictor:
         self.models = Models(bundle.plan, engines, self.device, bundle.postprocessing)  # as evaluation runs them
         self.algorithm = f"medmap {bundle.plan.dataset} {bundle.task}"
         self.version = bundle.identity  # this model, not the medmap that made it (SoftwareVersions says that)
+        self.classifier: Predictor | None = None  # find, then classify: each detection's class
+        if classifier is not None:
+            check_pair(bundle, classifier)
+            self.classifier = Predictor(
+                classifier, engine=engine, device=device, precision=precision, ignore_intended_use=ignore_intended_use
+            )
 
     def outside_use(self, reasons: list[str], what: str) -> list[str]:
         """Raise `OutOfUseError` for ``reasons`` unless told to answer anyway (then return them)."""
@@ -203,12 +224,17 @@ def predict(
     ignore_intended_use: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = False,
+    classifier: str | Path | None = None,
 ) -> list[CaseResult]:
     """Every case of ``source`` through the bundle; results under ``out`` plus ``out/summary.json``.
-    ``shard=(i, n)``: only the i-th of n deterministic shares of the cases (`medmap.inference.shards`)."""
+    ``shard=(i, n)``: only the i-th of n deterministic shares of the cases (`medmap.inference.shards`).
+    ``classifier``: a lesion classifier bundle that classifies each of a detector's findings."""
     check_device(device)  # a bad option fails before anything is loaded
     resolve_precision(precision, device, engine)
     bundle = load_bundle(bundle_path)
+    second = load_bundle(classifier) if classifier is not None else None
+    if second is not None:
+        check_pair(bundle, second)
     cases = discover(Path(source), lesions)
     if shard is not None:
         cases = shards.select(cases, shard)
@@ -221,6 +247,7 @@ def predict(
         precision=precision,
         overlays=overlays,
         ignore_intended_use=ignore_intended_use,
+        classifier=second,
     )
     results = []
     for case in track(cases, "predicting", enabled=progress):

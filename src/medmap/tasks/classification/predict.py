@@ -40,8 +40,10 @@ def _item(p: np.ndarray, names: list[str], threshold: float | None) -> dict:
     }
 
 
-def classify(predictor: Predictor, case: InputCase, image: Image) -> dict:
-    """The findings of a case (nothing written: a refusal leaves no trace)."""
+def classify(predictor: Predictor, case: InputCase, image: Image, *, refuse_when_none: bool = True) -> dict:
+    """The findings of a case (nothing written: a refusal leaves no trace). ``refuse_when_none``: a case
+    whose every lesion is outside the intended use is refused whole (a detector's candidates are not:
+    each is then reported as not assessed)."""
     bundle = predictor.bundle
     plan, names, threshold = bundle.plan, [label.name for label in bundle.labels], bundle.threshold
     if not plan.lesion_level:
@@ -64,9 +66,9 @@ def classify(predictor: Predictor, case: InputCase, image: Image) -> dict:
             if reasons:
                 item["outside_intended_use"] = reasons
         items.append(item)
-    if not inputs:
+    if not inputs and refuse_when_none:
         predictor.outside_use([i["reason"] for i in items], f"case {case.case_id}")
-    assessed = iter(predictor.models.probabilities(inputs))
+    assessed = iter(predictor.models.probabilities(inputs) if inputs else [])
     for item in items:
         if item.get("assessed", True):
             item.update(_item(next(assessed), names, threshold))
@@ -83,28 +85,37 @@ def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Pa
     return Answer(result, outputs)
 
 
-def _report(predictor: Predictor, image: Image, items: list[dict], folder: Path) -> Path:
+def coded_class(bundle, item: dict) -> dict:
+    """A classified lesion's decision and probability as the SR writes them (`LesionFinding` fields)."""
+
+    names = [label.name for label in bundle.labels]
+    positive = names[-1]  # the class order is negative first (medmap.data.layouts)
+    meaning = next(label.meaning for label in bundle.labels if label.name == item["decision"])
+    return {
+        "predicted_class": meaning.type,
+        "probability": item["probabilities"][positive],
+        "probability_name": "Probability of cancer" if positive.lower() == "malignant" else "Probability",
+    }
+
+
+def lesion_codes(modality: str | None) -> dict:
+    """What a lesion is and where, for the SR: a CT's lesion is a lung nodule (the worked example)."""
     from medmap.dicomout.codes import meaning_of
+
+    if modality == "CT":
+        return {"finding_type": meaning_of("nodule").type, "finding_site": meaning_of("lung").type}
+    return {"finding_type": meaning_of("lesion").type}
+
+
+def _report(predictor: Predictor, image: Image, items: list[dict], folder: Path) -> Path:
     from medmap.dicomout.sr import LesionFinding, write_lesion_report
 
     bundle = predictor.bundle
-    names = [label.name for label in bundle.labels]
-    positive = names[-1]  # the class order is negative first (medmap.data.layouts)
-    finding_type = meaning_of("nodule").type if bundle.plan.modality == "CT" else meaning_of("lesion").type
-    findings = []
-    for item in items:
-        decided = item["decision"]
-        meaning = next(label.meaning for label in bundle.labels if label.name == decided)
-        findings.append(
-            LesionFinding(
-                position_lps=tuple(item["position_lps_mm"]),
-                finding_type=finding_type,
-                predicted_class=meaning.type,
-                probability=item["probabilities"][positive],
-                probability_name="Probability of cancer" if positive.lower() == "malignant" else "Probability",
-                finding_site=meaning_of("lung").type if bundle.plan.modality == "CT" else None,
-            )
-        )
+    where = lesion_codes(bundle.plan.modality)
+    findings = [
+        LesionFinding(position_lps=tuple(item["position_lps_mm"]), **where, **coded_class(bundle, item))
+        for item in items
+    ]
     return write_lesion_report(
         image, findings, folder / "sr.dcm", algorithm=predictor.algorithm, algorithm_version=predictor.version
     )

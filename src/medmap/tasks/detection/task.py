@@ -33,8 +33,26 @@ class DetectionTask(VoxelLabeller):
     learning_rate = 3e-3  # segmentation's (the same network and loss)
 
     def split(self, cases: list[Case], seed: int) -> dict[str, list[Case]]:
-        """By patient; scans without findings are kept (they hold the false positives)."""
-        return train_val_test(cases, seed=seed)
+        """By patient; scans without findings are kept (they hold the false positives). When the table's
+        findings carry classes (a nodule table with malignancy), the patients go where the classifier of
+        the same table and seed puts them (its split is stratified by class, one row per finding), so
+        that find-then-classify is scored on patients neither model saw; patients with no classed
+        finding are split apart."""
+        classed = [
+            Case(f"line-{lesion.line}", c.images, c.patient_id, label=lesion.label, split=c.split)
+            for c in cases
+            for lesion in c.lesions
+            if lesion.label is not None
+        ]
+        if not classed:
+            return train_val_test(cases, seed=seed)
+        classed.sort(key=lambda row: int(row.case_id.split("-")[1]))  # the table's order, as the classifier reads
+        patient_split = {c.patient_id: name for name, rows in train_val_test(classed, seed=seed).items() for c in rows}
+        rest = train_val_test([c for c in cases if c.patient_id not in patient_split], seed=seed)
+        return {
+            name: [c for c in cases if patient_split.get(c.patient_id) == name] + rest[name]
+            for name in ("train", "val", "test")
+        }
 
     def check_targets(self, cases: list[Case], split: str) -> None:
         """A scan may have no findings; each finding's place is checked when the scan is cached."""
