@@ -1,18 +1,23 @@
-"""Nodule detection on the demo chest CTs, scored as LUNA16 scores it (FROC, CPM, bootstrap by scan).
+"""Nodule detection on the demo chest CTs, scored as LUNA16 scores it (FROC, CPM, bootstrap by scan), and
+find-then-classify scored on the same held-out patients.
 
-    python benchmarks/detection.py --data demo-output/data      # after make demo (or medmap demo-data)
+    python benchmarks/detection.py --data demo-output/data --detector DET_BUNDLE --classifier CLS_BUNDLE
     python benchmarks/detection.py --quick                      # what the test suite runs
 
-The held-out patients are the classifier's test split of ``nodules.csv`` (seed 0): the same patients the
-nodule classifier is scored on, so find-then-classify can be scored on them too. Each of their chest CT
-series is a scan; its nodules (centre and diameter in LPS mm) are the truth. Detectors:
+The held-out patients are the classifier's test split of ``nodules.csv`` (seed 0), which is also the
+detector's (`medmap.tasks.detection.task.DetectionTask.split`): patients neither model trained on. Each of
+their chest CT series is a scan; its nodules (centre and diameter in LPS mm) are the truth. Detectors:
 
 - ``blob baseline``: `medmap.evaluation.blob_detector` (Laplacian of Gaussian inside the lungs), the
-  classical bar a learned detector has to clear (issue 13); the learned detector joins this table when
-  it exists.
+  classical bar a learned detector has to clear;
+- ``medmap``: a detection bundle (``--detector``), its findings exactly as `medmap predict` finds them.
 
-Printed: sensitivity at 1/8 ... 8 false positives per scan with 95 % intervals, CPM, sensitivity by
-nodule size at 1 false positive per scan, seconds per scan; the same as JSON under ``--out``.
+Printed: sensitivity at 1/8 ... 8 false positives per scan with 95 % intervals, CPM, AP at box IoU 0.1,
+sensitivity by nodule size at 1 false positive per scan (the baseline's threshold read off its own curve),
+seconds per scan; with ``--classifier``, find-then-classify: every finding at the detector's operating
+threshold classified, the nodule-level AUC of malignancy over the detected nodules and how many malignant
+nodules were never found. The same as JSON under ``--out``. ``--quick`` runs it all on five small
+generated chest CTs with untrained bundles, so that no path rots (its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +35,13 @@ import numpy as np
 from medmap.data.demo import DemoSize, write_chest
 from medmap.data.layouts import read_dataset
 from medmap.evaluation.blob_detector import detect_blobs
-from medmap.evaluation.detection import Nodule, Scan, froc_with_ci, match, threshold_at
+from medmap.evaluation.detection import Nodule, Scan, average_precision, by_size, froc_with_ci, hits, threshold_at
 from medmap.tasks import task_for
 
-SIZES = ((0.0, 6.0, "< 6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, float("inf"), ">= 10 mm"))
 
-
-def held_out_scans(nodules_csv: Path, seed: int) -> list[tuple[Scan, object]]:
-    """(truth of one held-out scan, its first case: loads the image) for every test-split chest CT."""
+def held_out_scans(nodules_csv: Path, seed: int) -> list[tuple[Scan, object, list[str]]]:
+    """(truth of one held-out scan, its first case: loads the image, each nodule's class) for every
+    test-split chest CT."""
     dataset = read_dataset(nodules_csv)
     test = task_for(dataset.task).split(dataset.cases, seed)["test"]
     by_image: dict[str, list] = {}
@@ -48,30 +53,84 @@ def held_out_scans(nodules_csv: Path, seed: int) -> list[tuple[Scan, object]]:
         if unsized:
             sys.exit(f"{nodules_csv}: case {unsized[0]} has no diameter_mm; detection is scored by nodule radius")
         nodules = [Nodule(tuple(c.lesion.position), float(c.lesion.diameter_mm)) for c in cases]
-        scans.append((Scan(Path(key).name, nodules), cases[0]))
+        classes = [dataset.labels[c.label] for c in cases]
+        scans.append((Scan(Path(key).name, nodules), cases[0], classes))
     return scans
 
 
-def by_size_at(scans: list[Scan], fp_per_scan: float, curve: dict) -> dict:
-    """Share of nodules of each size found at the score threshold that allows ``fp_per_scan``."""
-    threshold = threshold_at(curve, fp_per_scan)
-    threshold = float("inf") if threshold is None else threshold
-    out = {}
-    for low, high, name in SIZES:
-        found = total = 0
-        for scan in scans:
-            best, _ = match(scan)
-            for nodule, score in zip(scan.nodules, best, strict=True):
-                if low <= nodule.diameter_mm < high:
-                    total += 1
-                    found += int(not np.isnan(score) and score >= threshold)
-        out[name] = {"found": found, "nodules": total}
-    return out
+def scored(scans: list[Scan], seconds: list[float], seed: int, threshold: float | None = None) -> dict:
+    """FROC with intervals, AP at IoU 0.1, and by size at ``threshold`` (else at 1 FP per scan on the curve)."""
+    result = froc_with_ci(scans, seed=seed)
+    if threshold is None:
+        threshold = threshold_at(result["curve"], 1.0)
+        threshold = float("inf") if threshold is None else threshold
+    return {
+        **result,
+        "ap_iou_0.1": average_precision(scans, 0.1),
+        "by_size_at_threshold": by_size(scans, threshold),
+        "threshold": threshold,
+        "seconds_per_scan": float(np.mean(seconds)),
+    }
+
+
+def find_then_classify(scans: list[Scan], classes: list[list[str]], probabilities: list[list[float]], threshold):
+    """Nodule level: each true nodule found at the threshold gets the malignancy probability of the best
+    detection that hits it; AUC over found nodules, and the malignant nodules never found."""
+    from sklearn.metrics import roc_auc_score
+
+    truth, scores, missed_malignant, malignant = [], [], 0, 0
+    for scan, names, probs in zip(scans, classes, probabilities, strict=True):
+        for nodule, name in zip(scan.nodules, names, strict=True):
+            malignant += name == "malignant"
+            hitting = [
+                (d.score, p)
+                for d, p in zip(scan.detections, probs, strict=True)
+                if d.score >= threshold and hits(d, [nodule])
+            ]
+            if not hitting:
+                missed_malignant += name == "malignant"
+                continue
+            truth.append(int(name == "malignant"))
+            scores.append(max(hitting)[1])
+    auc = float(roc_auc_score(truth, scores)) if len(set(truth)) == 2 else float("nan")
+    return {
+        "found": len(truth),
+        "nodules": sum(len(s.nodules) for s in scans),
+        "auc_over_found": auc,
+        "malignant": malignant,
+        "malignant_missed": missed_malignant,
+    }
+
+
+def untrained_bundles(data: Path, root: Path) -> tuple[Path, Path]:
+    """A detector and a lesion classifier with untrained weights (the quick mode's: paths, not figures)."""
+    import torch
+
+    from medmap.inference.bundle import create_bundle
+    from medmap.training.run import prepare_plan
+
+    bundles = []
+    for task, overrides in (
+        ("detection", ["network_width=4", "network_depth=3", "patch_size=[32,32,32]"]),
+        ("classification", ["network=smallcnn", "network_width=8"]),
+    ):
+        dataset = read_dataset(data / "nodules.csv", task if task == "detection" else None)
+        plan = prepare_plan(dataset, overrides=overrides, device="cpu", progress=False)
+        run = root / task
+        (run / "checkpoints").mkdir(parents=True)
+        plan.save(run / "plan.json")
+        torch.manual_seed(0)
+        torch.save(task_for(plan).build_network(plan, None).state_dict(), run / "checkpoints" / "best.pt")
+        (run / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
+        bundles.append(create_bundle(run, root / f"{task}-bundle"))
+    return bundles[0], bundles[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="demo data folder (holding nodules.csv and chest_ct/)")
+    parser.add_argument("--detector", type=Path, help="a detection bundle (medmap bundle create of a detection run)")
+    parser.add_argument("--classifier", type=Path, help="a lesion classifier bundle: find, then classify")
     parser.add_argument("--quick", action="store_true", help="five generated chest CTs (the test suite's run)")
     parser.add_argument("--seed", type=int, default=0, help="the split's seed (the classifier's default)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for detection.json")
@@ -81,35 +140,93 @@ def main() -> None:
         if args.quick:
             data = Path(tmp) / "data"
             write_chest(data, DemoSize(chest_patients=5, nodules_per_patient=(3, 4)), seed=1, progress=False)
+            args.detector, args.classifier = untrained_bundles(data, Path(tmp) / "bundles")
         elif data is None:
             parser.error("give --data (a demo data folder) or --quick")
-        scans, seconds = [], []
-        for scan, case in held_out_scans(data / "nodules.csv", args.seed):
-            image = case.load_image()
-            started = time.perf_counter()
-            scan.detections = detect_blobs(image)
-            seconds.append(time.perf_counter() - started)
-            scans.append(scan)
-    if not scans:
-        sys.exit("no held-out scans: the dataset has too few patients for a test split")
-    result = froc_with_ci(scans, seed=args.seed)
-    sizes = by_size_at(scans, 1.0, result["curve"])
-    print(f"\nnodule detection on {len(scans)} held-out chest CTs ({result['nodules']} nodules), LUNA16 criterion")
-    print(f"{'FP per scan':>14} " + " ".join(f"{r:>6g}" for r in result["rates"]) + "    CPM (95 % CI)")
-    cells = " ".join(f"{s:6.3f}" for s in result["sensitivity_at"])
-    low, high = result["cpm_ci"]
-    print(f"{'blob baseline':>14} {cells}    {result['cpm']:.3f} ({low:.3f}-{high:.3f})")
-    print("found at 1 FP per scan by size: " + ", ".join(f"{k} {v['found']}/{v['nodules']}" for k, v in sizes.items()))
-    print(f"seconds per scan: {np.mean(seconds):.1f} (blob baseline, {len(scans)} scans)")
-    payload = {
-        "quick": args.quick,
-        "scans": len(scans),
-        "detectors": {
-            "blob baseline": {**result, "by_size_at_1fp": sizes, "seconds_per_scan": float(np.mean(seconds))}
-        },
-    }
+        payload = run(data, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.json").write_text(json.dumps(payload, indent=1))
+
+
+def run(data: Path, args) -> dict:
+    from medmap.inference.bundle import load_bundle
+    from medmap.inference.predictor import InputCase, Predictor
+    from medmap.tasks.classification.predict import classify
+    from medmap.tasks.detection.findings import findings
+
+    held_out = held_out_scans(data / "nodules.csv", args.seed)
+    if not held_out:
+        sys.exit("no held-out scans: the dataset has too few patients for a test split")
+    detector = classifier = None
+    if args.detector:
+        classifier_bundle = load_bundle(args.classifier) if args.classifier else None
+        detector = Predictor(load_bundle(args.detector), precision="float32", classifier=classifier_bundle)
+        classifier = detector.classifier
+    blobs, learned, seconds, probabilities = [], [], {"blob baseline": [], "medmap": []}, []
+    for scan, case, _ in held_out:
+        image = case.load_image()
+        started = time.perf_counter()
+        blobs.append(replace(scan, detections=detect_blobs(image)))
+        seconds["blob baseline"].append(time.perf_counter() - started)
+        if detector is None:
+            continue
+        started = time.perf_counter()
+        learned.append(replace(scan, detections=findings(detector.models.class_probability(image, 1))))
+        seconds["medmap"].append(time.perf_counter() - started)
+        if classifier is not None:
+            positions = [tuple(d.centre) for d in learned[-1].detections]
+            items = (
+                classify(
+                    classifier,
+                    InputCase(scan.case_id, case.images[0], lesions=positions),
+                    image,
+                    refuse_when_none=False,
+                )["findings"]
+                if positions
+                else []
+            )
+            probabilities.append(
+                [
+                    i["probabilities"].get("malignant", float("nan")) if "probabilities" in i else float("nan")
+                    for i in items
+                ]
+            )
+    results = {"blob baseline": scored(blobs, seconds["blob baseline"], args.seed)}
+    if detector is not None:
+        threshold = detector.bundle.threshold if detector.bundle.threshold is not None else 0.5
+        results["medmap"] = scored(learned, seconds["medmap"], args.seed, threshold)
+    scans = [s for s, _, _ in held_out]
+    nodules = sum(len(s.nodules) for s in scans)
+    print(f"\nnodule detection on {len(scans)} held-out chest CTs ({nodules} nodules), LUNA16 criterion")
+    print(
+        f"{'FP per scan':>14} "
+        + " ".join(f"{r:>6g}" for r in results["blob baseline"]["rates"])
+        + "    CPM (95 % CI)    AP@0.1  s/scan"
+    )
+    for name, r in results.items():
+        cells = " ".join(f"{s:6.3f}" for s in r["sensitivity_at"])
+        low, high = r["cpm_ci"]
+        print(
+            f"{name:>14} {cells}    {r['cpm']:.3f} ({low:.3f}-{high:.3f})  {r['ap_iou_0.1']:.3f}  "
+            f"{r['seconds_per_scan']:.1f}"
+        )
+        sizes = ", ".join(f"{k} {v['found']}/{v['nodules']}" for k, v in r["by_size_at_threshold"].items())
+        print(f"{'':>14} found at threshold {r['threshold']:.3f} by size: {sizes}")
+    payload = {"quick": args.quick, "scans": len(scans), "detectors": results}
+    if "medmap" in results and "blob baseline" in results:
+        payload["speed_ratio_blob_over_medmap"] = (
+            results["blob baseline"]["seconds_per_scan"] / results["medmap"]["seconds_per_scan"]
+        )
+    if classifier is not None:
+        classes = [c for _, _, c in held_out]
+        chained = find_then_classify(learned, classes, probabilities, results["medmap"]["threshold"])
+        payload["find_then_classify"] = chained
+        print(
+            f"find, then classify: {chained['found']} of {chained['nodules']} nodules found at the threshold; "
+            f"malignancy AUC over them {chained['auc_over_found']:.3f}; "
+            f"{chained['malignant_missed']} of {chained['malignant']} malignant nodules never found"
+        )
+    return payload
 
 
 if __name__ == "__main__":

@@ -191,10 +191,16 @@ def test_scale_out(tmp_path):
 
 
 def test_detection(tmp_path):
-    """The blob baseline scored on held-out generated chest CTs: every LUNA16 operating point, a CPM inside
-    its interval (the figures on the full demo are in docs/benchmarks.md)."""
+    """The blob baseline and a (quick: untrained) detector bundle scored on held-out generated chest CTs by
+    the same code: every LUNA16 operating point, a CPM inside its interval, AP at IoU 0.1, and find-then-
+    classify's accounting of every nodule (the figures on the full demo are in docs/benchmarks.md)."""
     done = bench("detection", "--out", tmp_path)
-    result = json.loads((tmp_path / "detection.json").read_text())["detectors"]["blob baseline"]
-    assert result["rates"] == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0] and len(result["sensitivity_at"]) == 7
-    assert result["cpm_ci"][0] <= result["cpm"] <= result["cpm_ci"][1]
-    assert result["nodules"] > 0 and "CPM" in done.stdout
+    payload = json.loads((tmp_path / "detection.json").read_text())
+    for name in ("blob baseline", "medmap"):
+        result = payload["detectors"][name]
+        assert result["rates"] == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0] and len(result["sensitivity_at"]) == 7
+        assert result["cpm_ci"][0] <= result["cpm"] <= result["cpm_ci"][1] and 0 <= result["ap_iou_0.1"] <= 1
+        assert sum(v["nodules"] for v in result["by_size_at_threshold"].values()) == result["nodules"] > 0
+    chained = payload["find_then_classify"]
+    assert chained["found"] <= chained["nodules"] == payload["detectors"]["medmap"]["nodules"]
+    assert chained["malignant_missed"] <= chained["malignant"] and "CPM" in done.stdout

@@ -60,3 +60,26 @@ def test_bootstrap_interval_is_by_scan_and_contains_the_estimate():
     assert low <= result["cpm"] <= high and high - low > 0.01
     assert froc_with_ci(scans, n_boot=300, seed=1)["cpm_ci"] == result["cpm_ci"]  # seeded
     assert all(lo <= s <= hi for s, (lo, hi) in zip(result["sensitivity_at"], result["sensitivity_at_ci"], strict=True))
+def test_the_margin_over_a_baseline_is_worded_by_where_its_interval_lies():
+    from medmap.evaluation.wording import margin_verdict
+
+    assert margin_verdict((0.02, 0.3)) == "supported"
+    assert "WORSE" in margin_verdict((-0.68, -0.36))  # not "includes 0": it does not
+    assert "includes 0" in margin_verdict((-0.1, 0.2))
+
+
+def test_average_precision_at_iou_0_1_matches_the_hand_computed_value():
+    from medmap.evaluation.detection import average_precision, box_iou, by_size
+
+    assert box_iou(((50, 0, 0), 10), ((58, 0, 0), 10)) == pytest.approx(200 / 1800)  # 0.111: a hit at 0.1
+    assert box_iou(((50, 0, 0), 10), ((59, 0, 0), 10)) == pytest.approx(100 / 1900)  # 0.053: not
+    nodules = [Nodule((0, 0, 0), 10), Nodule((50, 0, 0), 10)]
+    detections = [Detection((0, 0, 0), 0.9, 10), Detection((100, 0, 0), 0.8, 10), Detection((51, 0, 0), 0.7, 10)]
+    detections.append(Detection((1, 0, 0), 0.6, 10))  # a second detection of a taken nodule: a false positive
+    # ranked TP FP TP FP: recall .5 .5 1 1, precision 1 .5 .667 .5; interpolated: 1 for recall <= .5 (51 of
+    # the 101 points), .667 above (50 points)
+    assert average_precision([Scan("A", nodules, detections)]) == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert np.isnan(average_precision([Scan("A", nodules, [Detection((0, 0, 0), 0.9)])]))  # no diameter, no box
+    sizes = by_size([Scan("A", [*nodules, Nodule((200, 0, 0), 4)], detections)], threshold=0.75)
+    assert sizes["6-10 mm"]["nodules"] == 0 and sizes[">= 10 mm"] == {"found": 1, "nodules": 2, "sensitivity": 0.5}
+    assert sizes["< 6 mm"]["found"] == 0 and sizes["< 6 mm"]["nodules"] == 1

@@ -68,7 +68,15 @@ def test_a_detection_run_is_scored_as_luna16_scores_next_to_the_blob_baseline(de
     assert plan["task"] == "detection" and len(set(plan["target_spacing"])) == 1  # isotropic, from the findings
     written = json.loads(next((run / f"predictions_{summary['split']}").glob("*.json")).read_text())
     assert written["coordinates"] == "LPS mm"
-    assert 'alt="froc"' in (run / "report.html").read_text()  # the FROC curves, model and baseline
+    report = (run / "report.html").read_text()
+    assert 'alt="froc"' in report  # the FROC curves, model and baseline
+    assert 0.0 <= m["ap_iou_0.1"] <= 1.0 and 0.0 <= m["baseline"]["ap_iou_0.1"] <= 1.0
+    sizes = m["at_threshold"]["by_size"]
+    assert sum(d["nodules"] for d in sizes.values()) == m["nodules"]
+    found = round(m["at_threshold"]["sensitivity"] * m["nodules"])
+    assert sum(d["found"] for d in sizes.values()) == found
+    if found < m["nodules"]:  # a tiny run misses some: each shown on its slice
+        assert 'alt="missed"' in report
 
 
 def test_predict_gives_the_findings_the_evaluation_scored(detection_run, tmp_path):

@@ -125,3 +125,54 @@ def froc_with_ci(
         result["cpm_ci"] = [float("nan"), float("nan")]
         result["sensitivity_at_ci"] = [[float("nan")] * 2 for _ in rates]
     return result
+
+
+SIZES = ((0.0, 6.0, "< 6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, float("inf"), ">= 10 mm"))  # Lung-RADS-like bins
+
+
+def by_size(scans: Sequence[Scan], threshold: float) -> dict[str, dict]:
+    """Nodules of each size found by a detection scoring at least ``threshold`` (found, nodules, share)."""
+    out = {}
+    for low, high, name in SIZES:
+        found = total = 0
+        for scan in scans:
+            best, _ = match(scan)
+            for nodule, score in zip(scan.nodules, best, strict=True):
+                if low <= nodule.diameter_mm < high:
+                    total += 1
+                    found += int(not np.isnan(score) and score >= threshold)
+        out[name] = {"found": found, "nodules": total, "sensitivity": found / total if total else float("nan")}
+    return out
+
+
+def box_iou(a: tuple[Sequence[float], float], b: tuple[Sequence[float], float]) -> float:
+    """IoU of the axis-aligned cubes (in LPS mm) of two (centre, diameter) findings: the box a sphere of
+    that diameter fills, as box-based detectors (nnDetection, MONAI) would report it."""
+    (ca, da), (cb, db) = a, b
+    low = np.maximum(np.subtract(ca, da / 2), np.subtract(cb, db / 2))
+    high = np.minimum(np.add(ca, da / 2), np.add(cb, db / 2))
+    inter = float(np.prod(np.clip(high - low, 0, None)))
+    return inter / (da**3 + db**3 - inter) if inter > 0 else 0.0
+
+
+def average_precision(scans: Sequence[Scan], iou: float = 0.1) -> float:
+    """AP at box IoU ``iou`` (nnDetection's headline metric at 0.1): detections of all scans ranked by
+    score, each a true positive when its box overlaps a nodule not yet taken by a higher-scoring one by at
+    least ``iou``; precision interpolated at 101 recall points (COCO's rule). NaN without nodules, or when a
+    detection has no diameter (no box)."""
+    total = sum(len(s.nodules) for s in scans)
+    ranked = sorted(((d.score, i, d) for i, s in enumerate(scans) for d in s.detections), key=lambda t: -t[0])
+    if total == 0 or any(d.diameter_mm is None for _, _, d in ranked):
+        return float("nan")
+    taken = [np.zeros(len(s.nodules), bool) for s in scans]
+    tp = np.zeros(len(ranked))
+    for k, (_, i, d) in enumerate(ranked):
+        overlaps = [box_iou((d.centre, d.diameter_mm), (n.centre, n.diameter_mm)) for n in scans[i].nodules]
+        free = [int(j) for j in np.argsort(overlaps)[::-1] if overlaps[j] >= iou and not taken[i][j]]
+        if free:  # the best-overlapping nodule no higher-scoring detection took
+            taken[i][free[0]], tp[k] = True, 1.0
+    recall = np.cumsum(tp) / total
+    precision = np.cumsum(tp) / np.arange(1, len(ranked) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(ranked) else precision
+    points = [envelope[recall >= r].max() if np.any(recall >= r) else 0.0 for r in np.linspace(0, 1, 101)]
+    return float(np.mean(points))

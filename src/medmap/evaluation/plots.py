@@ -137,8 +137,6 @@ def gradcam_panel(items: list[tuple[str, np.ndarray, np.ndarray]]) -> bytes | No
     return _png(fig)
 
 
-
-
 def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[tuple[str, np.ndarray]]:
     """The three planes through ``centre``; only the slice itself for a 2-D image (one slice: an
     (X, Y, 1) NIfTI as MSD and nnU-Net store 2-D data), whose other planes are one pixel thick."""
@@ -246,4 +244,29 @@ def thumbnail(
             colour = hex_colour(label_colour((names or {}).get(value, ""), value))
             ax.contour((labels[z] == value).astype(float), levels=[0.5], colors=[colour])
     ax.axis("off")
+    return _png(fig)
+
+
+def finding_gallery(crops: list, title: str, window: tuple[float, float] | None = (-600.0, 1500.0)) -> bytes:
+    """Up to six crops per row (`medmap.tasks.detection.gallery.Crop`), each with a circle of the
+    finding's diameter; ``window`` (centre, width) defaults to a lung window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    columns = min(6, len(crops))
+    rows = -(-len(crops) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, crop in zip(axes.ravel(), crops, strict=False):
+        low, high = _window_of(crop.picture, window)
+        ax.imshow(crop.picture, cmap="gray", vmin=low, vmax=high)
+        colour = "#ff9f1c" if crop.kind == "missed" else "#e71d36"
+        (r, c), (rr, rc) = crop.centre, crop.radius
+        ax.add_patch(Ellipse((c, r), 2 * rc + 2, 2 * rr + 2, fill=False, color=colour, lw=1.2))
+        ax.set_title(crop.caption, fontsize=6)
+    fig.suptitle(title, fontsize=9)
     return _png(fig)

@@ -12,3 +12,14 @@ def interval(values, digits: int = 3) -> str:
 def ci(values, digits: int = 3) -> str:
     """`` (95% CI 0.812-0.930)``, or empty (see `interval`)."""
     return f" (95% CI {interval(values, digits)})" if interval(values, digits) else ""
+
+
+def margin_verdict(delta_ci) -> str:
+    """What a paired interval of model minus baseline says, in the CLI's words: the model is better (the
+    whole interval above 0), worse (below 0), or the data cannot tell (it holds 0)."""
+    low, high = delta_ci
+    if low > 0:
+        return "supported"
+    if high < 0:
+        return "the model is WORSE than the baseline (interval below 0)"
+    return "NOT supported (interval includes 0)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from medmap.evaluation.wording import ci as _ci
 from medmap.evaluation.wording import interval as _interval
+from medmap.evaluation.wording import margin_verdict
 
 POOR_CALIBRATION = 0.1  # expected calibration error above which probabilities are not to be read as risks
 
@@ -37,6 +38,8 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
             verdict = (
                 "the margin is supported by the data"
                 if d["supported"]
+                else "**the model is worse than this baseline**: the whole interval lies below no difference"
+                if d["delta_ci"][1] < 0
                 else "**the model does not beat this baseline**: the interval includes no difference"
             )
             lines.append(
@@ -74,7 +77,7 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"  {b['name']}: AUC {b['auc']:.3f} (95% CI {b['auc_ci'][0]:.3f}-{b['auc_ci'][1]:.3f})")
         if "comparison" in b:
             d = b["comparison"]
-            verdict = "supported" if d["supported"] else "NOT supported (interval includes 0)"
+            verdict = margin_verdict(d["delta_ci"])
             lines.append(
                 f"  model - baseline: AUC {d['delta_auc']:+.3f} (paired 95% CI {d['delta_ci'][0]:+.3f} to "
                 f"{d['delta_ci'][1]:+.3f}): {verdict}"

@@ -4,6 +4,7 @@ with intervals, the blob baseline and whether the margin over it is supported.""
 from __future__ import annotations
 
 from medmap.evaluation.wording import ci as _ci
+from medmap.evaluation.wording import margin_verdict
 
 
 def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[list[str], list[str]]:
@@ -17,8 +18,16 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
         "|---|" + "---|" * len(m.get("rates", [])),
         f"| sensitivity | {cells} |",
         "",
-        f"CPM {m.get('cpm', float('nan')):.3f}{_ci(m.get('cpm_ci'))}.",
+        f"CPM {m.get('cpm', float('nan')):.3f}{_ci(m.get('cpm_ci'))}; AP at box IoU 0.1 "
+        f"{m.get('ap_iou_0.1', float('nan')):.3f}.",
     ]
+    sizes = m.get("at_threshold", {}).get("by_size", {})
+    if sizes:
+        lines.append(
+            "Found at the operating threshold, by size: "
+            + ", ".join(f"{name} {d['found']} of {d['nodules']}" for name, d in sizes.items())
+            + "."
+        )
     failures = []
     base, comparison = m.get("baseline"), m.get("comparison")
     if base and comparison:
@@ -27,7 +36,9 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
             f"{comparison['delta_cpm']:+.3f} (paired 95% CI {comparison['delta_ci'][0]:+.3f} to "
             f"{comparison['delta_ci'][1]:+.3f})."
         )
-        if not comparison["supported"]:
+        if comparison["delta_ci"][1] < 0:
+            failures.append(f"is worse than the {base['name']} (the whole interval of the difference is below 0)")
+        elif not comparison["supported"]:
             failures.append(f"does not beat the {base['name']} by a margin its interval supports")
     at = m.get("at_threshold")
     if at:
@@ -52,7 +63,7 @@ def summary_lines(summary: dict) -> list[str]:
     ]
     base, comparison = m.get("baseline"), m.get("comparison")
     if base and comparison:
-        verdict = "supported" if comparison["supported"] else "NOT supported (interval includes 0)"
+        verdict = margin_verdict(comparison["delta_ci"])
         lines.append(
             f"  {base['name']}: CPM {base['cpm']:.3f}; model - baseline {comparison['delta_cpm']:+.3f} "
             f"({comparison['delta_ci'][0]:+.3f} to {comparison['delta_ci'][1]:+.3f}): {verdict}"

@@ -5,10 +5,11 @@
 2. Every scan of the evaluated split goes through `medmap.inference.models.Models` (the probability map
    `medmap predict` reads its findings from), its findings are matched to the truth
    (`medmap.evaluation.detection`), and the classical blob detector runs on the same scans: FROC with
-   bootstrap intervals by scan, CPM, the paired bootstrap interval of the CPM difference, sensitivity at
-   the chosen threshold.
+   bootstrap intervals by scan, CPM, the paired bootstrap interval of the CPM difference, AP at box IoU 0.1
+   (nnDetection's metric), sensitivity at the chosen threshold, overall and by nodule size.
 3. ``metrics.json``, ``cases_<split>.csv`` (one row per finding: true positives, false positives, missed),
-   ``predictions_<split>/<case>.json`` (the findings in LPS mm), ``report.html`` with the FROC curves.
+   ``predictions_<split>/<case>.json`` (the findings in LPS mm), ``report.html`` with the FROC curves and
+   galleries of the missed nodules and the false positives at the threshold.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import numpy as np
 from medmap import provenance
 from medmap import run_folder as runs
 from medmap.evaluation.blob_detector import detect_blobs
-from medmap.evaluation.detection import Nodule, Scan, froc, froc_with_ci, hits, match
+from medmap.evaluation.detection import Nodule, Scan, average_precision, by_size, froc, froc_with_ci, hits, match
 from medmap.evaluation.optional import optional
-from medmap.evaluation.plots import froc_plot, training_curves
+from medmap.evaluation.plots import finding_gallery, froc_plot, training_curves
 from medmap.evaluation.report import write_page
 from medmap.inference.models import Models
 from medmap.progress import track
 from medmap.tasks.base import EvaluationJob
 from medmap.tasks.detection.findings import findings, operating_threshold
+from medmap.tasks.detection.gallery import crops
 
 N_BOOT = 1000
 
@@ -85,12 +87,13 @@ def evaluate_run(job: EvaluationJob) -> dict:
     models = _models(job, job.run.weights())
     predictions_dir = out_dir / f"predictions_{evaluated}"
     predictions_dir.mkdir(parents=True, exist_ok=True)
-    scans, blobs = [], []
+    scans, blobs, pictures = [], [], []
     for case in track(splits[evaluated], f"detecting in {evaluated} scans", enabled=job.progress):
         image = case.load_image()
         found = findings(models.class_probability(image, 1))
         scans.append(Scan(case.case_id, _truth(case), found))
         blobs.append(Scan(case.case_id, _truth(case), detect_blobs(image)))
+        pictures += crops(image, scans[-1], threshold)
         listed = [{"position_lps_mm": list(f.centre), "diameter_mm": f.diameter_mm, "score": f.score} for f in found]
         (predictions_dir / f"{case.case_id}.json").write_text(
             json.dumps({"coordinates": "LPS mm", "threshold": threshold, "findings": listed}, indent=1)
@@ -122,8 +125,17 @@ def evaluate_run(job: EvaluationJob) -> dict:
         **{k: v for k, v in model.items() if k != "curve"},
         "n": len(scans),
         "threshold": threshold,
-        "at_threshold": {"sensitivity": found_at / total, "fp_per_scan": false_at / max(len(scans), 1)},
-        "baseline": {"name": "blob detector (LoG in the lungs)", **{k: v for k, v in baseline.items() if k != "curve"}},
+        "at_threshold": {
+            "sensitivity": found_at / total,
+            "fp_per_scan": false_at / max(len(scans), 1),
+            "by_size": by_size(scans, threshold),
+        },
+        "ap_iou_0.1": average_precision(scans, 0.1),
+        "baseline": {
+            "name": "blob detector (LoG in the lungs)",
+            **{k: v for k, v in baseline.items() if k != "curve"},
+            "ap_iou_0.1": average_precision(blobs, 0.1),
+        },
         "comparison": comparison,
     }
     if len(scans) < 20:
@@ -132,6 +144,12 @@ def evaluate_run(job: EvaluationJob) -> dict:
     (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
     curves = {"model": model, "blob baseline": baseline}
     plots = {"froc": optional("the FROC plot", froc_plot, curves)}
+    window = (-600.0, 1500.0) if plan.modality == "CT" else None  # a lung window; others by percentiles
+    for kind in ("missed", "false positive"):
+        shown = [c for c in pictures if c.kind == kind][:24]
+        if shown:
+            title = f"{kind} at the threshold {threshold:.3f} ({len([c for c in pictures if c.kind == kind])} in all)"
+            plots[kind] = optional(f"the {kind} gallery", finding_gallery, shown, title, window)
     if job.history:
         plots["training"] = optional("the training curves", training_curves, job.history, job.monitor)
     plots = {name: png for name, png in plots.items() if png is not None}
@@ -142,7 +160,14 @@ def evaluate_run(job: EvaluationJob) -> dict:
         f"{comparison['delta_cpm']:+.3f} ({comparison['delta_ci'][0]:+.3f} to {comparison['delta_ci'][1]:+.3f}): "
         + ("supported" if comparison["supported"] else "<b>not supported: the model does not beat the baseline</b>")
         + f". At the validation-chosen threshold {threshold:.3f}: sensitivity {found_at}/{model['nodules']}, "
-        f"{false_at / max(len(scans), 1):.2f} false positives per scan.</p>"
+        f"{false_at / max(len(scans), 1):.2f} false positives per scan. AP at box IoU 0.1: "
+        f"{metrics['ap_iou_0.1']:.3f} (baseline {metrics['baseline']['ap_iou_0.1']:.3f}).</p>"
+        "<table><tr><th>nodule size</th><th>found at the threshold</th></tr>"
+        + "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{d['found']} of {d['nodules']}</td></tr>"
+            for name, d in metrics["at_threshold"]["by_size"].items()
+        )
+        + "</table>"
     )
     notes = [
         "LUNA16 criterion: a finding hits a nodule when its centre lies within the nodule's radius (LPS mm)",
