@@ -207,3 +207,26 @@ def cached(dataset, plan, tmp_path, split):
     return PreprocessedCache(tmp_path / "cache", plan, task_for(plan)).build(
         [c for c in dataset.cases if c.split == split], workers=1
     )
+
+
+def untrained_bundle(table: Path, task: str, overrides: list[str], root: Path, threshold: float = 0.5) -> Path:
+    """A bundle of ``task`` planned from ``table`` with freshly initialised weights (seed 0): for tests of
+    the plumbing around a model (find-then-classify, the node's routes), not of what it learned."""
+    import json
+
+    import torch
+
+    from medmap.data.layouts import read_dataset
+    from medmap.inference.bundle import create_bundle
+    from medmap.tasks import task_for
+    from medmap.training.run import prepare_plan
+
+    dataset = read_dataset(table, "detection" if task == "detection" else None)
+    plan = prepare_plan(dataset, overrides=overrides, device="cpu", progress=False)
+    run = root / f"{task}-run"
+    (run / "checkpoints").mkdir(parents=True)
+    plan.save(run / "plan.json")
+    torch.manual_seed(0)
+    torch.save(task_for(plan).build_network(plan, None).state_dict(), run / "checkpoints" / "best.pt")
+    (run / "threshold.json").write_text(json.dumps({"threshold": threshold}))
+    return create_bundle(run, root / f"{task}-bundle")

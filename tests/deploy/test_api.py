@@ -82,3 +82,33 @@ def test_bad_upload_is_refused_with_the_file_named(node):
     assert response.status_code == 400 and "notes.txt" in response.json()["detail"]
     assert client.get("/v1/jobs/42").status_code == 404
     assert client.get("/openapi.json").json()["info"]["title"] == "medmap node"
+
+
+def test_a_detectors_findings_are_listed_and_pictured_one_by_one():
+    """The page's line per finding (position, size, score, class) and the thumbnail's crop per finding:
+    the slice through its centre with the finding in the middle."""
+    from medmap.deploy.api import _found
+    from medmap.evaluation.plots import finding_gallery
+    from medmap.tasks.detection.gallery import finding_crops
+    from tests.builders import volume
+
+    image = volume(shape=(20, 60, 60), spacing=(2.0, 1.0, 1.0))
+    centre = [float(v) for v in image.index_to_world([10, 30, 20])]
+    listed = [
+        {"finding": "nodule", "position_lps_mm": centre, "diameter_mm": 8.0, "score": 0.91},
+        {
+            "finding": "nodule",
+            "position_lps_mm": centre,
+            "diameter_mm": 5.0,
+            "score": 0.7,
+            "classification": {"probabilities": {"benign": 0.2, "malignant": 0.8}, "decision": "malignant"},
+        },
+    ]
+    text = _found(listed)
+    assert text.count("<br>") == 1 and "score 0.91" in text and "malignant (0.80)" in text
+    assert _found([]) == "no finding above the operating threshold"
+    crops = finding_crops(image, listed)
+    assert len(crops) == 2 and crops[1].caption.startswith("nodule 2: 5.0 mm, score 0.70, malignant 0.80")
+    assert crops[0].centre == (24.0, 24.0)  # in the middle, also where the crop reaches past the image's edge
+    assert crops[0].picture[24, 24] == image.array[10, 30, 20]
+    assert finding_gallery(crops, "2 findings").startswith(b"\x89PNG")

@@ -60,6 +60,8 @@ def test_bootstrap_interval_is_by_scan_and_contains_the_estimate():
     assert low <= result["cpm"] <= high and high - low > 0.01
     assert froc_with_ci(scans, n_boot=300, seed=1)["cpm_ci"] == result["cpm_ci"]  # seeded
     assert all(lo <= s <= hi for s, (lo, hi) in zip(result["sensitivity_at"], result["sensitivity_at_ci"], strict=True))
+
+
 def test_the_margin_over_a_baseline_is_worded_by_where_its_interval_lies():
     from medmap.evaluation.wording import margin_verdict
 

@@ -529,3 +529,61 @@ def test_tls_both_ways_with_orthanc(ball_bundle, tmp_path):
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_a_chest_ct_from_orthanc_comes_back_with_its_nodules_in_one_sr(tmp_path):
+    """The chest route (detector + classifier, CT and CHEST|LUNG): Orthanc pushes a chest CT, the node
+    finds the nodules, classifies each, and stores one TID 1500 SR in the same study in Orthanc whose
+    groups are the findings of the job's result (or the negative read's single group). Untrained bundles:
+    the route and the round trip are under test, not the models."""
+    import csv
+
+    import highdicom as hd
+
+    from medmap.data.phantoms import chest_ct
+    from tests.builders import untrained_bundle
+
+    rows = []
+    for p in range(2):
+        case = chest_ct((24, 96, 96), (3.0, 2.0, 2.0), seed=p, n_nodules=2)
+        write_series(case.image, tmp_path / "ct" / f"P{p}", info=SeriesInfo(patient_id=f"P{p}", body_part="CHEST"))
+        for i, n in enumerate(case.nodules):
+            x, y, z = n.position
+            row = {"image": f"ct/P{p}", "x": x, "y": y, "z": z, "diameter_mm": n.diameter_mm}
+            rows.append({**row, "label": ("benign", "malignant")[i % 2], "patient_id": f"P{p}"})
+    with open(tmp_path / "nodules.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    detector = untrained_bundle(
+        tmp_path / "nodules.csv", "detection", ["network_width=4", "network_depth=3", "patch_size=[16,32,32]"], tmp_path
+    )
+    classifier = untrained_bundle(tmp_path / "nodules.csv", "classification", ["network=smallcnn"], tmp_path)
+    route = {"bundle": str(detector), "classifier": str(classifier), "modality": "CT", "body_part": "CHEST|LUNG"}
+    (tmp_path / "node.json").write_text(json.dumps({"routes": [route]}))
+    orthanc = Orthanc(tmp_path / "orthanc")
+    node = NodeProcess(detector, tmp_path / "node", free_port(), f"ORTHANC@127.0.0.1:{orthanc.dicom}")
+    node.args[node.args.index("--bundle") : node.args.index("--bundle") + 2] = ["--config", str(tmp_path / "node.json")]
+    try:
+        orthanc.start(node.port)
+        node.start()
+        image = chest_ct((24, 96, 96), (3.0, 2.0, 2.0), seed=7, n_nodules=2).image
+        info = SeriesInfo(patient_name="TEST^CHEST", patient_id="CHEST-7", body_part="CHEST")
+        write_series(image, tmp_path / "series", info=info)
+        push_from_orthanc(orthanc, tmp_path / "series", info.study_uid)
+        stored = wait_for(
+            lambda: orthanc.find("Series", {"StudyInstanceUID": info.study_uid, "Modality": "SR"}), 180, "the SR"
+        )
+        assert len(stored) == 1
+        (result_json,) = (node.data / "results").rglob("result.json")
+        found = json.loads(result_json.read_text())["findings"]
+        assert all("classification" in f for f in found)  # every finding went through the classifier
+        sr = hd.sr.srread(next(result_json.parent.glob("sr.dcm")))
+        groups = sr.content.get_volumetric_roi_measurement_groups()
+        assert len(groups) == len(found)
+        if not found:  # the negative read: one group saying no nodule was found
+            assert "Absent" in str(sr)
+        assert "TEST^CHEST" not in node.logs()
+    finally:
+        node.stop()
+        orthanc.stop()

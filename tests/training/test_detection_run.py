@@ -105,23 +105,11 @@ def test_a_finding_outside_its_image_names_the_case(tmp_path):
 def nodule_classifier(detection_run, tmp_path_factory):
     """A lesion classifier bundle for the same table (untrained weights: find-then-classify's plumbing is
     under test, not its accuracy)."""
-    import torch
-
-    from medmap.data.layouts import read_dataset
-    from medmap.tasks import task_for
-    from medmap.training.run import prepare_plan
+    from tests.builders import untrained_bundle
 
     table, _, _ = detection_run
-    root = tmp_path_factory.mktemp("classifier")
-    plan = prepare_plan(
-        read_dataset(table), overrides=["network=smallcnn", "network_width=8"], device="cpu", progress=False
-    )
-    (root / "run" / "checkpoints").mkdir(parents=True)
-    plan.save(root / "run" / "plan.json")
-    torch.manual_seed(0)
-    torch.save(task_for(plan).build_network(plan, None).state_dict(), root / "run" / "checkpoints" / "best.pt")
-    (root / "run" / "threshold.json").write_text(json.dumps({"threshold": 0.5}))
-    return create_bundle(root / "run", root / "bundle")
+    overrides = ["network=smallcnn", "network_width=8"]
+    return untrained_bundle(table, "classification", overrides, tmp_path_factory.mktemp("classifier"))
 
 
 def truth_spheres(image, nodules, value=1.0):

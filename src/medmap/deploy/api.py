@@ -75,6 +75,7 @@ def create_app(node, token: str | None = None) -> FastAPI:
             "seconds_waiting": waited,
             "segments": result.get("segments"),
             "findings": result.get("findings"),
+            "detection": "coordinates" in result,  # a detector's findings (positions in LPS mm)
         }
 
     @app.get("/healthz")
@@ -160,7 +161,10 @@ def create_app(node, token: str | None = None) -> FastAPI:
             else ""
         )
         routes = "; ".join(
-            html.escape(f"{r.bundle.name} ({r.modality or 'any'} {r.body_part or ''})".replace(" )", ")"))
+            html.escape(
+                f"{r.bundle.name}{f' + {r.classifier.name}' if r.classifier else ''} "
+                f"({r.modality or 'any'} {r.body_part or ''})".replace(" )", ")")
+            )
             for r in node.routes
         )
         return f"""<!doctype html><html><head><meta charset="utf-8"><title>medmap node</title>
@@ -186,6 +190,8 @@ tr[data-state=failed] td.state{color:#b00020;font-weight:bold} small{color:#555}
 def _answer(j: dict) -> str:
     if j["segments"]:
         return html.escape(", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in j["segments"].items()))
+    if j.get("detection") and j["findings"] is not None:
+        return _found(j["findings"])
     if j["findings"]:
         return html.escape(
             "; ".join(
@@ -197,6 +203,24 @@ def _answer(j: dict) -> str:
         reasons = j["error"].split("intended use: ", 1)[-1]
         return f"<b>not assessed</b>, outside the model's intended use: {html.escape(reasons)}"
     return html.escape(j["error"])
+
+
+def _found(findings: list[dict]) -> str:
+    """A detector's findings, one line each: position (LPS mm), diameter, score, and class when classified."""
+    if not findings:
+        return "no finding above the operating threshold"
+    lines = []
+    for number, f in enumerate(findings, start=1):
+        x, y, z = f["position_lps_mm"]
+        text = f"{f['finding']} {number} at ({x:.0f}, {y:.0f}, {z:.0f}) mm, {f['diameter_mm']:.1f} mm"
+        text += f", score {f['score']:.2f}"
+        classified = f.get("classification", {})
+        if "decision" in classified:
+            text += f": {classified['decision']} ({max(classified['probabilities'].values()):.2f})"
+        elif classified:
+            text += ": not classified (outside the classifier's intended use)"
+        lines.append(html.escape(text))
+    return "<br>".join(lines)
 
 
 def _delivery(j: dict) -> str:

@@ -72,8 +72,11 @@ class Node:
         """The identity (name + weights hash) of a routed bundle, for the page; its folder name if not loaded."""
         if not bundle:
             return ""
-        predictor = self.worker.predictors.get(bundle)
-        return predictor.bundle.identity if predictor is not None else Path(bundle).name
+        for predictor in self.worker.predictors.values():
+            if str(predictor.bundle.root) == str(bundle):
+                second = predictor.classifier
+                return predictor.bundle.identity + (f" + {second.bundle.identity}" if second else "")
+        return Path(bundle).name
 
     def start(self) -> None:
         self.outbox.start()

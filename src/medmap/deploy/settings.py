@@ -20,9 +20,13 @@ from medmap.errors import ConfigError
 
 @dataclass(config=ConfigDict(extra="forbid"))
 class Route:
-    """Which bundle processes a series: every given rule must match (regular expressions, case-insensitive)."""
+    """Which bundle processes a series: every given rule must match (regular expressions, case-insensitive).
+    With ``classifier`` (a lesion classifier bundle) the route's detection bundle finds, then classifies:
+    a chest CT route, for example ``{"bundle": "nodule-detector", "classifier": "nodule-classifier",
+    "modality": "CT", "body_part": "CHEST|LUNG"}``."""
 
     bundle: Path
+    classifier: Path | None = None
     modality: str = ""
     body_part: str = ""
     description: str = ""
@@ -141,7 +145,7 @@ def _one_line(where: str, exc: ValidationError) -> str:
         if len(error["loc"]) == 1:
             known = ", ".join(NodeSettings.model_fields)
             return f"{where}: unknown setting {location!r}; known: {known}"
-        return f"{where}: unknown rule {location!r} (a route has bundle, modality, body_part, description)"
+        return f"{where}: unknown rule {location!r} (a route has bundle, classifier, modality, body_part, description)"
     if error["type"] == "missing" and error["loc"] == ("data",):
         return "the node needs --data (a folder for its spool, results and job database)"
     if error["type"] == "missing":

@@ -59,17 +59,19 @@ class Worker:
     def route(self, job) -> Route | None:
         return next((r for r in self.routes if r.accepts(job.modality, job.body_part, job.description)), None)
 
-    def predictor(self, bundle: Path):
-        key = str(bundle)
+    def predictor(self, route: Route):
+        """The route's loaded Predictor (with its classifier, for find-then-classify), loaded at first use."""
+        key = str(route.bundle) if route.classifier is None else f"{route.bundle} + {route.classifier}"
         if key not in self.predictors:
             from medmap.inference.bundle import load_bundle
             from medmap.inference.predictor import Predictor
 
             self.predictors[key] = Predictor(
-                load_bundle(bundle),
+                load_bundle(route.bundle),
                 device=self.settings.device,
                 precision=self.settings.precision,
                 overlays=self.settings.overlays,
+                classifier=load_bundle(route.classifier) if route.classifier is not None else None,
             )
         return self.predictors[key]
 
@@ -85,7 +87,7 @@ class Worker:
         log.info("job %d (series %s): running %s", job.id, job.series_uid, route.bundle.name)
         out = self.results / f"job-{job.id}"
         try:
-            predictor = self.predictor(route.bundle)
+            predictor = self.predictor(route)
             case = InputCase(f"series-{job.id}", Path(job.folder), job.series_uid)
             result = predictor.run_case(case, out)
         except OutOfUseError as exc:  # not a failure: the model declines, and the PACS gets nothing for it
@@ -113,12 +115,21 @@ class Worker:
 
 
 def _thumbnail(case_id: str, result, out: Path, predictor) -> None:
-    """A small picture of the result for the web page, from the image and label map the prediction held
-    (never fatal to the job)."""
+    """A small picture of the result for the web page, from the image and label map the prediction held;
+    for findings, the slice through each with a circle of its diameter (never fatal to the job)."""
     try:
-        from medmap.evaluation.plots import thumbnail
+        from medmap.evaluation.plots import finding_gallery, thumbnail
 
         image = result.image
+        if "coordinates" in result.result:  # a detector's findings
+            from medmap.tasks.detection.gallery import finding_crops
+
+            crops = finding_crops(image, result.result["findings"])
+            if crops:
+                window = (-600.0, 1500.0) if image.meta.modality == "CT" else None
+                picture = finding_gallery(crops, f"{len(crops)} finding(s)", window)
+                (out / case_id / "thumbnail.png").write_bytes(picture)
+            return
         labels = result.labels.array if result.labels is not None else None
         grey = image.array if image.channels == 1 else image.array[..., 0]
         window = (image.meta.window_center or 60.0, image.meta.window_width or 400.0)

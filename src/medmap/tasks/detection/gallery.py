@@ -50,4 +50,19 @@ def _crop(grey: np.ndarray, image: Image, kind: str, centre, diameter: float, ca
     cols = np.clip(np.arange(round(x) - half[1], round(x) + half[1] + 1), 0, grey.shape[2] - 1)
     picture = grey[k][np.ix_(rows, cols)]
     radius = (diameter / 2 / image.spacing[1], diameter / 2 / image.spacing[2])
-    return Crop(kind, f"{caption}, slice {k}", picture, (y - rows[0], x - cols[0]), radius)
+    start = (round(y) - half[0], round(x) - half[1])  # before clipping: the edge rows repeat, places hold
+    return Crop(kind, f"{caption}, slice {k}", picture, (y - start[0], x - start[1]), radius)
+
+
+def finding_crops(image: Image, listed: list[dict]) -> list[Crop]:
+    """One crop per finding of a `medmap predict` result (``findings`` of result.json), captioned with
+    its number, diameter, score and class when classified: the node's page shows these."""
+    grey = image.array if image.channels == 1 else image.array[..., 0]
+    out = []
+    for number, item in enumerate(listed[:12], start=1):
+        caption = f"{item['finding']} {number}: {item['diameter_mm']:.1f} mm, score {item['score']:.2f}"
+        classified = item.get("classification", {})
+        if "decision" in classified:
+            caption += f", {classified['decision']} {max(classified['probabilities'].values()):.2f}"
+        out.append(_crop(grey, image, "finding", item["position_lps_mm"], item["diameter_mm"], caption))
+    return out
