@@ -77,6 +77,16 @@ class DetectionTask(VoxelLabeller):
     def sample(self, case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
         return sampling.sample(case, plan, rng, train)
 
+    def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float):
+        """Dice + cross-entropy with the findings' voxels weighted up (`medmap.tasks.detection.loss`)."""
+        from medmap.tasks.detection.loss import FindingLoss, finding_weight, log
+
+        if plan.loss != "default":  # a loss the user chose (--set loss=...)
+            return super().build_loss(plan, train, label_smoothing)
+        weight = finding_weight(train)
+        log.info("detection loss: finding voxels weighted %.1f in the cross-entropy (training scans)", weight)
+        return FindingLoss(weight)
+
     def validation_metrics(self, predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         return {"dice": float(dice_per_class(predictions, targets, [1])[1])}  # NaN: no finding in these patches
 
