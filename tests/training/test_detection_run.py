@@ -77,6 +77,10 @@ def test_a_detection_run_is_scored_as_luna16_scores_next_to_the_blob_baseline(de
     assert sum(d["found"] for d in sizes.values()) == found
     if found < m["nodules"]:  # a tiny run misses some: each shown on its slice
         assert 'alt="missed"' in report
+    from medmap.evaluation.report import combine_reports
+
+    combined = combine_reports([run / "report.html"], run.parent / "combined.html").read_text()
+    assert f"CPM {m['cpm']:.3f}" in combined and "AUC nan" not in combined  # a detector's row, not a classifier's
 
 
 def test_predict_gives_the_findings_the_evaluation_scored(detection_run, tmp_path):

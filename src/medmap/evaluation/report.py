@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from medmap import __version__
+from medmap.evaluation.wording import margin_verdict
 from medmap.run_folder import METRICS, RunFolder
 
 _STYLE = """
@@ -192,6 +193,15 @@ def _summary_row(anchor: str, name: str, stored: dict | None) -> str:
         extra = "; ".join(
             f"{cls}: {d['detected']}/{d['lesions']} lesions found, {d['false_positives_per_case']:.2f} FP/case"
             for cls, d in m.get("lesions", {}).items()
+        )
+    elif "cpm" in m:  # a detector
+        key = f"CPM {m['cpm']:.3f} ({_fmt(m.get('cpm_ci', []))}); AP@0.1 {m.get('ap_iou_0.1', float('nan')):.3f}"
+        base, comparison = m.get("baseline") or {}, m.get("comparison")
+        extra = (
+            ""
+            if comparison is None
+            else f"vs {base.get('name', 'baseline')} {comparison['delta_cpm']:+.3f} ({_fmt(comparison['delta_ci'])}): "
+            + margin_verdict(comparison["delta_ci"])
         )
     else:
         key = f"AUC {m.get('auc', float('nan')):.3f} ({_fmt(m.get('auc_ci', []))})"
