@@ -123,3 +123,25 @@ def test_pretrain_then_train_with_its_weights(tmp_path):
     assert "tracked in MLflow" in r.stdout and (tmp_path / "mlflow.db").is_file()  # on by default, beside the run
     again = medmap_cli("pretrain", tmp_path / "tiny.npz", "-o", tmp_path / "w" / "simclr.pt")
     assert_one_line_error(again, "exists")
+
+
+def test_plan_and_check_read_a_lesion_table_per_image_with_task_detection(tmp_path):
+    """`medmap dataset check --task detection` and `medmap plan --task detection` plan and check findings
+    per scan; a task the layout contradicts, or an unknown one, is one line."""
+    from tests.builders import volume, write_ct
+
+    image = volume(shape=(12, 40, 40), spacing=(2.0, 1.0, 1.0))
+    write_ct(image, tmp_path / "ct" / "a")
+    x, y, z = (float(v) for v in image.index_to_world([6, 20, 20]))
+    (tmp_path / "t.csv").write_text(f"image,x,y,z,diameter_mm\nct/a,{x},{y},{z},8\nct/a,{x + 500},{y},{z},6\n")
+    checked = medmap_cli("dataset", "check", tmp_path / "t.csv", "--task", "detection")
+    assert checked.returncode == 1 and "detection, 1 cases" in checked.stdout
+    assert "a: finding at" in checked.stdout and "lies outside its image" in checked.stdout
+    (tmp_path / "ok.csv").write_text(f"image,x,y,z,diameter_mm\nct/a,{x},{y},{z},8\n")
+    planned = medmap_cli("plan", tmp_path / "ok.csv", "--task", "detection", "-o", tmp_path / "plan.json")
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads((tmp_path / "plan.json").read_text())["task"] == "detection"
+    (tmp_path / "classes.csv").write_text(f"image,x,y,z,diameter_mm,label\nct/a,{x},{y},{z},8,benign\n")
+    contradicted = medmap_cli("plan", tmp_path / "classes.csv", "--task", "segmentation")
+    assert_one_line_error(contradicted, "--task segmentation", "is a classification dataset")
+    assert_one_line_error(medmap_cli("dataset", "check", tmp_path / "ok.csv", "--task", "boxes"), "task 'boxes'")

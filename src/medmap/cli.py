@@ -186,13 +186,16 @@ app.add_typer(dataset_app, name="dataset")
 @dataset_app.command("check")
 def dataset_check(
     path: Annotated[Path, typer.Argument(help="Dataset folder (dataset.json), .npz or .csv manifest.")],
+    task: Annotated[
+        str | None, typer.Option(help="detection: read a lesion table per image (otherwise the layout says the task).")
+    ] = None,
 ) -> None:
     """List every problem in a dataset with the case named; exit status 1 if there is any."""
     from medmap.data.check import check_dataset
     from medmap.data.layouts import read_dataset
     from medmap.tasks import task_for
 
-    dataset = read_dataset(path)
+    dataset = read_dataset(path, task)
     task = task_for(dataset.task)
     problems = check_dataset(dataset, task, progress=True)
     out.print(
@@ -214,6 +217,9 @@ def plan(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value (repeatable).")] = None,
     device: Annotated[str, typer.Option(help="Plan for 'cpu' or 'cuda'.")] = "cpu",
     budget_mb: Annotated[int | None, typer.Option(help="Memory budget for a training step, MB.")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="detection: read a lesion table per image (otherwise the layout says the task).")
+    ] = None,
 ) -> None:
     """Fingerprint a dataset and derive its training plan (every decision explained); print and save it."""
     from medmap.data.fingerprint import compute_fingerprint
@@ -222,7 +228,7 @@ def plan(
 
     if device not in ("cpu", "cuda"):
         raise MedmapError(f"--device {device}: choose cpu or cuda")
-    dataset = read_dataset(data)
+    dataset = read_dataset(data, task)
     fingerprint = compute_fingerprint(dataset, progress=True)
     result = plan_dataset(dataset, fingerprint, device=device, budget_mb=budget_mb)
     if set_:
@@ -247,8 +253,8 @@ def preprocess(
     from medmap.plan import Plan
     from medmap.tasks import task_for
 
-    dataset = read_dataset(data)
     the_plan = Plan.load(plan_file)
+    dataset = read_dataset(data, the_plan.task)  # a detection plan reads its lesion table per image
     if the_plan.dataset != dataset.name:
         raise MedmapError(f"{plan_file}: plan is for dataset {the_plan.dataset!r}, not {dataset.name!r}")
     store = PreprocessedCache(cache, the_plan, task_for(the_plan))

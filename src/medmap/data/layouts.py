@@ -52,12 +52,19 @@ def read_dataset(path: str | Path, task: str | None = None) -> Dataset:
     ``task="detection"`` reads a lesion table (``x,y,z,diameter_mm``) as one case per image holding all
     its findings; otherwise the layout says the task."""
     path = Path(path)
+    if task is not None:
+        from medmap.tasks import task_for
+
+        task_for(task)  # an unknown name is refused by the one mapping of names to tasks
     with reading(path, "not a readable dataset"):
         if task == "detection":
             if path.suffix != ".csv":
                 raise DatasetError(f"{path}: detection reads a lesion table (.csv with image, x, y, z, diameter_mm)")
             return read_detection_table(path)
-        return _read_dataset(path)
+        dataset = _read_dataset(path)
+    if task is not None and task != dataset.task:
+        raise DatasetError(f"--task {task}: {path} is a {dataset.task} dataset")
+    return dataset
 
 
 def _read_dataset(path: Path) -> Dataset:

@@ -251,9 +251,7 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     joining = folds > 1 and (run_dir / runs.FOLDS).is_file()
     reloading = (request.resume or joining) and (run_dir / runs.PLAN).is_file()
     planned_task = Plan.load(run_dir / runs.PLAN).task if reloading else None
-    dataset = read_dataset(data, request.task or planned_task)  # a lesion table is read per image for detection
-    if request.task and request.task != dataset.task:
-        raise ConfigError(f"--task {request.task}: {data} is a {dataset.task} dataset")
+    dataset = read_dataset(data, request.task or planned_task)  # refuses a --task the layout contradicts
     task = task_for(dataset.task)
     if joining:
         planned = json.loads((run_dir / runs.FOLDS).read_text())["folds"]
