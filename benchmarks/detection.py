@@ -18,6 +18,12 @@ seconds per scan; with ``--classifier``, find-then-classify: every finding at th
 threshold classified, the nodule-level AUC of malignancy over the detected nodules and how many malignant
 nodules were never found. The same as JSON under ``--out``. ``--quick`` runs it all on five small
 generated chest CTs with untrained bundles, so that no path rots (its figures mean nothing).
+
+``--speed`` (with ``--detector``): whole-volume detection of one 256x256x300 generated chest CT, each way
+in a fresh process (peak memory its own): medmap's (`Models.class_probability` + `findings`, as `medmap
+predict` runs it) and MONAI's (`sliding_window_inference` with the same network and weights, window,
+overlap and batch, Gaussian blending, as MONAI's detection tutorial infers whole volumes) on the same
+preprocessed volume with the same findings step; seconds, peak memory and whether the findings agree.
 """
 
 from __future__ import annotations
@@ -126,6 +132,91 @@ def untrained_bundles(data: Path, root: Path) -> tuple[Path, Path]:
     return bundles[0], bundles[1]
 
 
+SPEED_SHAPE, SPEED_SPACING = (300, 256, 256), (1.25, 0.7, 0.7)  # slices, rows, columns; mm
+
+
+def speed_worker(method: str, detector: Path, threads: int, shape=SPEED_SHAPE) -> dict:
+    """One way of detecting in the speed volume, timed in this (fresh) process."""
+    import torch
+
+    from medmap.data.phantoms import chest_ct
+    from medmap.inference.bundle import load_bundle
+    from medmap.inference.predictor import Predictor
+    from medmap.tasks.detection.findings import findings
+
+    torch.set_num_threads(threads)
+    image = chest_ct(tuple(shape), SPEED_SPACING, seed=3, n_nodules=4).image
+    predictor = Predictor(load_bundle(detector), precision="float32")
+    before = _high_water_kb()
+    started = time.perf_counter()
+    if method == "medmap":
+        found = findings(predictor.models.class_probability(image, 1))
+    else:
+        found = findings(_monai_probability(image, predictor))
+    seconds = time.perf_counter() - started
+    centres = [list(f.centre) for f in found if f.score >= 0.5]
+    return {"seconds": seconds, "peak_kb": max(_high_water_kb() - before, 0), "centres": centres}
+
+
+def _monai_probability(image, predictor):
+    """The finding's probability map the way MONAI's tutorials infer a whole volume, on medmap's input."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from medmap.data.preprocess import segmentation_input
+    from medmap.io.image import Image
+
+    plan, (net,) = predictor.bundle.plan, predictor.models.networks
+    array, bbox, resampled = segmentation_input(image, plan.normalization, plan.target_spacing)
+    with torch.inference_mode():
+        out = sliding_window_inference(
+            torch.from_numpy(np.ascontiguousarray(array))[None],
+            roi_size=plan.patch_size,
+            sw_batch_size=plan.inference.batch_size,
+            predictor=lambda x: torch.softmax(net(x), 1),
+            overlap=plan.inference.overlap,
+            mode="gaussian",
+            sigma_scale=0.125,
+        )
+    full = np.zeros(resampled.shape, np.float32)
+    full[tuple(slice(a, b) for a, b in bbox)] = out[0, 1].numpy()
+    return Image(full, resampled.spacing, resampled.origin, resampled.direction)
+
+
+def _high_water_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def speed(detector: Path, threads: int, shape=SPEED_SHAPE) -> dict:
+    import subprocess
+
+    detector = str(detector)
+
+    results = {}
+    for method in ("medmap", "monai"):
+        command = [sys.executable, __file__, "--speed-worker", method, "--detector", detector]
+        proc = subprocess.run(
+            [*command, "--threads", str(threads), "--speed-shape", *map(str, shape)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    a, b = (np.asarray(results[m]["centres"]).reshape(-1, 3) for m in ("medmap", "monai"))
+    agree = len(a) == len(b) and (len(a) == 0 or np.abs(np.sort(a, 0) - np.sort(b, 0)).max() < 1.0)
+    ratio = results["monai"]["seconds"] / results["medmap"]["seconds"]
+    size = "x".join(str(n) for n in shape[::-1])
+    print(f"\nwhole-volume detection, {size} chest CT, {threads} threads")
+    for method, r in results.items():
+        found = len(r["centres"])
+        print(f"{method:>8}: {r['seconds']:6.1f} s, peak {r['peak_kb'] / 1024:6.0f} MB, {found} findings >= 0.5")
+    print(f"MONAI's way takes {ratio:.2f}x medmap's time; findings agree: {agree}")
+    return {"shape_zyx": list(shape), "results": results, "monai_over_medmap": ratio, "findings_agree": bool(agree)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="demo data folder (holding nodules.csv and chest_ct/)")
@@ -134,7 +225,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="five generated chest CTs (the test suite's run)")
     parser.add_argument("--seed", type=int, default=0, help="the split's seed (the classifier's default)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for detection.json")
+    parser.add_argument("--speed", action="store_true", help="time whole-volume detection, medmap vs MONAI's way")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed-shape", type=int, nargs=3, default=list(SPEED_SHAPE), help="slices, rows, columns")
+    parser.add_argument("--speed-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.speed_worker:
+        print(json.dumps(speed_worker(args.speed_worker, args.detector, args.threads, args.speed_shape)))
+        return
+    if args.speed:
+        if not args.detector:
+            parser.error("--speed needs --detector (a detection bundle)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        timed = speed(args.detector, args.threads, args.speed_shape)
+        (args.out / "detection_speed.json").write_text(json.dumps(timed, indent=1))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if args.quick:
@@ -144,6 +249,8 @@ def main() -> None:
         elif data is None:
             parser.error("give --data (a demo data folder) or --quick")
         payload = run(data, args)
+        if args.quick:  # the speed comparison's path too, on a small volume
+            payload["speed"] = speed(args.detector, args.threads, (40, 96, 96))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.json").write_text(json.dumps(payload, indent=1))
 
