@@ -234,7 +234,7 @@ def predict(
     bundle = load_bundle(bundle_path)
     second = load_bundle(classifier) if classifier is not None else None
     if second is not None:
-        check_pair(bundle, second)
+        check_pair(bundle, second)  # before the input is read (the Predictor checks it again for other callers)
     cases = discover(Path(source), lesions)
     if shard is not None:
         cases = shards.select(cases, shard)

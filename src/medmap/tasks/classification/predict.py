@@ -87,7 +87,6 @@ def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Pa
 
 def coded_class(bundle, item: dict) -> dict:
     """A classified lesion's decision and probability as the SR writes them (`LesionFinding` fields)."""
-
     names = [label.name for label in bundle.labels]
     positive = names[-1]  # the class order is negative first (medmap.data.layouts)
     meaning = next(label.meaning for label in bundle.labels if label.name == item["decision"])

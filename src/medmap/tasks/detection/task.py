@@ -30,7 +30,7 @@ class DetectionTask(VoxelLabeller):
     name = "detection"
     targets = "findings"
     monitor = "dice"
-    learning_rate = 3e-3  # segmentation's (the same network and loss)
+    learning_rate = 3e-3  # segmentation's (the same network; the loss weighs the findings up, `loss.py`)
 
     def split(self, cases: list[Case], seed: int) -> dict[str, list[Case]]:
         """By patient; scans without findings are kept (they hold the false positives). When the table's
