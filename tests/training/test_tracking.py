@@ -40,3 +40,11 @@ def test_tracking_failure_is_a_warning_not_a_lost_run(balls_run, tmp_path):
     with pytest.warns(MedmapWarning, match="logging the run to MLflow failed"):
         assert track_run(balls_run[0], "mlflow", "unknownscheme://nowhere") is None
     assert track_run(balls_run[0], "off", None) is None
+
+
+def test_metric_names_mlflow_refuses_are_rewritten():
+    """A detector's metrics hold size bins ("< 6 mm"): MLflow refuses "<" in a name, so it is spelled out."""
+    from medmap.training.tracking import _numbers
+
+    flat = _numbers("test.", {"by_size": {"< 6 mm": {"found": 15}, ">= 10 mm": {"found": 11}}, "cpm": 0.8})
+    assert flat == {"test.by_size.lt 6 mm.found": 15.0, "test.by_size.ge 10 mm.found": 11.0, "test.cpm": 0.8}

@@ -24,11 +24,21 @@ def default_uri(run_dir: str | Path) -> str:
     return f"sqlite:///{Path(run_dir).resolve().parent / 'mlflow.db'}"
 
 
+def _metric_name(key: str) -> str:
+    """A metrics key as MLflow accepts it (alphanumerics, ``_ - . / :`` and spaces): a size bin such as
+    "< 6 mm" becomes "lt 6 mm", ">= 10 mm" "ge 10 mm"."""
+    import re
+
+    for sign, word in ((">=", "ge "), ("<=", "le "), ("<", "lt "), (">", "gt ")):
+        key = key.replace(sign, word)
+    return re.sub(r"[^A-Za-z0-9_\-./: ]", "_", re.sub(r"\s+", " ", key).strip())
+
+
 def _numbers(prefix: str, values: dict) -> dict[str, float]:
     """Flatten numeric entries (and two-value intervals) of a metrics dict into MLflow metric names."""
     out = {}
     for key, value in values.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{_metric_name(str(key))}"
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int | float) and value == value:  # not NaN
