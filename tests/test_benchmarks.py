@@ -33,7 +33,7 @@ def bench(name: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def quick_bundle(balls_run, tmp_path_factory):
     return create_bundle(balls_run[0], tmp_path_factory.mktemp("bench-bundle") / "balls")
 

@@ -14,7 +14,7 @@ from medmap.io.dicom.writer import SeriesInfo, write_series
 from tests.builders import ball_case
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def api_bundle(balls_run, tmp_path_factory):
     return create_bundle(balls_run[0], tmp_path_factory.mktemp("api-bundle") / "balls")
 

@@ -17,7 +17,7 @@ from tests.helpers import dciodvfy_errors
 ORDER = [3, 0, 7, 1, 12, 5, 2, 9, 4, 13, 6, 11, 8, 10]  # the 14 slices' storage order in the file
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def enhanced(tmp_path_factory):
     image, truth = ball_case(3)
     image = image.with_array(np.rint(image.array * 10).astype(np.int16))

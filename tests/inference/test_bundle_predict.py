@@ -23,7 +23,7 @@ from tests.builders import ball_case
 from tests.helpers import dciodvfy_errors, medmap_cli
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def ball_dicom(tmp_path_factory):
     """A new study: ball case 99 as a DICOM MR series (int16, rotated, anisotropic)."""
     image, truth = ball_case(99)

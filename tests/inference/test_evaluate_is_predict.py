@@ -16,7 +16,7 @@ from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 from tests.builders import lesion_manifest
 
-pytestmark = pytest.mark.xdist_group("evaluate_is_predict")  # its module fixture trains once, on one worker
+pytestmark = pytest.mark.xdist_group("evaluate_is_predict")  # its fixtures train once, on one worker
 
 
 def test_segmentation_evaluation_writes_the_label_maps_predict_writes(balls_run, balls, tmp_path):
@@ -38,7 +38,7 @@ def test_segmentation_evaluation_writes_the_label_maps_predict_writes(balls_run,
     assert compared == 2
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def lesion_run(tmp_path_factory):
     """A lesion classifier trained for one short epoch on 12 lesions of one CT series (12 patients)."""
     root = tmp_path_factory.mktemp("lesions")

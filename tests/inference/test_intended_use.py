@@ -28,7 +28,7 @@ def abdomen(seed, **meta):
     return image.with_array(image.array, **meta) if meta else image
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def liver_use():
     train = [case_record(abdomen(s, body_part="ABDOMEN"), "CT") for s in range(5)]
     val = [case_record(abdomen(s), "CT") for s in range(10, 12)]
@@ -114,7 +114,7 @@ def test_lesion_region_outside_the_lung_is_refused():
 # --- through predict and the CLI, with the session's ball model (MR, trained on NIfTI) -----------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def head_bundle(balls_run, tmp_path_factory):
     """`balls_run` as a bundle for heads (BodyPartExamined HEAD, besides what the training images said)."""
     run, _ = balls_run

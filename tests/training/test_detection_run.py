@@ -16,7 +16,7 @@ from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 
-pytestmark = pytest.mark.xdist_group("detection")  # its module fixture trains once, on one worker
+pytestmark = pytest.mark.xdist_group("detection")  # its fixtures train once, on one worker
 
 OVERRIDES = ["patch_size=[16,32,32]", "network_width=8", "network_depth=3", "batch_size=2"]
 
@@ -47,7 +47,7 @@ def write_table(root, patients=6, outside=False):
     return root / "nodules.csv"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def detection_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("detection")
     table = write_table(root)
@@ -105,7 +105,7 @@ def test_a_finding_outside_its_image_names_the_case(tmp_path):
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def nodule_classifier(detection_run, tmp_path_factory):
     """A lesion classifier bundle for the same table (untrained weights: find-then-classify's plumbing is
     under test, not its accuracy)."""

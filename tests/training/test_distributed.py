@@ -25,7 +25,7 @@ from medmap.training.run import train_run
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed"),
-    pytest.mark.xdist_group("distributed"),  # one worker builds the module's runs (make test: --dist loadgroup)
+    pytest.mark.xdist_group("distributed"),  # one worker builds the runs (make test: --dist loadgroup)
 ]
 
 SMALL = [
@@ -104,7 +104,7 @@ def ranks_of(launcher: int) -> dict[int, int]:
     return found
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def two_process_run(balls, tmp_path_factory):
     """One single-process and one 2-process run of 3 epochs with the same seed and global batch."""
     root = tmp_path_factory.mktemp("ddp")

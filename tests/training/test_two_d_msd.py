@@ -21,7 +21,7 @@ def disc_case(seed: int):
     return flat, flat.with_array(label.array)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even when xdist interleaves modules
 def discs(tmp_path_factory):
     root = tmp_path_factory.mktemp("discs")
     training = [(f"disc_{i:02d}", *disc_case(i)) for i in range(10)]
