@@ -43,6 +43,7 @@ from medmap.data.layouts import read_dataset
 from medmap.evaluation.blob_detector import detect_blobs
 from medmap.evaluation.detection import Nodule, Scan, average_precision, by_size, froc_with_ci, hits, threshold_at
 from medmap.tasks import task_for
+from sliding_window import high_water_kb  # peak resident memory, as the segmentation timing reads it
 
 
 def held_out_scans(nodules_csv: Path, seed: int) -> list[tuple[Scan, object, list[str]]]:
@@ -147,7 +148,7 @@ def speed_worker(method: str, detector: Path, threads: int, shape=SPEED_SHAPE) -
     torch.set_num_threads(threads)
     image = chest_ct(tuple(shape), SPEED_SPACING, seed=3, n_nodules=4).image
     predictor = Predictor(load_bundle(detector), precision="float32")
-    before = _high_water_kb()
+    before = high_water_kb()
     started = time.perf_counter()
     if method == "medmap":
         found = findings(predictor.models.class_probability(image, 1))
@@ -155,7 +156,7 @@ def speed_worker(method: str, detector: Path, threads: int, shape=SPEED_SHAPE) -
         found = findings(_monai_probability(image, predictor))
     seconds = time.perf_counter() - started
     centres = [list(f.centre) for f in found if f.score >= 0.5]
-    return {"seconds": seconds, "peak_kb": max(_high_water_kb() - before, 0), "centres": centres}
+    return {"seconds": seconds, "peak_kb": max(high_water_kb() - before, 0), "centres": centres}
 
 
 def _monai_probability(image, predictor):
@@ -181,13 +182,6 @@ def _monai_probability(image, predictor):
     full = np.zeros(resampled.shape, np.float32)
     full[tuple(slice(a, b) for a, b in bbox)] = out[0, 1].numpy()
     return Image(full, resampled.spacing, resampled.origin, resampled.direction)
-
-
-def _high_water_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def speed(detector: Path, threads: int, shape=SPEED_SHAPE) -> dict:

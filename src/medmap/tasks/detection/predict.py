@@ -52,7 +52,7 @@ def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Pa
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {}
     if image.meta.slices:  # DICOM input: the findings as a Structured Report, even none (a negative read)
-        outputs["sr"] = str(_report(predictor, image, listed, folder))
+        outputs["sr"] = str(_report(predictor, image, listed, name, folder))
     return Answer(result, outputs)
 
 
@@ -67,7 +67,7 @@ def check_classifier_input(classifier: Predictor, case: InputCase, image: Image)
     classifier.outside_use(use.check_image(image) if use else [], f"case {case.case_id} (classifier)")
 
 
-def _report(predictor: Predictor, image: Image, listed: list[dict], folder: Path) -> Path:
+def _report(predictor: Predictor, image: Image, listed: list[dict], name: str, folder: Path) -> Path:
     from medmap.dicomout.sr import LesionFinding, write_lesion_report
     from medmap.tasks.classification.predict import coded_class, lesion_codes
 
@@ -89,7 +89,6 @@ def _report(predictor: Predictor, image: Image, listed: list[dict], folder: Path
     algorithm = predictor.algorithm
     if predictor.classifier is not None:
         algorithm = f"{algorithm} + {predictor.classifier.algorithm}"
-    name = predictor.bundle.foreground[0].name if predictor.bundle.foreground else "finding"
     return write_lesion_report(
         image,
         findings_,
