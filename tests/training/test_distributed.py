@@ -269,3 +269,13 @@ def test_folds_trained_one_by_one_then_gathered(balls, tmp_path):
     assert trained == {i: (run / f"fold-{i}" / "checkpoints" / "best.pt").stat().st_mtime_ns for i in range(2)}
     with pytest.raises(ConfigError, match=f"^{run}: planned for --folds 2, not 3$"):
         train_run(balls, run, task="segmentation", folds=3, fold=0)
+
+
+def test_the_suite_runs_this_module_on_one_worker(request):
+    """Under `make test` (--dist loadgroup) the group mark must reach xdist, or the runs above are built twice.
+
+    pytest 9.2 moved node ids where pytest-xdist 3.8 no longer writes its group suffix: grouping stopped
+    silently and the suite grew by 3 minutes. This fails instead.
+    """
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@distributed"), request.node.nodeid
