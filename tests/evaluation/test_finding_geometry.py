@@ -49,3 +49,23 @@ def test_a_finding_drawn_and_found_on_an_oblique_grid_keeps_its_world_centre_and
     (found,) = findings(mask.with_array(mask.array * np.float32(0.9)))
     assert np.linalg.norm(np.subtract(found.centre, centre)) < 0.5  # world centre, not an index
     assert found.diameter_mm == pytest.approx(12.0, rel=0.05) and found.score == pytest.approx(0.9)
+
+
+def test_cores_in_a_haze_are_findings_of_their_own_and_weak_regions_stay_candidates():
+    """A model early in training is unsure over a whole lobe: the haze (0.2) joins everything at the
+    candidate floor. Each core (above one half) must still be its own finding at its own centre, as LUNA16
+    scores centres; a weak region apart from any core stays a low-scored candidate."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (40, 60, 60)], indexing="ij"), -1)
+    prob = np.zeros((40, 60, 60), np.float32)
+    prob[5:35, 5:55, 5:40] = 0.2  # the haze: one region above the floor, 30 x 50 x 35 voxels
+    centres = [(12.0, 15.0, 12.0), (28.0, 45.0, 30.0)]
+    for c, peak in zip(centres, (0.9, 0.7), strict=True):
+        prob[np.linalg.norm(grid - c, axis=-1) <= 3] = peak
+    prob[np.linalg.norm(grid - (20, 30, 50), axis=-1) <= 2] = 0.3  # a weak candidate apart from the haze
+    image = Image(prob, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), ImageMeta(modality="CT"))
+    found = findings(image)
+    assert [round(f.score, 2) for f in found] == [0.9, 0.7, 0.3]
+    for f, c in zip(found, centres, strict=False):
+        assert np.allclose(f.centre, image.index_to_world(np.asarray(c)), atol=0.01)
+        assert f.diameter_mm == pytest.approx(6.0, rel=0.2)  # the core's size, not the haze's
+    assert np.allclose(found[2].centre, image.index_to_world(np.asarray((20.0, 30.0, 50.0))), atol=0.01)

@@ -1,10 +1,16 @@
 """A probability map becomes scored findings, and a list of scored findings an operating point.
 
 The detector labels voxels (a U-Net trained on the findings drawn as spheres, as Retina U-Net's
-segmentation branch is); its findings are the connected regions where the probability of the finding
-exceeds ``floor``: the score is the region's highest probability, the centre its probability-weighted
-centroid, the diameter that of the sphere with the volume of its voxels above one half. A low floor keeps
-the weak candidates the FROC curve needs; the operating threshold is chosen on validation scans.
+segmentation branch is). Its findings come from two levels of its probability map:
+
+- each connected *core* (probability above ``CORE``, one half) is a finding: score its highest
+  probability, centre its probability-weighted centroid, diameter that of the sphere of its volume;
+- each region above ``floor`` that holds no core is a weak finding (the candidates the low end of the
+  FROC curve needs), measured the same way over the whole region.
+
+Cores are split out of the low-probability haze around them: a region above the floor can span a lobe
+(a model early in training is unsure everywhere), and one finding for it would sit at the lobe's centre
+with the lobe's size and hide every nodule inside. The operating threshold is chosen on validation scans.
 """
 
 from __future__ import annotations
@@ -16,25 +22,36 @@ from medmap.evaluation.detection import Detection, Scan, froc, threshold_at
 from medmap.io.image import Image
 
 FLOOR = 0.1  # probability above which a region is a candidate at all
+CORE = 0.5  # probability above which voxels are the finding itself (the spheres the network was taught)
 LIMIT = 100  # candidates kept per scan, best first
 
 
 def findings(probability: Image, *, floor: float = FLOOR, limit: int = LIMIT) -> list[Detection]:
     """Scored findings of a probability map (on any grid: centres are world positions)."""
     prob = np.asarray(probability.array, np.float32)
-    regions, n = ndimage.label(prob > floor, structure=np.ones((3, 3, 3)))
-    if n == 0:
+    connectivity = np.ones((3, 3, 3))
+    cores, n_cores = ndimage.label(prob > max(CORE, floor), structure=connectivity)
+    weak, n_weak = ndimage.label(prob > floor, structure=connectivity)
+    if n_weak and n_cores:  # the weak regions that hold a core are that core's haze, not findings of their own
+        haze = np.isin(weak, np.unique(weak[cores > 0]))
+        weak, n_weak = ndimage.label((weak > 0) & ~haze, structure=connectivity)
+    parts = [_measured(prob, regions, n) for regions, n in ((cores, n_cores), (weak, n_weak)) if n]
+    if not parts:
         return []
+    scores, centres, voxels = (np.concatenate(column) for column in zip(*parts, strict=True))
+    diameters = np.cbrt(6 * voxels * float(np.prod(probability.spacing)) / np.pi)
+    world = probability.index_to_world(centres)
+    order = np.argsort(-scores, kind="stable")[:limit]
+    return [Detection(tuple(float(v) for v in world[i]), float(scores[i]), float(diameters[i])) for i in order]
+
+
+def _measured(prob: np.ndarray, regions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(highest probability, probability-weighted centroid in voxels, voxel count) of each labelled region."""
     index = np.arange(1, n + 1)
     scores = np.asarray(ndimage.maximum(prob, regions, index), float)
     centres = np.atleast_2d(np.asarray(ndimage.center_of_mass(prob, regions, index), float))
-    core = np.asarray(ndimage.sum(prob > 0.5, regions, index), float)
-    size = np.asarray(ndimage.sum(np.ones_like(prob), regions, index), float)
-    voxels = np.where(core > 0, core, size)
-    diameters = np.cbrt(6 * voxels * float(np.prod(probability.spacing)) / np.pi)
-    world = probability.index_to_world(centres)
-    order = np.argsort(-scores)[:limit]
-    return [Detection(tuple(float(v) for v in world[i]), float(scores[i]), float(diameters[i])) for i in order]
+    voxels = np.asarray(ndimage.sum(np.ones_like(prob), regions, index), float)
+    return scores, centres, voxels
 
 
 def operating_threshold(scans: list[Scan], fp_per_scan: float = 1.0) -> float:
