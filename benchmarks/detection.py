@@ -253,7 +253,7 @@ def run(data: Path, args) -> dict:
     from medmap.inference.bundle import load_bundle
     from medmap.inference.predictor import InputCase, Predictor
     from medmap.tasks.classification.predict import classify
-    from medmap.tasks.detection.findings import findings
+    from medmap.tasks.detection.findings import findings, rescaled
 
     held_out = held_out_scans(data / "nodules.csv", args.seed)
     if not held_out:
@@ -272,7 +272,8 @@ def run(data: Path, args) -> dict:
         if detector is None:
             continue
         started = time.perf_counter()
-        learned.append(replace(scan, detections=findings(detector.models.class_probability(image, 1))))
+        found = rescaled(findings(detector.models.class_probability(image, 1)), detector.bundle.diameter_scale)
+        learned.append(replace(scan, detections=found))
         seconds["medmap"].append(time.perf_counter() - started)
         if classifier is not None:
             positions = [tuple(d.centre) for d in learned[-1].detections]

@@ -97,6 +97,11 @@ class RunFolder:
     def threshold(self) -> float | None:
         return (self.read(THRESHOLD) or {}).get("threshold")
 
+    @property
+    def diameter_scale(self) -> float:
+        """A detector's validation-measured factor from drawn to true diameters (1.0: none measured)."""
+        return float((self.read(THRESHOLD) or {}).get("diameter_scale", 1.0))
+
     def weights(self) -> list[Path]:
         """The model weights that make the run's prediction: one per fold when trained with --folds, else
         the single ``checkpoints/best.pt`` (which may not exist yet: see `trained_weights`)."""

@@ -7,9 +7,10 @@ from scipy.spatial.transform import Rotation
 
 import medmap
 from medmap.data.dataset import Case, Lesion
+from medmap.evaluation.detection import Detection, Nodule, Scan
 from medmap.io.image import Image, ImageMeta
 from medmap.tasks.detection.cache import finding_mask
-from medmap.tasks.detection.findings import findings
+from medmap.tasks.detection.findings import diameter_scale, findings, rescaled
 
 
 def oblique_image(shape=(30, 48, 40), spacing=(2.5, 0.7, 0.9)) -> Image:
@@ -69,3 +70,29 @@ def test_cores_in_a_haze_are_findings_of_their_own_and_weak_regions_stay_candida
         assert np.allclose(f.centre, image.index_to_world(np.asarray(c)), atol=0.01)
         assert f.diameter_mm == pytest.approx(6.0, rel=0.2)  # the core's size, not the haze's
     assert np.allclose(found[2].centre, image.index_to_world(np.asarray((20.0, 30.0, 50.0))), atol=0.01)
+
+
+def test_the_diameter_factor_is_the_median_over_nodules_found_at_the_threshold():
+    """Each nodule is measured by its best-scoring hit at the threshold; misses, findings below the
+    threshold and false positives do not count; too few found leaves the sizes as drawn."""
+    scans = [
+        Scan(
+            "a",
+            [Nodule((0, 0, 0), 10.0), Nodule((50, 0, 0), 6.0)],
+            [
+                Detection((1, 0, 0), 0.9, 12.5),  # best hit of the first: 10 / 12.5 = 0.8
+                Detection((0, 1, 0), 0.8, 5.0),  # a lower-scored hit of the same nodule: not its measure
+                Detection((50, 1, 0), 0.7, 8.0),  # 6 / 8 = 0.75
+                Detection((90, 0, 0), 0.95, 40.0),  # a false positive
+            ],
+        ),
+        Scan(
+            "b",
+            [Nodule((0, 0, 0), 8.0), Nodule((30, 0, 0), 5.0)],
+            [Detection((0, 0, 1), 0.6, 8.0), Detection((30, 0, 0), 0.2, 1.0)],
+        ),
+    ]
+    assert diameter_scale(scans, 0.5) == (pytest.approx(0.8), 3)  # 0.75, 0.8, 1.0 (b's second is below 0.5)
+    assert diameter_scale(scans[:1], 0.5) == (1.0, 2)
+    (found,) = rescaled([Detection((0, 0, 0), 0.9, 12.5)], 0.8)
+    assert found.diameter_mm == pytest.approx(10.0) and found.score == 0.9

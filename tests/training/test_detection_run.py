@@ -64,6 +64,7 @@ def test_a_detection_run_is_scored_as_luna16_scores_next_to_the_blob_baseline(de
     assert m["baseline"]["name"].startswith("blob detector") and "delta_ci" in m["comparison"]
     threshold = json.loads((run / "threshold.json").read_text())
     assert threshold["chosen_on"] == "validation" and threshold["rule"] == "at most 1 false positive per scan"
+    assert 0.5 <= threshold["diameter_scale"] <= 2.0 and "validation nodules found" in threshold["diameter_scale_from"]
     plan = json.loads((run / "plan.json").read_text())
     assert plan["task"] == "detection" and len(set(plan["target_spacing"])) == 1  # isotropic, from the findings
     written = json.loads(next((run / f"predictions_{summary['split']}").glob("*.json")).read_text())
@@ -128,6 +129,7 @@ def test_predict_gives_the_findings_the_evaluation_scored(detection_run, tmp_pat
     assert len(answered["findings"]) == len(expected)
     for mine, theirs in zip(answered["findings"], expected, strict=True):
         assert np.allclose(mine["position_lps_mm"], theirs["position_lps_mm"], atol=0.01)
+        assert mine["diameter_mm"] == pytest.approx(theirs["diameter_mm"], abs=0.01)  # both with the run's factor
 
 
 def test_a_finding_outside_its_image_names_the_case(tmp_path):

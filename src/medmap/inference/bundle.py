@@ -63,6 +63,7 @@ class Bundle:
     labels: list[Label]
     weights: list[Path]
     threshold: float | None = None
+    diameter_scale: float = 1.0  # a detector's drawn-to-true diameter factor, measured on validation
     postprocessing: PostProcessing = field(default_factory=PostProcessing)
     metrics: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
@@ -153,6 +154,7 @@ def create_bundle(
         "intended_use": use.summary() if use is not None else None,
         "labels": labels,
         "threshold": threshold,
+        **({"diameter_scale": folder.diameter_scale} if plan.task == "detection" else {}),
         "weights": names,
         "files": {name: sha256(out / name) for name in files},
     }
@@ -195,6 +197,7 @@ def load_bundle(path: str | Path) -> Bundle:
         labels=labels,
         weights=[root / w for w in manifest["weights"]],
         threshold=manifest.get("threshold"),
+        diameter_scale=float(manifest.get("diameter_scale", 1.0)),
         postprocessing=PostProcessing.load(copy.file(runs.POSTPROCESSING)),
         metrics=metrics,
         manifest=manifest,

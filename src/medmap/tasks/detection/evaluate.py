@@ -1,7 +1,8 @@
 """Evaluate a detection run on whole scans, as LUNA16 scores detectors.
 
 1. The operating threshold (at most one false positive per scan) is chosen on the validation scans,
-   each found by a model that never trained on it, and kept in ``threshold.json``.
+   each found by a model that never trained on it, and kept in ``threshold.json`` with the factor from
+   the detector's drawn diameters to the nodules' (measured on the nodules found there).
 2. Every scan of the evaluated split goes through `medmap.inference.models.Models` (the probability map
    `medmap predict` reads its findings from), its findings are matched to the truth
    (`medmap.evaluation.detection`), and the classical blob detector runs on the same scans: FROC with
@@ -30,7 +31,7 @@ from medmap.evaluation.report import write_page
 from medmap.inference.models import Models
 from medmap.progress import track
 from medmap.tasks.base import EvaluationJob
-from medmap.tasks.detection.findings import findings, operating_threshold
+from medmap.tasks.detection.findings import diameter_scale, findings, operating_threshold, rescaled
 from medmap.tasks.detection.gallery import crops
 
 N_BOOT = 1000
@@ -44,10 +45,11 @@ def _truth(case) -> list[Nodule]:
     return [Nodule(tuple(f.position), float(f.diameter_mm)) for f in case.lesions]
 
 
-def choose_threshold(job: EvaluationJob) -> float:
+def choose_threshold(job: EvaluationJob) -> tuple[float, float]:
+    """(operating threshold, diameter factor), chosen on validation scans once and kept in the run."""
     run = job.run
     if run.file(runs.THRESHOLD).is_file():
-        return run.threshold
+        return run.threshold, run.diameter_scale
     by_id = {c.case_id: c for name in job.splits for c in job.splits[name]}
     folds = run.fold_folders()
     groups = [(fold.split_ids["val"], [fold.checkpoints / runs.BEST]) for fold in folds]
@@ -60,11 +62,20 @@ def choose_threshold(job: EvaluationJob) -> float:
             case = by_id[i]
             scans.append(Scan(i, _truth(case), findings(models.class_probability(case.load_image(), 1))))
     threshold = operating_threshold(scans, 1.0)
+    scale, measured = diameter_scale(scans, threshold)
     chosen = "out-of-fold validation" if folds else "validation"
     run.write(
-        runs.THRESHOLD, {"threshold": threshold, "chosen_on": chosen, "rule": "at most 1 false positive per scan"}
+        runs.THRESHOLD,
+        {
+            "threshold": threshold,
+            "chosen_on": chosen,
+            "rule": "at most 1 false positive per scan",
+            "diameter_scale": scale,
+            "diameter_scale_from": f"median true / drawn diameter of the {measured} {chosen} nodules found"
+            + ("" if measured >= 3 else " (too few: sizes left as drawn)"),
+        },
     )
-    return threshold
+    return threshold, scale
 
 
 def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], delta: float, seed: int) -> dict:
@@ -82,7 +93,7 @@ def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], delta: float
 
 def evaluate_run(job: EvaluationJob) -> dict:
     plan, splits, out_dir = job.plan, job.splits, job.out
-    threshold = choose_threshold(job)
+    threshold, scale = choose_threshold(job)
     evaluated = job.split if splits.get(job.split) else "val"
     models = _models(job, job.run.weights())
     predictions_dir = out_dir / f"predictions_{evaluated}"
@@ -90,7 +101,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
     scans, blobs, pictures = [], [], []
     for case in track(splits[evaluated], f"detecting in {evaluated} scans", enabled=job.progress):
         image = case.load_image()
-        found = findings(models.class_probability(image, 1))
+        found = rescaled(findings(models.class_probability(image, 1)), scale)
         scans.append(Scan(case.case_id, _truth(case), found))
         blobs.append(Scan(case.case_id, _truth(case), detect_blobs(image)))
         pictures += crops(image, scans[-1], threshold)

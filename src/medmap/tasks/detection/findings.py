@@ -10,15 +10,21 @@ segmentation branch is). Its findings come from two levels of its probability ma
 
 Cores are split out of the low-probability haze around them: a region above the floor can span a lobe
 (a model early in training is unsure everywhere), and one finding for it would sit at the lobe's centre
-with the lobe's size and hide every nodule inside. The operating threshold is chosen on validation scans.
+with the lobe's size and hide every nodule inside.
+
+Chosen on validation scans and kept with the run (``threshold.json``): the operating threshold, and the
+factor that turns a core's size into the nodule's diameter (a network taught with the findings weighted
+up draws them larger than they are: 1.3 x on the demo).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage
 
-from medmap.evaluation.detection import Detection, Scan, froc, threshold_at
+from medmap.evaluation.detection import Detection, Scan, froc, hits, threshold_at
 from medmap.io.image import Image
 
 FLOOR = 0.1  # probability above which a region is a candidate at all
@@ -59,3 +65,28 @@ def operating_threshold(scans: list[Scan], fp_per_scan: float = 1.0) -> float:
     scan (chosen on validation scans, never on the evaluated ones); 1.0 when there is no candidate."""
     threshold = threshold_at(froc(scans)["curve"], fp_per_scan)
     return 1.0 if threshold is None else threshold
+
+
+MIN_MATCHED = 3  # found nodules a diameter factor is measured from at least; else the sizes are left as drawn
+
+
+def diameter_scale(scans: list[Scan], threshold: float) -> tuple[float, int]:
+    """(median true / estimated diameter over the nodules found at ``threshold``, how many), from
+    validation scans; (1.0, n) when fewer than ``MIN_MATCHED`` are found. Each nodule is measured by the
+    best-scoring finding whose centre lies within its radius (the LUNA16 hit)."""
+    ratios = []
+    for scan in scans:
+        for nodule in scan.nodules:
+            hitting = [d for d in scan.detections if d.score >= threshold and d.diameter_mm and hits(d, [nodule])]
+            if hitting:
+                ratios.append(nodule.diameter_mm / max(hitting, key=lambda d: d.score).diameter_mm)
+    if len(ratios) < MIN_MATCHED:
+        return 1.0, len(ratios)
+    return float(np.clip(np.median(ratios), 0.5, 2.0)), len(ratios)
+
+
+def rescaled(found: list[Detection], scale: float) -> list[Detection]:
+    """``found`` with each diameter multiplied by ``scale`` (the run's validation-measured factor)."""
+    if scale == 1.0:
+        return found
+    return [replace(d, diameter_mm=d.diameter_mm * scale) if d.diameter_mm else d for d in found]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from medmap.io.image import Image
 from medmap.tasks.base import Answer
-from medmap.tasks.detection.findings import findings
+from medmap.tasks.detection.findings import findings, rescaled
 
 if TYPE_CHECKING:
     from medmap.inference.predictor import InputCase, Predictor
@@ -28,6 +28,7 @@ def predict_case(predictor: Predictor, case: InputCase, image: Image, folder: Pa
     if classifier is not None:  # refused before any work: a chest CT the classifier may not read
         check_classifier_input(classifier, case, image)
     found = [f for f in findings(predictor.models.class_probability(image, 1)) if f.score >= threshold]
+    found = rescaled(found, predictor.bundle.diameter_scale)
     name = predictor.bundle.foreground[0].name if predictor.bundle.foreground else "finding"
     listed = [
         {
