@@ -24,6 +24,10 @@ in a fresh process (peak memory its own): medmap's (`Models.class_probability` +
 predict` runs it) and MONAI's (`sliding_window_inference` with the same network and weights, window,
 overlap and batch, Gaussian blending, as MONAI's detection tutorial infers whole volumes) on the same
 preprocessed volume with the same findings step; seconds, peak memory and whether the findings agree.
+
+``--monai-retinanet`` (with ``--detector``): MONAI's 3-D RetinaNet, the reference detector, trained as its
+LUNA16 tutorial trains it on the detector's training scans for the detector's own training time (the
+bundle's history; ``--retinanet-seconds`` to change it), then scored beside it (`monai_retinanet`).
 """
 
 from __future__ import annotations
@@ -223,6 +227,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed-shape", type=int, nargs=3, default=list(SPEED_SHAPE), help="slices, rows, columns")
     parser.add_argument("--speed-worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--monai-retinanet", action="store_true", help="also train MONAI's RetinaNet for the detector's time"
+    )
+    parser.add_argument("--retinanet-seconds", type=float, help="its training time (default: the detector's)")
+    parser.add_argument(
+        "--retinanet-size",
+        choices=["tutorial", "small"],
+        default="tutorial",
+        help="the tutorial's ResNet-50 and 256-channel FPN, or a ResNet-10 with a 64-channel FPN (CPU-sized)",
+    )
     args = parser.parse_args()
     if args.speed_worker:
         print(json.dumps(speed_worker(args.speed_worker, args.detector, args.threads, args.speed_shape)))
@@ -240,6 +254,7 @@ def main() -> None:
             data = Path(tmp) / "data"
             write_chest(data, DemoSize(chest_patients=5, nodules_per_patient=(3, 4)), seed=1, progress=False)
             args.detector, args.classifier = untrained_bundles(data, Path(tmp) / "bundles")
+            args.monai_retinanet, args.retinanet_seconds = True, args.retinanet_seconds or 1.0
         elif data is None:
             parser.error("give --data (a demo data folder) or --quick")
         payload = run(data, args)
@@ -247,6 +262,46 @@ def main() -> None:
             payload["speed"] = speed(args.detector, args.threads, (40, 96, 96))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "detection.json").write_text(json.dumps(payload, indent=1))
+
+
+def retinanet(data: Path, bundle, held_out, args) -> dict:
+    """MONAI's RetinaNet trained on the detector's training scans for the detector's training time, then
+    scored on the held-out scans (`monai_retinanet`)."""
+    import monai_retinanet as peer
+
+    dataset = read_dataset(data / "nodules.csv", "detection")
+    train = task_for("detection").split(dataset.cases, args.seed)["train"]
+    plan = bundle.plan
+    prepared = [
+        peer.prepare(c.load_image(), plan, [(tuple(n.position), float(n.diameter_mm)) for n in c.lesions])
+        for c in train
+    ]
+    budget = args.retinanet_seconds or sum(e.get("seconds", 0.0) for e in bundle_history(bundle))
+    size = {"tutorial": peer.TUTORIAL, "small": peer.SMALL}[args.retinanet_size]
+    if args.quick:  # paths, not figures
+        size = {"layers": (1, 1, 1, 1), "inplanes": (8, 16, 32, 64), "fpn_channels": 16}
+    started = time.perf_counter()
+    detector, steps = peer.train(prepared, plan, budget, args.seed, **size)
+    trained_s = time.perf_counter() - started
+    scans, seconds = [], []
+    for scan, case, _ in held_out:
+        started = time.perf_counter()
+        found = peer.findings(detector, peer.prepare(case.load_image(), plan, []), plan)
+        seconds.append(time.perf_counter() - started)
+        scans.append(replace(scan, detections=found))
+    result = scored(scans, seconds, args.seed)
+    result.update({"training_seconds": trained_s, "training_steps": steps, "budget_seconds": budget, "network": size})
+    print(
+        f"MONAI RetinaNet ({args.retinanet_size}): {steps} steps of batch {plan.batch_size} in {trained_s:.0f} s "
+        f"(budget {budget:.0f} s)"
+    )
+    return result
+
+
+def bundle_history(bundle) -> list[dict]:
+    """The detector's per-epoch history (its seconds sum to the training time RetinaNet is given)."""
+    path = bundle.root / "history.json"
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def run(data: Path, args) -> dict:
@@ -297,6 +352,8 @@ def run(data: Path, args) -> dict:
     if detector is not None:
         threshold = detector.bundle.threshold if detector.bundle.threshold is not None else 0.5
         results["medmap"] = scored(learned, seconds["medmap"], args.seed, threshold)
+    if args.monai_retinanet:
+        results["MONAI RetinaNet"] = retinanet(data, detector.bundle, held_out, args)
     scans = [s for s, _, _ in held_out]
     nodules = sum(len(s.nodules) for s in scans)
     print(f"\nnodule detection on {len(scans)} held-out chest CTs ({nodules} nodules), LUNA16 criterion")

@@ -65,6 +65,7 @@ def test_a_detection_run_is_scored_as_luna16_scores_next_to_the_blob_baseline(de
     threshold = json.loads((run / "threshold.json").read_text())
     assert threshold["chosen_on"] == "validation" and threshold["rule"] == "at most 1 false positive per scan"
     assert 0.5 <= threshold["diameter_scale"] <= 2.0 and "validation nodules found" in threshold["diameter_scale_from"]
+    assert m["diameter"]["scale_from_validation"] == threshold["diameter_scale"]
     plan = json.loads((run / "plan.json").read_text())
     assert plan["task"] == "detection" and len(set(plan["target_spacing"])) == 1  # isotropic, from the findings
     written = json.loads(next((run / f"predictions_{summary['split']}").glob("*.json")).read_text())

@@ -28,6 +28,13 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
             + ", ".join(f"{name} {d['found']} of {d['nodules']}" for name, d in sizes.items())
             + "."
         )
+    size = m.get("diameter")
+    if size and size["nodules_measured"] >= 3:
+        lines.append(
+            f"Diameters are reported scaled by {size['scale_from_validation']:.2f} (measured on validation); "
+            f"here the median true / reported diameter is {size['median_true_over_reported']:.2f} over "
+            f"{size['nodules_measured']} found nodules."
+        )
     failures = []
     base, comparison = m.get("baseline"), m.get("comparison")
     if base and comparison:

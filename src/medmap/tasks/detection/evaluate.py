@@ -91,6 +91,16 @@ def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], delta: float
     return {"delta_cpm": float(delta), "delta_ci": [float(low), float(high)], "supported": bool(low > 0)}
 
 
+def _diameter_check(scans: list[Scan], threshold: float, scale: float) -> dict:
+    """How the reported diameters (already scaled by the validation factor) compare with the truth here."""
+    ratio, measured = diameter_scale(scans, threshold)
+    return {
+        "scale_from_validation": scale,
+        "median_true_over_reported": ratio if measured >= 3 else float("nan"),
+        "nodules_measured": measured,
+    }
+
+
 def evaluate_run(job: EvaluationJob) -> dict:
     plan, splits, out_dir = job.plan, job.splits, job.out
     threshold, scale = choose_threshold(job)
@@ -142,6 +152,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
             "by_size": by_size(scans, threshold),
         },
         "ap_iou_0.1": average_precision(scans, 0.1),
+        "diameter": _diameter_check(scans, threshold, scale),
         "baseline": {
             "name": "blob detector (LoG in the lungs)",
             **{k: v for k, v in baseline.items() if k != "curve"},
