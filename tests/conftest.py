@@ -1,7 +1,9 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from medmap.data.demo import write_demo_data
 from medmap.data.layouts import write_msd
@@ -9,6 +11,17 @@ from medmap.inference.bundle import create_bundle
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
 from tests.builders import ball_case, tiny_demo_size, write_blobs
+
+
+def pytest_configure(config):
+    """Under xdist each worker gets its share of the cores (and so do the programs it starts): two workers
+    of two torch threads each on two cores made conv-heavy tests several times slower than alone."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def once_for_all_workers(tmp_path_factory, worker_id: str, name: str, make) -> Path:
