@@ -45,7 +45,16 @@ import numpy as np
 from medmap.data.demo import DemoSize, write_chest
 from medmap.data.layouts import read_dataset
 from medmap.evaluation.blob_detector import detect_blobs
-from medmap.evaluation.detection import Nodule, Scan, average_precision, by_size, froc_with_ci, hits, threshold_at
+from medmap.evaluation.detection import (
+    Nodule,
+    Scan,
+    average_precision,
+    by_size,
+    froc_with_ci,
+    hits,
+    paired_cpm_difference,
+    threshold_at,
+)
 from medmap.tasks import task_for
 from sliding_window import high_water_kb  # peak resident memory, as the segmentation timing reads it
 
@@ -264,7 +273,7 @@ def main() -> None:
     (args.out / "detection.json").write_text(json.dumps(payload, indent=1))
 
 
-def retinanet(data: Path, bundle, held_out, args) -> dict:
+def retinanet(data: Path, bundle, held_out, args) -> tuple[dict, list[Scan]]:
     """MONAI's RetinaNet trained on the detector's training scans for the detector's training time, then
     scored on the held-out scans (`monai_retinanet`)."""
     import monai_retinanet as peer
@@ -295,7 +304,7 @@ def retinanet(data: Path, bundle, held_out, args) -> dict:
         f"MONAI RetinaNet ({args.retinanet_size}): {steps} steps of batch {plan.batch_size} in {trained_s:.0f} s "
         f"(budget {budget:.0f} s)"
     )
-    return result
+    return result, scans
 
 
 def bundle_history(bundle) -> list[dict]:
@@ -352,8 +361,9 @@ def run(data: Path, args) -> dict:
     if detector is not None:
         threshold = detector.bundle.threshold if detector.bundle.threshold is not None else 0.5
         results["medmap"] = scored(learned, seconds["medmap"], args.seed, threshold)
+    others = {"blob baseline": blobs}
     if args.monai_retinanet:
-        results["MONAI RetinaNet"] = retinanet(data, detector.bundle, held_out, args)
+        results["MONAI RetinaNet"], others["MONAI RetinaNet"] = retinanet(data, detector.bundle, held_out, args)
     scans = [s for s, _, _ in held_out]
     nodules = sum(len(s.nodules) for s in scans)
     print(f"\nnodule detection on {len(scans)} held-out chest CTs ({nodules} nodules), LUNA16 criterion")
@@ -372,6 +382,12 @@ def run(data: Path, args) -> dict:
         sizes = ", ".join(f"{k} {v['found']}/{v['nodules']}" for k, v in r["by_size_at_threshold"].items())
         print(f"{'':>14} found at threshold {r['threshold']:.3f} by size: {sizes}")
     payload = {"quick": args.quick, "scans": len(scans), "detectors": results}
+    if "medmap" in results:  # the margins, each with its paired bootstrap interval over the same scans
+        payload["medmap_minus"] = {name: paired_cpm_difference(learned, o, args.seed) for name, o in others.items()}
+        for name, c in payload["medmap_minus"].items():
+            low, high = c["delta_ci"]
+            verdict = "supported" if c["supported"] else "not supported"
+            print(f"medmap - {name}: CPM {c['delta_cpm']:+.3f} ({low:+.3f} to {high:+.3f}), {verdict}")
     if "medmap" in results and "blob baseline" in results:
         payload["speed_ratio_blob_over_medmap"] = (
             results["blob baseline"]["seconds_per_scan"] / results["medmap"]["seconds_per_scan"]

@@ -197,6 +197,10 @@ def test_detection(tmp_path):
     way (the figures on the full demo are in docs/benchmarks.md)."""
     done = bench("detection", "--out", tmp_path)
     payload = json.loads((tmp_path / "detection.json").read_text())
+    assert set(payload["medmap_minus"]) == {"blob baseline", "MONAI RetinaNet"}
+    for name, margin in payload["medmap_minus"].items():  # paired over the same scans
+        scored_cpm = payload["detectors"]["medmap"]["cpm"] - payload["detectors"][name]["cpm"]
+        assert margin["delta_cpm"] == pytest.approx(scored_cpm) and margin["delta_ci"][0] <= margin["delta_ci"][1]
     peer = payload["detectors"]["MONAI RetinaNet"]
     assert peer["training_steps"] >= 1 and peer["training_seconds"] >= peer["budget_seconds"] == 1.0
     for name in ("blob baseline", "medmap", "MONAI RetinaNet"):

@@ -176,3 +176,18 @@ def average_precision(scans: Sequence[Scan], iou: float = 0.1) -> float:
     envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(ranked) else precision
     points = [envelope[recall >= r].max() if np.any(recall >= r) else 0.0 for r in np.linspace(0, 1, 101)]
     return float(np.mean(points))
+
+
+def paired_cpm_difference(model: Sequence[Scan], other: Sequence[Scan], seed: int, n_boot: int = 1000) -> dict:
+    """CPM(model) - CPM(other) on the same scans with its paired bootstrap interval (the same resampled
+    scans for both); ``supported`` when the whole interval is above 0."""
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(model), len(model))
+        if not any(model[i].nodules for i in idx):
+            continue
+        deltas.append(froc([model[i] for i in idx])["cpm"] - froc([other[i] for i in idx])["cpm"])
+    low, high = np.percentile(deltas, [2.5, 97.5]).tolist() if deltas else [float("nan")] * 2
+    delta = froc(model)["cpm"] - froc(other)["cpm"]
+    return {"delta_cpm": float(delta), "delta_ci": [float(low), float(high)], "supported": bool(low > 0)}

@@ -24,7 +24,16 @@ import numpy as np
 from medmap import provenance
 from medmap import run_folder as runs
 from medmap.evaluation.blob_detector import detect_blobs
-from medmap.evaluation.detection import Nodule, Scan, average_precision, by_size, froc, froc_with_ci, hits, match
+from medmap.evaluation.detection import (
+    Nodule,
+    Scan,
+    average_precision,
+    by_size,
+    froc_with_ci,
+    hits,
+    match,
+    paired_cpm_difference,
+)
 from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import finding_gallery, froc_plot, training_curves
 from medmap.evaluation.report import write_page
@@ -78,19 +87,6 @@ def choose_threshold(job: EvaluationJob) -> tuple[float, float]:
     return threshold, scale
 
 
-def _paired_cpm_difference(model: list[Scan], baseline: list[Scan], delta: float, seed: int) -> dict:
-    """CPM(model) - CPM(baseline) with its paired bootstrap interval (the same scans in both resamples)."""
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for _ in range(N_BOOT):
-        idx = rng.integers(0, len(model), len(model))
-        if not any(model[i].nodules for i in idx):
-            continue
-        deltas.append(froc([model[i] for i in idx])["cpm"] - froc([baseline[i] for i in idx])["cpm"])
-    low, high = np.percentile(deltas, [2.5, 97.5]).tolist() if deltas else [float("nan")] * 2
-    return {"delta_cpm": float(delta), "delta_ci": [float(low), float(high)], "supported": bool(low > 0)}
-
-
 def _diameter_check(scans: list[Scan], threshold: float, scale: float) -> dict:
     """How the reported diameters (already scaled by the validation factor) compare with the truth here."""
     ratio, measured = diameter_scale(scans, threshold)
@@ -121,7 +117,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
         )
     model = froc_with_ci(scans, n_boot=N_BOOT, seed=job.seed)
     baseline = froc_with_ci(blobs, n_boot=N_BOOT, seed=job.seed)
-    comparison = _paired_cpm_difference(scans, blobs, model["cpm"] - baseline["cpm"], job.seed)
+    comparison = paired_cpm_difference(scans, blobs, job.seed, N_BOOT)
     found_at, false_at, rows = 0, 0, []
     for scan in scans:
         best, false_scores = match(scan)
