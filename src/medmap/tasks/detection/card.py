@@ -29,7 +29,7 @@ def card_evaluation(metrics: dict, baseline: dict | None, split: str) -> tuple[l
             + "."
         )
     size = m.get("diameter")
-    if size and size["nodules_measured"] >= 3:
+    if size and size["median_true_over_reported"] == size["median_true_over_reported"]:  # not NaN: measured
         lines.append(
             f"Diameters are reported scaled by {size['scale_from_validation']:.2f} (measured on validation); "
             f"here the median true / reported diameter is {size['median_true_over_reported']:.2f} over "

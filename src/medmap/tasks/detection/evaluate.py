@@ -40,7 +40,7 @@ from medmap.evaluation.report import write_page
 from medmap.inference.models import Models
 from medmap.progress import track
 from medmap.tasks.base import EvaluationJob
-from medmap.tasks.detection.findings import diameter_scale, findings, operating_threshold, rescaled
+from medmap.tasks.detection.findings import MIN_MATCHED, diameter_scale, findings, operating_threshold, rescaled
 from medmap.tasks.detection.gallery import crops
 
 N_BOOT = 1000
@@ -81,7 +81,7 @@ def choose_threshold(job: EvaluationJob) -> tuple[float, float]:
             "rule": "at most 1 false positive per scan",
             "diameter_scale": scale,
             "diameter_scale_from": f"median true / drawn diameter of the {measured} {chosen} nodules found"
-            + ("" if measured >= 3 else " (too few: sizes left as drawn)"),
+            + ("" if measured >= MIN_MATCHED else " (too few: sizes left as drawn)"),
         },
     )
     return threshold, scale
@@ -92,7 +92,7 @@ def _diameter_check(scans: list[Scan], threshold: float, scale: float) -> dict:
     ratio, measured = diameter_scale(scans, threshold)
     return {
         "scale_from_validation": scale,
-        "median_true_over_reported": ratio if measured >= 3 else float("nan"),
+        "median_true_over_reported": ratio if measured >= MIN_MATCHED else float("nan"),
         "nodules_measured": measured,
     }
 
