@@ -288,7 +288,7 @@ def retinanet(data: Path, bundle, held_out, args) -> tuple[dict, list[Scan]]:
     budget = args.retinanet_seconds or sum(e.get("seconds", 0.0) for e in bundle_history(bundle))
     size = {"tutorial": peer.TUTORIAL, "small": peer.SMALL}[args.retinanet_size]
     if args.quick:  # paths, not figures
-        size = {"layers": (1, 1, 1, 1), "inplanes": (8, 16, 32, 64), "fpn_channels": 16}
+        size = peer.QUICK
     started = time.perf_counter()
     detector, steps = peer.train(prepared, plan, budget, args.seed, **size)
     trained_s = time.perf_counter() - started

@@ -1,7 +1,14 @@
 """MONAI's 3-D RetinaNet (`monai.apps.detection`), the reference detector issue 13 names, trained and run
 as MONAI's LUNA16 detection tutorial does, on medmap's detector's own data: the same training scans, the
 same resampling and intensity normalisation (the bundle's plan), the same patch size and batch, and the
-same wall-clock training time. `detection.py --monai-retinanet` scores its findings beside medmap's.
+same wall-clock training time. `detection.py --monai-retinanet` scores its findings beside medmap's:
+
+    python benchmarks/detection.py --data demo-output/data --detector BUNDLE --monai-retinanet [--retinanet-size small]
+    python benchmarks/monai_retinanet.py --quick      # this module alone, as the test suite runs it
+
+``--quick`` checks the pieces on three generated chest CTs: every nodule's box comes back to its world
+centre and diameter through the grid (the convention MONAI users most often get wrong), a RetinaNet
+trains for a second, and its findings over a whole scan are world positions inside that scan.
 
 From the tutorial (``luna16_training.py`` and its config): a ResNet-50 backbone (bottleneck blocks
 3-4-6-3) with a feature pyramid on layers 1 and 2, anchors of three base shapes at feature-map scales 1, 2
@@ -22,9 +29,12 @@ torchvision; `_without_torchvision` gives those names a class nothing is an inst
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -120,6 +130,7 @@ def _without_torchvision() -> None:
 
 TUTORIAL = {"layers": (3, 4, 6, 3), "inplanes": (64, 128, 256, 512), "fpn_channels": 256}  # ResNet-50, FPN 256
 SMALL = {"layers": (1, 1, 1, 1), "inplanes": (32, 64, 128, 256), "fpn_channels": 64}  # sized for 2 CPU cores
+QUICK = {"layers": (1, 1, 1, 1), "inplanes": (8, 16, 32, 64), "fpn_channels": 16}  # the quick modes: paths only
 
 
 def build_detector(
@@ -218,3 +229,53 @@ def findings(detector, p: Prepared, plan: Plan) -> list[Detection]:
     sides = (boxes[:, 3:] - boxes[:, :3]) * np.asarray(p.grid.spacing)
     order = np.argsort(-scores, kind="stable")
     return [Detection(tuple(float(v) for v in centres[i]), float(scores[i]), float(sides[i].mean())) for i in order]
+
+
+def quick(out: Path) -> dict:
+    """The quick mode (see the module docstring); its figures mean nothing, its checks do."""
+    import tempfile
+
+    from medmap.data.demo import DemoSize, write_chest
+    from medmap.data.layouts import read_dataset
+    from medmap.training.run import prepare_plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_chest(Path(tmp), DemoSize(chest_patients=3, nodules_per_patient=(2, 3)), seed=2, progress=False)
+        dataset = read_dataset(Path(tmp) / "nodules.csv", "detection")
+        overrides = ["patch_size=[32,32,32]", "batch_size=2"]
+        plan = prepare_plan(dataset, overrides=overrides, device="cpu", progress=False)
+        images = [c.load_image() for c in dataset.cases]
+        nodules = [[(tuple(n.position), float(n.diameter_mm)) for n in c.lesions] for c in dataset.cases]
+        prepared = [prepare(image, plan, truth) for image, truth in zip(images, nodules, strict=True)]
+        worst_mm = 0.0
+        for p, truth in zip(prepared, nodules, strict=True):
+            centres = p.grid.index_to_world((p.boxes[:, :3] + p.boxes[:, 3:]) / 2)
+            sides = (p.boxes[:, 3:] - p.boxes[:, :3]) * np.asarray(p.grid.spacing)
+            for (centre, diameter), back, side in zip(truth, centres, sides, strict=True):
+                assert np.allclose(side, diameter, atol=1e-3), (side, diameter)
+                worst_mm = max(worst_mm, float(np.linalg.norm(back - np.asarray(centre))))
+        assert worst_mm < 1e-3, f"a box's centre is {worst_mm} mm from its nodule"
+        detector, steps = train(prepared[:2], plan, 1.0, seed=0, **QUICK)
+        found = findings(detector, prepared[2], plan)
+        inside = [p.grid.world_to_index(np.asarray(f.centre)) for f in found]
+        shape = np.asarray(prepared[2].array.shape[1:])
+        assert all(np.all(i > -1) and np.all(i < shape) for i in inside), "a finding outside its scan"
+    result = {"quick": True, "steps": steps, "findings": len(found), "box_centre_error_mm": worst_mm}
+    print(f"boxes <-> world: worst centre error {worst_mm:.2e} mm; {steps} steps; {len(found)} findings on a scan")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "monai_retinanet.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="check the pieces on generated scans (the suite's run)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for monai_retinanet.json")
+    args = parser.parse_args()
+    if not args.quick:
+        parser.error("the comparison runs through detection.py --monai-retinanet; alone this module has --quick")
+    quick(args.out)
+
+
+if __name__ == "__main__":
+    main()

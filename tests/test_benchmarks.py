@@ -190,6 +190,14 @@ def test_scale_out(tmp_path):
     assert rows[1]["first_epoch_loss_vs_1"] < 1e-3  # the same samples and augmentation on 2 processes
 
 
+def test_monai_retinanet(tmp_path):
+    """MONAI's RetinaNet alone: nodule boxes come back to their world centres and sizes through the grid, it
+    trains, and its whole-scan findings lie in the scan (the comparison itself runs in test_detection)."""
+    bench("monai_retinanet", "--out", tmp_path)
+    result = json.loads((tmp_path / "monai_retinanet.json").read_text())
+    assert result["box_centre_error_mm"] < 1e-3 and result["steps"] >= 1
+
+
 def test_detection(tmp_path):
     """The blob baseline and a (quick: untrained) detector bundle scored on held-out generated chest CTs by
     the same code: every LUNA16 operating point, a CPM inside its interval, AP at IoU 0.1, and find-then-
