@@ -55,6 +55,7 @@ from medmap.evaluation.detection import (
     paired_cpm_difference,
     threshold_at,
 )
+from medmap.evaluation.wording import margin_verdict
 from medmap.tasks import task_for
 from sliding_window import high_water_kb  # peak resident memory, as the segmentation timing reads it
 
@@ -277,6 +278,7 @@ def retinanet(data: Path, bundle, held_out, args) -> tuple[dict, list[Scan]]:
     """MONAI's RetinaNet trained on the detector's training scans for the detector's training time, then
     scored on the held-out scans (`monai_retinanet`)."""
     import monai_retinanet as peer
+    from medmap.run_folder import RunFolder
 
     dataset = read_dataset(data / "nodules.csv", "detection")
     train = task_for("detection").split(dataset.cases, args.seed)["train"]
@@ -285,7 +287,8 @@ def retinanet(data: Path, bundle, held_out, args) -> tuple[dict, list[Scan]]:
         peer.prepare(c.load_image(), plan, [(tuple(n.position), float(n.diameter_mm)) for n in c.lesions])
         for c in train
     ]
-    budget = args.retinanet_seconds or sum(e.get("seconds", 0.0) for e in bundle_history(bundle))
+    history = RunFolder(bundle.root).history  # a bundle keeps its run's files under the same names
+    budget = args.retinanet_seconds or sum(e.get("seconds", 0.0) for e in history)
     size = {"tutorial": peer.TUTORIAL, "small": peer.SMALL}[args.retinanet_size]
     if args.quick:  # paths, not figures
         size = peer.QUICK
@@ -305,12 +308,6 @@ def retinanet(data: Path, bundle, held_out, args) -> tuple[dict, list[Scan]]:
         f"(budget {budget:.0f} s)"
     )
     return result, scans
-
-
-def bundle_history(bundle) -> list[dict]:
-    """The detector's per-epoch history (its seconds sum to the training time RetinaNet is given)."""
-    path = bundle.root / "history.json"
-    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def run(data: Path, args) -> dict:
@@ -386,7 +383,7 @@ def run(data: Path, args) -> dict:
         payload["medmap_minus"] = {name: paired_cpm_difference(learned, o, args.seed) for name, o in others.items()}
         for name, c in payload["medmap_minus"].items():
             low, high = c["delta_ci"]
-            verdict = "supported" if c["supported"] else "not supported"
+            verdict = margin_verdict(c["delta_ci"])
             print(f"medmap - {name}: CPM {c['delta_cpm']:+.3f} ({low:+.3f} to {high:+.3f}), {verdict}")
     if "medmap" in results and "blob baseline" in results:
         payload["speed_ratio_blob_over_medmap"] = (

@@ -47,6 +47,7 @@ from medmap.plan import Plan
 
 RETURNED_LAYERS = (1, 2)  # the tutorial's
 SCALES = [1, 2, 4]  # feature-map scales of the anchors: len(RETURNED_LAYERS) + 1 levels
+SIZE_DIVISIBLE = 2 * 2 * 2 ** max(RETURNED_LAYERS)  # conv1 stride x max pool x the returned layers' strides
 
 
 @dataclass
@@ -152,13 +153,12 @@ def build_detector(
         spatial_dims=3,
     )
     anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=SCALES, base_anchor_shapes=shapes)
-    size_divisible = [2 * 2 * 2 ** max(RETURNED_LAYERS)] * 3
     network = RetinaNet(
         spatial_dims=3,
         num_classes=1,
         num_anchors=anchors.num_anchors_per_location()[0],
         feature_extractor=ResNetFeatures(backbone, out_channels=fpn_channels),
-        size_divisible=size_divisible,
+        size_divisible=[SIZE_DIVISIBLE] * 3,
     )
     detector = RetinaNetDetector(network=network, anchor_generator=anchors)
     detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
@@ -217,8 +217,9 @@ def train(prepared: list[Prepared], plan: Plan, seconds: float, seed: int, **siz
 
 def findings(detector, p: Prepared, plan: Plan) -> list[Detection]:
     """The detector's boxes over a whole scan (its sliding-window inferer), as findings in LPS mm."""
-    roi = [int(min(2 * s, n + (-n) % 16)) for s, n in zip(plan.patch_size, p.array.shape[1:], strict=True)]
-    roi = [max(r + (-r) % 16, 16) for r in roi]
+    # windows twice the training patch, no larger than the scan, in whole multiples the network can take
+    roi = [min(2 * s, n) for s, n in zip(plan.patch_size, p.array.shape[1:], strict=True)]
+    roi = [max(-(-r // SIZE_DIVISIBLE), 1) * SIZE_DIVISIBLE for r in roi]
     detector.set_sliding_window_inferer(roi_size=roi, overlap=0.25, sw_batch_size=1, mode="constant", device="cpu")
     detector.eval()
     with torch.no_grad():

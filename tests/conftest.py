@@ -7,6 +7,7 @@ import torch
 
 from medmap.data.demo import write_demo_data
 from medmap.data.layouts import write_msd
+from medmap.device import usable_cores
 from medmap.inference.bundle import create_bundle
 from medmap.training.run import train_run
 from medmap.training.trainer import TrainConfig
@@ -18,8 +19,7 @@ def pytest_configure(config):
     of two torch threads each on two cores made conv-heavy tests several times slower than alone."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = max(1, cores // int(workers))
+        threads = max(1, usable_cores() // int(workers))
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 

@@ -6,6 +6,8 @@ predict; a node that started and then failed every job; a training run that plan
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from medmap.errors import ConfigError
@@ -28,3 +30,8 @@ def check_device(name: str | torch.device) -> torch.device:
     if device.index is not None and device.index >= count:
         raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
     return device
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it, else all of them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

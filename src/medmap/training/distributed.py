@@ -25,6 +25,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
+from medmap.device import usable_cores
 from medmap.errors import ConfigError, MedmapError
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)  # a training collective that waits longer than this: a rank hung
@@ -107,8 +108,7 @@ class Ranks:
             torch.cuda.set_device(torch.device(device))
         else:
             self._threads = torch.get_num_threads()
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // self.local_world_size))
+            torch.set_num_threads(max(1, usable_cores() // self.local_world_size))
         torch.distributed.init_process_group(backend, rank=self.rank, world_size=self.world_size, timeout=self.timeout)
         self._control = torch.distributed.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
 
