@@ -1,6 +1,6 @@
 """Real-image benchmark datasets cut from the MNI152 template that nilearn ships (no download).
 
-    python benchmarks/brain_data.py --out data/          # both sets at full size, with a summary
+    python benchmarks/brain_data.py --out data/          # the three sets at full size, with a summary
     python benchmarks/brain_data.py --quick --out tmp/   # small sets (the test suite)
 
 The template is a real T1-weighted MR average (1 mm, 197x233x189) with grey- and white-matter
@@ -11,11 +11,16 @@ probability maps. From it:
   MedMNIST's tissue sets.
 - `slice_set`: a 2-D segmentation set in MSD layout, axial slices stored as (X, Y, 1) NIfTI the way MSD
   and nnU-Net store 2-D data, labels 1 grey matter and 2 white matter, with ``labelsTs`` for scoring.
+- `volume_set`: a 3-D segmentation set in MSD layout at 2 mm, the same two labels: each "subject" is the
+  whole template moved by its own random affine (rotation, scale, shift) and smooth elastic field, with
+  its own bias field, scaling and noise.
 
-Train, validation and test come from separate slabs of the brain with a gap of slices between them, so
-no test patch shares a slice with a training one; every image gets its own noise and intensity scaling
-(one template would otherwise make train and test identical in appearance).
-"""
+For the patch and slice sets, train, validation and test come from separate slabs of the brain with a
+gap of slices between them, so no test patch shares a slice with a training one; every image gets its
+own noise and intensity scaling (one template would otherwise make train and test identical in
+appearance). The volumes cannot be separated that way (each is the whole brain), so all of them share
+the template's anatomy, deformed: their scores measure segmentation under changes of shape, pose and
+appearance, not across real people."""
 
 from __future__ import annotations
 
@@ -114,8 +119,66 @@ def slice_set(root: Path, *, n_train: int = 40, n_test: int = 10, seed: int = 0)
     return write_msd(root, "BrainSlices", labels, "MR", cases["train"], cases["test"])
 
 
+def _deformed(rng: np.random.Generator, shape: tuple[int, ...], spacing: float) -> np.ndarray:
+    """Where each voxel of a ``shape`` grid at ``spacing`` mm samples the 1 mm template: (3, *shape) indices.
+
+    A random affine (rotation up to 10 degrees about each axis, scale 0.9-1.1, shift up to 5 mm) about the
+    template's centre, plus a smooth displacement field (about 3 mm, correlated over about 20 mm)."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial.transform import Rotation
+
+    rotation = Rotation.from_euler("xyz", rng.uniform(-10, 10, 3), degrees=True).as_matrix()
+    matrix = rotation * rng.uniform(0.9, 1.1, 3)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    centred = (grid - (np.array(shape, np.float32) - 1)[:, None, None, None] / 2) * spacing  # mm
+    moved = np.einsum("ij,j...->i...", matrix.astype(np.float32), centred)
+    moved += rng.uniform(-5, 5, 3).astype(np.float32)[:, None, None, None]
+    for axis in range(3):
+        field = gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), 20 / spacing / 2)
+        moved[axis] += field / max(float(np.abs(field).max()), 1e-6) * 3.0
+    return moved
+
+
+def volume_set(root: Path, *, n_train: int = 16, n_test: int = 6, spacing: float = 2.0, seed: int = 0) -> Path:
+    """MSD layout, whole brains at ``spacing`` mm, one deformation and appearance per case: 1 grey, 2 white."""
+    from nilearn import datasets
+    from scipy.ndimage import map_coordinates
+
+    from medmap.data.layouts import write_msd
+    from medmap.io.image import Image
+
+    rng = np.random.default_rng(seed)
+    t1, _ = _volumes()
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), np.float32)
+    shape = tuple(int(np.ceil(n / spacing)) for n in t1.shape)
+    centre = (np.array(t1.shape, np.float32) - 1)[:, None, None, None] / 2
+
+    def case(index: int) -> tuple[str, Image, Image]:
+        where = _deformed(rng, shape, spacing) + centre  # template voxel indices (1 mm)
+        sample = [map_coordinates(v, where, order=1, mode="constant") for v in (t1, gm, wm, brain)]
+        image, grey, white, inside = sample
+        label = np.where(inside > 0.5, np.argmax(np.stack([np.full_like(grey, 0.3), grey, white]), axis=0), 0)
+        axes = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
+        bias = 1 + sum(rng.uniform(-0.1, 0.1) * a for a in axes)  # a linear bias field, +-10 % per axis at most
+        look = _appearance(rng, image * bias).astype(np.int16)
+
+        def as_image(array: np.ndarray) -> Image:  # medmap's (slice, row, column) = (z, y, x)
+            return Image(np.ascontiguousarray(array.transpose(2, 1, 0)), (spacing,) * 3, (0.0, 0.0, 0.0), np.eye(3))
+
+        return f"brain_{index:03d}", as_image(look), as_image(label.astype(np.uint8))
+
+    training = [case(i) for i in range(n_train)]
+    test = [case(n_train + i) for i in range(n_test)]
+    labels = {0: "background", 1: "grey matter", 2: "white matter"}
+    return write_msd(root, "BrainVolumes", labels, "MR", training, test)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from medmap.io.load import load
+
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="small sets (the test suite)")
     parser.add_argument("--seed", type=int, default=0)
@@ -123,12 +186,17 @@ def main() -> None:
     counts = {"train": 20, "val": 5, "test": 10} if args.quick else None
     npz = patch_set(args.out / "brain_patches.npz", per_class=counts, seed=args.seed)
     msd = slice_set(args.out / "brain_slices", n_train=6 if args.quick else 40, n_test=3 if args.quick else 10)
+    sizes = {"n_train": 2, "n_test": 1, "spacing": 4.0} if args.quick else {}
+    volumes = volume_set(args.out / "brain_volumes", **sizes, seed=args.seed)
     with np.load(npz) as data:
         patches = {k: list(data[k].shape) for k in data.files}
         classes = {s: np.bincount(data[f"{s}_labels"][:, 0]).tolist() for s in ("train", "val", "test")}
     spec = json.loads((msd / "dataset.json").read_text())
     slices = {"train": spec["numTraining"], "test": spec["numTest"]}
-    summary = {"patches": patches, "classes_per_split": classes, "slices": slices}
+    spec = json.loads((volumes / "dataset.json").read_text())
+    labels = [np.bincount(load(volumes / e["label"]).array.ravel(), minlength=3).tolist() for e in spec["training"]]
+    volume_counts = {"train": spec["numTraining"], "test": spec["numTest"], "voxels_per_class": labels}
+    summary = {"patches": patches, "classes_per_split": classes, "slices": slices, "volumes": volume_counts}
     print(json.dumps(summary, indent=1))
     (args.out / "brain_data.json").write_text(json.dumps(summary, indent=1))
 

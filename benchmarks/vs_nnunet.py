@@ -1,23 +1,27 @@
 """medmap against nnU-Net v2 at equal wall-clock training budgets, scored by the same code on the same cases.
 
-    python benchmarks/vs_nnunet.py --budgets 300,900      # the demo liver (3-D) and MNI152 slices (2-D)
+    python benchmarks/vs_nnunet.py --budgets 300,900      # MNI152 slices (2-D), demo liver and MNI152 (3-D)
     python benchmarks/vs_nnunet.py --quick                # what the test suite runs (medmap side only
                                                           # unless .bench/nnunet exists)
 
 nnU-Net is a peer here, never a dependency: ``--setup`` installs nnunetv2 2.8.1 into its own virtual
 environment (``.bench/nnunet``) from PyPI: torch pinned to 2.13.0 (the CPU build) with torchvision
-pinned beside it so pip cannot pull a CUDA torch, then torchvision removed (its PyPI build is CUDA-linked
-and the standard trainer does not need it). A budget trainer (`TRAINER_SOURCE`) is written at the top of
-``nnunetv2/training/nnUNetTrainer/`` (the stock short trainers live beside variants that import timm and
-crash on lookup): after its first epoch it sets the epoch count, and with it the poly schedule, so that
-training ends within the budget, as ``medmap train --budget`` does from its timed steps. Both tools get
-25 steps per epoch on a CPU (nnU-Net's 250 would not finish one epoch in a short 3-D budget) and no
-test-time mirroring; nnU-Net trains fold 0 of its 5 (80 % of the training cases), medmap its own 80/20
-split. Each dataset is written once in nnU-Net raw layout, which both read; every prediction on the test
-images is scored by `medmap.evaluation.segmentation.case_metrics` against ``labelsTs``.
+pinned beside it so pip cannot pull a CUDA torch, then torchvision removed (its PyPI build is CUDA-
+linked and the standard trainer does not need it). A budget trainer (`TRAINER_SOURCE`) is written at the
+top of ``nnunetv2/training/nnUNetTrainer/`` (the stock short trainers live beside variants that import
+timm and crash on lookup): it times its second and third steps and, after its first epoch, sets the
+epoch count, and with it the poly schedule, so that training ends within the budget, as ``medmap train
+--budget`` does from its timed steps. Both tools get 25 steps per epoch on a CPU (nnU-Net's 250 would
+not finish one epoch in a short 3-D budget); where fewer than five such epochs fit, nnU-Net's epochs are
+shortened to a fifth of the steps that fit (one 25-step epoch of its 3-D liver plan outlasts a 5-minute
+budget on 2 cores), so that it always has a model and a decayed schedule at the end. No test-time
+mirroring; nnU-Net trains fold 0 of its 5 (80 % of the training cases), medmap its own 80/20 split. Each
+dataset is written once in nnU-Net raw layout, which both read; every prediction on the test images is
+scored by `medmap.evaluation.segmentation.case_metrics` against ``labelsTs``.
 
 Datasets: the demo liver (3-D CT, liver + tumour: Dice, HD95, tumour lesion recall and false-positive
-components per case) and MNI152 axial slices (2-D MR in (X, Y, 1) NIfTI, grey and white matter).
+components per case), MNI152 axial slices (2-D MR in (X, Y, 1) NIfTI, grey and white matter) and
+MNI152 whole brains, each deformed and acquired its own way (3-D MR at 2 mm, the same labels).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from brain_data import slice_set
+from brain_data import slice_set, volume_set
 from medmap.evaluation.segmentation import case_metrics
 from medmap.io.load import load
 
@@ -64,13 +68,28 @@ class nnUNetTrainer_medmapBudget(nnUNetTrainer):
         self.num_epochs = 100000  # replaced after the first epoch
 
     def run_training(self):
+        # Steps 2-3 are timed (the first carries the loaders' start). Where the budget holds fewer than
+        # five epochs of the set length, epochs are shortened to a fifth of the steps that fit, so that
+        # the poly schedule still decays within the budget; after the first epoch its real time (with
+        # validation) sets the epoch count and the schedule's length.
         self.on_train_start()
-        epoch = self.current_epoch
+        started = time.perf_counter()
+        epoch, steps_run = self.current_epoch, 0
         while epoch < self.num_epochs:
-            started = time.perf_counter()
             self.on_epoch_start()
             self.on_train_epoch_start()
-            outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+            outputs = []
+            while len(outputs) < self.num_iterations_per_epoch:
+                outputs.append(self.train_step(next(self.dataloader_train)))
+                if epoch == 0 and len(outputs) == 1:
+                    first_step_done = time.perf_counter()
+                if epoch == 0 and len(outputs) == 3:
+                    per_step = (time.perf_counter() - first_step_done) / 2 * 1.1  # 10 % for validation
+                    fits = int(self.budget // per_step)
+                    if fits < 5 * self.num_iterations_per_epoch:
+                        self.num_iterations_per_epoch = max(3, fits // 5)
+                        self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+            steps_run += len(outputs)
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
@@ -78,8 +97,10 @@ class nnUNetTrainer_medmapBudget(nnUNetTrainer):
                 self.on_validation_epoch_end([self.validation_step(next(self.dataloader_val)) for _ in steps])
             self.on_epoch_end()
             epoch += 1
-            if epoch == 1:  # the first epoch's time sets the epoch count and the poly schedule's length
-                self.num_epochs = max(1, int(self.budget // (time.perf_counter() - started)))
+            if epoch == 1:
+                spent = time.perf_counter() - started
+                per_epoch = spent / steps_run * self.num_iterations_per_epoch
+                self.num_epochs = 1 + max(0, int((self.budget - spent) // per_epoch))
                 self.lr_scheduler.max_steps = self.num_epochs
         self.on_train_end()
 
@@ -171,6 +192,14 @@ def score(predictions: Path, dataset: Path) -> dict:
     return out
 
 
+def checked(command: list, **kwargs) -> None:
+    """Run a tool; on failure stop with the command and the end of what it printed, not a bare exit code."""
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise SystemExit(f"{Path(str(command[0])).name} failed (exit {done.returncode}):\n{tail}")
+
+
 def run_medmap(dataset: Path, work: Path, budget: float, seed: int) -> dict:
     run = work / f"medmap-{int(budget)}"
     started = time.perf_counter()
@@ -178,7 +207,7 @@ def run_medmap(dataset: Path, work: Path, budget: float, seed: int) -> dict:
         sys.executable, "-m", "medmap", "train", str(dataset), "-o", str(run), "--budget", f"{budget}s",
         "--seed", str(seed), "--workers", "1",
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    checked(command)
     history = json.loads((run / "history.json").read_text())
     return {
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
@@ -202,24 +231,22 @@ def run_nnunet(
     }
     started = time.perf_counter()
     if not (work / "nnunet_preprocessed" / dataset.name).is_dir():
-        subprocess.run(
-            [bin_dir / "nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"],
-            check=True, env=env, capture_output=True,
-        )  # fmt: skip
+        checked(
+            [bin_dir / "nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env=env
+        )
     t0 = time.perf_counter()
-    subprocess.run(
-        [bin_dir / "nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", TRAINER, "-device", "cpu"],
-        check=True, env=env, capture_output=True,
-    )  # fmt: skip
+    checked(
+        [bin_dir / "nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", TRAINER, "-device", "cpu"], env=env
+    )
     trained = time.perf_counter() - t0
     out = work / f"nnunet-pred-{int(budget)}"
-    subprocess.run(
+    checked(
         [
             bin_dir / "nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(out), "-d", str(dataset_id),
             "-c", configuration, "-f", "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta",
             "-chk", "checkpoint_final.pth", "-npp", "1", "-nps", "1",
         ],
-        check=True, env=env, capture_output=True,
+        env=env,
     )  # fmt: skip
     log = sorted((work / f"nnunet_results-{int(budget)}").rglob("training_log_*.txt"))
     epochs = log[-1].read_text().count("Epoch time") if log else None
@@ -241,13 +268,16 @@ def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, str
     if name == "brain2d":
         msd = slice_set(work / "brain_msd", n_train=8 if quick else 40, n_test=3 if quick else 10, seed=seed)
         return to_nnunet_raw(msd, raw, 502, "BrainSlices"), 502, "2d"
+    if name == "brain3d":
+        msd = volume_set(work / "brain_msd", n_train=6 if quick else 16, n_test=2 if quick else 6, seed=seed)
+        return to_nnunet_raw(msd, raw, 503, "BrainVolumes"), 503, "3d_fullres"
     raise SystemExit(f"unknown dataset {name!r}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="300,900", help="training seconds, comma-separated")
-    parser.add_argument("--datasets", default="brain2d,liver")
+    parser.add_argument("--datasets", default="brain2d,liver,brain3d")
     parser.add_argument("--setup", action="store_true", help="install nnU-Net into .bench/nnunet if missing")
     parser.add_argument("--quick", action="store_true", help="small data, one short budget (the test suite)")
     parser.add_argument("--seed", type=int, default=0)

@@ -133,7 +133,7 @@ def test_turnaround(quick_bundle, tmp_path):
 
 def test_brain_data(tmp_path):
     """The MNI152 sets the benchmarks use: balanced 8-bit patches with disjoint splits, 2-D slices as
-    (X, Y, 1) NIfTI with test labels."""
+    (X, Y, 1) NIfTI with test labels, whole brains each deformed its own way."""
     import numpy as np
 
     from medmap.io.load import load
@@ -148,6 +148,10 @@ def test_brain_data(tmp_path):
     assert len(tests) == 3
     image = load(tmp_path / "brain_slices" / "imagesTs" / tests[0].name)
     assert image.shape[0] == 1 and set(np.unique(load(tests[0]).array)) <= {0, 1, 2}
+    first, second = summary["volumes"]["voxels_per_class"]
+    assert first != second and min(first) > 0 and min(second) > 0  # two subjects, both tissues in each
+    volume = tmp_path / "brain_volumes"
+    assert load(volume / "imagesTs" / "brain_002.nii.gz").shape == load(volume / "labelsTs" / "brain_002.nii.gz").shape
 
 
 def test_classifiers(tmp_path):
