@@ -19,6 +19,10 @@ mirroring; nnU-Net trains fold 0 of its 5 (80 % of the training cases), medmap i
 dataset is written once in nnU-Net raw layout, which both read; every prediction on the test images is
 scored by `medmap.evaluation.segmentation.case_metrics` against ``labelsTs``.
 
+On 3-D data nnU-Net is trained in both configurations a user would try on a CPU: its default 3d_fullres
+and its 2d (``--configurations`` picks; ``--tools nnU-Net`` adds a configuration to an earlier run's
+medmap figure without training medmap again).
+
 Datasets: the demo liver (3-D CT, liver + tumour: Dice, HD95, tumour lesion recall and false-positive
 components per case), MNI152 axial slices (2-D MR in (X, Y, 1) NIfTI, grey and white matter) and
 MNI152 whole brains, each deformed and acquired its own way (3-D MR at 2 mm, the same labels).
@@ -230,7 +234,7 @@ def run_nnunet(
         "MEDMAP_STEPS_PER_EPOCH": str(steps),
     }
     started = time.perf_counter()
-    if not (work / "nnunet_preprocessed" / dataset.name).is_dir():
+    if not (work / "nnunet_preprocessed" / dataset.name / f"nnUNetPlans_{configuration}").is_dir():
         checked(
             [bin_dir / "nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env=env
         )
@@ -239,7 +243,7 @@ def run_nnunet(
         [bin_dir / "nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", TRAINER, "-device", "cpu"], env=env
     )
     trained = time.perf_counter() - t0
-    out = work / f"nnunet-pred-{int(budget)}"
+    out = work / f"nnunet-pred-{configuration}-{int(budget)}"
     checked(
         [
             bin_dir / "nnUNetv2_predict", "-i", str(dataset / "imagesTs"), "-o", str(out), "-d", str(dataset_id),
@@ -248,7 +252,8 @@ def run_nnunet(
         ],
         env=env,
     )  # fmt: skip
-    log = sorted((work / f"nnunet_results-{int(budget)}").rglob("training_log_*.txt"))
+    results = work / f"nnunet_results-{int(budget)}" / dataset.name / f"{TRAINER}__nnUNetPlans__{configuration}"
+    log = sorted(results.rglob("training_log_*.txt"))
     epochs = log[-1].read_text().count("Epoch time") if log else None
     return {
         "train_seconds_incl_start": round(trained, 1),
@@ -258,19 +263,21 @@ def run_nnunet(
     }
 
 
-def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, str]:
+def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, list[str]]:
+    """The dataset in nnU-Net raw layout, its id, and the nnU-Net configurations a user would train on it:
+    for 3-D data its 3d_fullres and its 2d (on a CPU the 2-D network's steps are far cheaper)."""
     raw = work / "nnunet_raw"
     if name == "liver":
         from medmap.data.demo import SMALL, write_demo_data
 
         write_demo_data(work / "demo", seed=seed, **({"size": SMALL} if quick else {}))
-        return to_nnunet_raw(work / "demo" / "liver", raw, 501, "DemoLiver"), 501, "3d_fullres"
+        return to_nnunet_raw(work / "demo" / "liver", raw, 501, "DemoLiver"), 501, ["3d_fullres", "2d"]
     if name == "brain2d":
         msd = slice_set(work / "brain_msd", n_train=8 if quick else 40, n_test=3 if quick else 10, seed=seed)
-        return to_nnunet_raw(msd, raw, 502, "BrainSlices"), 502, "2d"
+        return to_nnunet_raw(msd, raw, 502, "BrainSlices"), 502, ["2d"]
     if name == "brain3d":
         msd = volume_set(work / "brain_msd", n_train=6 if quick else 16, n_test=2 if quick else 6, seed=seed)
-        return to_nnunet_raw(msd, raw, 503, "BrainVolumes"), 503, "3d_fullres"
+        return to_nnunet_raw(msd, raw, 503, "BrainVolumes"), 503, ["3d_fullres", "2d"]
     raise SystemExit(f"unknown dataset {name!r}")
 
 
@@ -280,12 +287,15 @@ def main() -> None:
     parser.add_argument("--datasets", default="brain2d,liver,brain3d")
     parser.add_argument("--setup", action="store_true", help="install nnU-Net into .bench/nnunet if missing")
     parser.add_argument("--quick", action="store_true", help="small data, one short budget (the test suite)")
+    parser.add_argument("--tools", default="medmap,nnU-Net", help="which of medmap and nnU-Net to run")
+    parser.add_argument("--configurations", default=None, help="nnU-Net's, comma-separated (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--work", type=Path, default=None, help="keep the work folder here")
     args = parser.parse_args()
     budgets = [20.0] if args.quick else [float(b) for b in args.budgets.split(",")]
-    bin_dir = setup() if args.setup or (VENV / ".installed").is_file() else None
+    tools = args.tools.split(",")
+    bin_dir = setup() if "nnU-Net" in tools and (args.setup or (VENV / ".installed").is_file()) else None
     if bin_dir is None:
         print("nnU-Net not installed (run with --setup): medmap side only")
     results = []
@@ -293,38 +303,38 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         for name in args.datasets.split(","):
-            dataset, dataset_id, configuration = build(name, work / name, args.quick, args.seed)
+            dataset, dataset_id, configurations = build(name, work / name, args.quick, args.seed)
+            if args.configurations:
+                configurations = [c for c in configurations if c in args.configurations.split(",")]
             for budget in budgets:
-                entry = {
-                    "dataset": name,
-                    "budget_seconds": budget,
-                    "medmap": run_medmap(dataset, work / name, budget, args.seed),
-                }
-                if bin_dir is not None:
+                entry: dict = {"dataset": name, "budget_seconds": budget}
+                if "medmap" in tools:
+                    entry["medmap"] = run_medmap(dataset, work / name, budget, args.seed)
+                for configuration in configurations if bin_dir is not None else []:
                     steps = 5 if args.quick else STEPS_PER_EPOCH  # quick: nnU-Net's one epoch would outlast 20 s
                     folder = work / name
-                    entry["nnU-Net"] = run_nnunet(bin_dir, dataset, dataset_id, configuration, folder, budget, steps)
+                    run = run_nnunet(bin_dir, dataset, dataset_id, configuration, folder, budget, steps)
+                    entry[f"nnU-Net {configuration}"] = run
                 results.append(entry)
                 print(json.dumps(entry))
-    print(f"\n{'dataset':8} {'budget':>7} {'tool':8} {'epochs':>6} {'mean Dice':>9}  per class")
+    print(f"\n{'dataset':8} {'budget':>7} {'tool':18} {'epochs':>6} {'mean Dice':>9}  per class")
     for entry in results:
-        for tool in ("medmap", "nnU-Net"):
-            if tool in entry:
-                r = entry[tool]
-                classes = {k: v for k, v in r["test"].items() if k != "mean_dice"}
-                detail = "; ".join(
-                    f"{k} {v['dice']:.3f}"
-                    + (
-                        f" (recall {v['lesion_recall']}, FP/case {v['false_positives_per_case']})"
-                        if "lesion_recall" in v
-                        else ""
-                    )
-                    for k, v in classes.items()
+        for tool in [k for k in entry if k == "medmap" or k.startswith("nnU-Net")]:
+            r = entry[tool]
+            classes = {k: v for k, v in r["test"].items() if k != "mean_dice"}
+            detail = "; ".join(
+                f"{k} {v['dice']:.3f}"
+                + (
+                    f" (recall {v['lesion_recall']}, FP/case {v['false_positives_per_case']})"
+                    if "lesion_recall" in v
+                    else ""
                 )
-                print(
-                    f"{entry['dataset']:8} {entry['budget_seconds']:6.0f}s {tool:8} {r['epochs'] or '-':>6} "
-                    f"{r['test']['mean_dice']:9.3f}  {detail}"
-                )
+                for k, v in classes.items()
+            )
+            print(
+                f"{entry['dataset']:8} {entry['budget_seconds']:6.0f}s {tool:18} {r['epochs'] or '-':>6} "
+                f"{r['test']['mean_dice']:9.3f}  {detail}"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "vs_nnunet.json").write_text(json.dumps(results, indent=1))
 

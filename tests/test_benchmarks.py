@@ -168,7 +168,7 @@ def test_vs_nnunet(tmp_path):
     20-minute suite)."""
     bench("vs_nnunet", "--datasets", "brain2d", "--out", tmp_path)
     (entry,) = json.loads((tmp_path / "vs_nnunet.json").read_text())
-    tools = ("medmap", "nnU-Net") if (ROOT / ".bench" / "nnunet" / ".installed").is_file() else ("medmap",)
+    tools = ("medmap", "nnU-Net 2d") if (ROOT / ".bench" / "nnunet" / ".installed").is_file() else ("medmap",)
     for tool in tools:
         test = entry[tool]["test"]
         assert {"grey matter", "white matter"} <= set(test) and 0 <= test["mean_dice"] <= 1
