@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,7 @@ class nnUNetTrainer_medmapBudget(nnUNetTrainer):
                         self.num_iterations_per_epoch = max(3, fits // 5)
                         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
             steps_run += len(outputs)
+            self.print_to_log_file(f"medmap budget: {len(outputs)} training steps this epoch")
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
                 self.on_validation_epoch_start()
@@ -213,9 +215,11 @@ def run_medmap(dataset: Path, work: Path, budget: float, seed: int) -> dict:
     ]  # fmt: skip
     checked(command)
     history = json.loads((run / "history.json").read_text())
+    bought = json.loads((run / "budget.json").read_text())
     return {
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "epochs": len(history),
+        "steps": len(history) * bought["steps_per_epoch"],
         "wall_seconds": round(time.perf_counter() - started, 1),
         "test": score(run / "predictions_test", dataset),
     }
@@ -254,10 +258,12 @@ def run_nnunet(
     )  # fmt: skip
     results = work / f"nnunet_results-{int(budget)}" / dataset.name / f"{TRAINER}__nnUNetPlans__{configuration}"
     log = sorted(results.rglob("training_log_*.txt"))
-    epochs = log[-1].read_text().count("Epoch time") if log else None
+    text = log[-1].read_text() if log else ""
+    steps = [int(n) for n in re.findall(r"medmap budget: (\d+) training steps", text)]
     return {
         "train_seconds_incl_start": round(trained, 1),
-        "epochs": epochs,
+        "epochs": text.count("Epoch time") or None,
+        "steps": sum(steps) or None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "test": score(out, dataset),
     }
@@ -317,7 +323,7 @@ def main() -> None:
                     entry[f"nnU-Net {configuration}"] = run
                 results.append(entry)
                 print(json.dumps(entry))
-    print(f"\n{'dataset':8} {'budget':>7} {'tool':18} {'epochs':>6} {'mean Dice':>9}  per class")
+    print(f"\n{'dataset':8} {'budget':>7} {'tool':18} {'steps':>6} {'mean Dice':>9}  per class")
     for entry in results:
         for tool in [k for k in entry if k == "medmap" or k.startswith("nnU-Net")]:
             r = entry[tool]
@@ -332,7 +338,7 @@ def main() -> None:
                 for k, v in classes.items()
             )
             print(
-                f"{entry['dataset']:8} {entry['budget_seconds']:6.0f}s {tool:18} {r['epochs'] or '-':>6} "
+                f"{entry['dataset']:8} {entry['budget_seconds']:6.0f}s {tool:18} {r.get('steps') or '-':>6} "
                 f"{r['test']['mean_dice']:9.3f}  {detail}"
             )
     args.out.mkdir(parents=True, exist_ok=True)
