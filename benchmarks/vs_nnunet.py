@@ -269,22 +269,47 @@ def run_nnunet(
     }
 
 
-def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, list[str]]:
-    """The dataset in nnU-Net raw layout, its id, and the nnU-Net configurations a user would train on it:
-    for 3-D data its 3d_fullres and its 2d (on a CPU the 2-D network's steps are far cheaper)."""
-    raw = work / "nnunet_raw"
-    if name == "liver":
-        from medmap.data.demo import SMALL, write_demo_data
+def _liver(work: Path, quick: bool, seed: int) -> Path:
+    from medmap.data.demo import SMALL, write_demo_data
 
-        write_demo_data(work / "demo", seed=seed, **({"size": SMALL} if quick else {}))
-        return to_nnunet_raw(work / "demo" / "liver", raw, 501, "DemoLiver"), 501, ["3d_fullres", "2d"]
-    if name == "brain2d":
-        msd = slice_set(work / "brain_msd", n_train=8 if quick else 40, n_test=3 if quick else 10, seed=seed)
-        return to_nnunet_raw(msd, raw, 502, "BrainSlices"), 502, ["2d"]
-    if name == "brain3d":
-        msd = volume_set(work / "brain_msd", n_train=6 if quick else 16, n_test=2 if quick else 6, seed=seed)
-        return to_nnunet_raw(msd, raw, 503, "BrainVolumes"), 503, ["3d_fullres", "2d"]
-    raise SystemExit(f"unknown dataset {name!r}")
+    write_demo_data(work / "demo", seed=seed, **({"size": SMALL} if quick else {}))
+    return work / "demo" / "liver"
+
+
+# name: nnU-Net dataset id and name, the configurations a user would train (for 3-D data its 3d_fullres and
+# its 2d: on a CPU the 2-D network's steps are far cheaper), and how the MSD folder is made
+DATASETS = {
+    "liver": (501, "DemoLiver", ["3d_fullres", "2d"], _liver),
+    "brain2d": (
+        502, "BrainSlices", ["2d"],
+        lambda work, quick, seed: slice_set(
+            work / "brain_msd", n_train=8 if quick else 40, n_test=3 if quick else 10, seed=seed
+        ),
+    ),
+    "brain3d": (
+        503, "BrainVolumes", ["3d_fullres", "2d"],
+        lambda work, quick, seed: volume_set(
+            work / "brain_msd", n_train=6 if quick else 16, n_test=2 if quick else 6, seed=seed
+        ),
+    ),
+}  # fmt: skip
+
+
+def build(name: str, work: Path, quick: bool, seed: int) -> tuple[Path, int, list[str]]:
+    """The dataset in nnU-Net raw layout (made once per work folder: a later run adds to an earlier one's
+    figures), its id, and the nnU-Net configurations to train on it."""
+    if name not in DATASETS:
+        raise SystemExit(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    dataset_id, nnunet_name, configurations, make = DATASETS[name]
+    root = work / "nnunet_raw" / f"Dataset{dataset_id:03d}_{nnunet_name}"
+    made = work / "nnunet_raw" / f"{root.name}.made.json"  # beside the dataset: nnU-Net reads its folder
+    recipe = {"quick": quick, "seed": seed}
+    if not (made.is_file() and json.loads(made.read_text()) == recipe):
+        if root.exists():
+            raise SystemExit(f"{root} exists and was made otherwise: choose another --work")
+        to_nnunet_raw(make(work, quick, seed), work / "nnunet_raw", dataset_id, nnunet_name)
+        made.write_text(json.dumps(recipe))
+    return root, dataset_id, configurations
 
 
 def main() -> None:
