@@ -9,8 +9,8 @@ Contenders on each dataset, all trained on the same training split and scored on
   planning, caching and evaluation are outside it, as they are for the others).
 - **MONAI ResNet-18, plain loop**: ``monai.networks.nets.resnet18`` trained by a minimal well-tuned loop
   (Adam 1e-3, batch 128 for 2-D patches and 16 for 3-D cubes, random flips, cross-entropy) for the same
-  wall-clock time, on the same inputs
-  medmap feeds its network (the cached patches, so the comparison is about training, not input).
+  wall-clock time, on the same inputs medmap feeds its network (the cached patches, so the comparison is
+  about training, not input).
 - **logistic regression on raw pixels** (scikit-learn): the floor any CNN must beat.
 
 Datasets: a real-image 3-class 32x32 patch set in MedMNIST npz layout built from the MNI152 template
