@@ -33,18 +33,27 @@ import numpy as np
 SLAB, GAP = 8, 2  # slices per slab; slices dropped at each slab edge
 
 
-def _volumes() -> tuple[np.ndarray, np.ndarray]:
-    """(T1 in [0, 1], tissue label 0 outside / 1 grey / 2 white / 3 CSF), axes (x, y, z) as nilearn gives."""
+def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(T1 in [0, 1], grey-matter and white-matter probability, brain mask 0/1) as float32, axes (x, y, z)."""
     from nilearn import datasets
 
-    t1 = np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), np.float32)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
-    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata()) > 0
+    def read(image) -> np.ndarray:
+        return np.asarray(image.get_fdata(), np.float32)
+
+    t1 = read(datasets.load_mni152_template(resolution=1))
+    gm = read(datasets.load_mni152_gm_template(resolution=1))
+    wm = read(datasets.load_mni152_wm_template(resolution=1))
+    brain = (read(datasets.load_mni152_brain_mask(resolution=1)) > 0).astype(np.float32)
+    return t1 / max(float(t1.max()), 1e-6), gm, wm, brain
+
+
+def _volumes() -> tuple[np.ndarray, np.ndarray]:
+    """(T1 in [0, 1], tissue label 0 outside / 1 grey / 2 white / 3 CSF), axes (x, y, z) as nilearn gives."""
+    t1, gm, wm, brain = _templates()
     csf = np.clip(1 - gm - wm, 0, 1) * brain
     tissue = np.argmax(np.stack([np.full_like(gm, 0.3), gm, wm, csf]), axis=0).astype(np.uint8)
-    tissue[~brain] = 0
-    return t1 / max(float(t1.max()), 1e-6), tissue
+    tissue[brain == 0] = 0
+    return t1, tissue
 
 
 def _split_of(z: int) -> str | None:

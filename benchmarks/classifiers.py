@@ -32,9 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import patch_set
+from medmap import run_folder as runs
 from medmap.data.cache import PreprocessedCache
 from medmap.data.layouts import read_dataset
 from medmap.plan import Plan
+from medmap.run_folder import RunFolder
 from medmap.tasks import task_for
 from medmap.tasks.classification.inputs import classifier_input
 from medmap.training.run import train_run
@@ -111,14 +113,15 @@ def compare(name: str, data: Path, work: Path, seconds: float, seed: int) -> dic
     run, cache = work / f"{name}-run", work / f"{name}-cache"
     t0 = time.perf_counter()
     summary = train_run(data, run, config=TrainConfig(budget_seconds=seconds, seed=seed, epochs=1000), cache_root=cache)
-    budget = json.loads((run / "budget.json").read_text())
+    folder = RunFolder(run)
+    budget = folder.read(runs.BUDGET)
     m = summary["metrics"]
     medmap = {
         "accuracy": round(float(m["accuracy"]), 4),
         "auc": round(float(m["auc"]), 4),
         "epochs": budget["epochs"],
         "samples": budget["samples"],
-        "train_seconds": round(sum(h["seconds"] for h in json.loads((run / "history.json").read_text())), 1),
+        "train_seconds": round(sum(h["seconds"] for h in folder.history), 1),
         "wall_seconds_all_steps": round(time.perf_counter() - t0, 1),
         "normalization": Plan.load(run / "plan.json").normalization.scheme,
     }

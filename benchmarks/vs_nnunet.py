@@ -45,8 +45,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from brain_data import slice_set, volume_set
+from medmap import run_folder as runs
 from medmap.evaluation.segmentation import case_metrics
 from medmap.io.load import load
+from medmap.run_folder import RunFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".bench" / "nnunet"
@@ -79,7 +81,7 @@ class nnUNetTrainer_medmapBudget(nnUNetTrainer):
         # validation) sets the epoch count and the schedule's length.
         self.on_train_start()
         started = time.perf_counter()
-        epoch, steps_run = self.current_epoch, 0
+        epoch = self.current_epoch
         while epoch < self.num_epochs:
             self.on_epoch_start()
             self.on_train_epoch_start()
@@ -94,7 +96,6 @@ class nnUNetTrainer_medmapBudget(nnUNetTrainer):
                     if fits < 5 * self.num_iterations_per_epoch:
                         self.num_iterations_per_epoch = max(3, fits // 5)
                         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
-            steps_run += len(outputs)
             self.print_to_log_file(f"medmap budget: {len(outputs)} training steps this epoch")
             self.on_train_epoch_end(outputs)
             with torch.no_grad():
@@ -105,7 +106,7 @@ class nnUNetTrainer_medmapBudget(nnUNetTrainer):
             epoch += 1
             if epoch == 1:
                 spent = time.perf_counter() - started
-                per_epoch = spent / steps_run * self.num_iterations_per_epoch
+                per_epoch = spent / len(outputs) * self.num_iterations_per_epoch
                 self.num_epochs = 1 + max(0, int((self.budget - spent) // per_epoch))
                 self.lr_scheduler.max_steps = self.num_epochs
         self.on_train_end()
@@ -214,12 +215,12 @@ def run_medmap(dataset: Path, work: Path, budget: float, seed: int) -> dict:
         "--seed", str(seed), "--workers", "1",
     ]  # fmt: skip
     checked(command)
-    history = json.loads((run / "history.json").read_text())
-    bought = json.loads((run / "budget.json").read_text())
+    folder = RunFolder(run)
+    history = folder.history
     return {
         "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "epochs": len(history),
-        "steps": len(history) * bought["steps_per_epoch"],
+        "steps": len(history) * folder.read(runs.BUDGET)["steps_per_epoch"],
         "wall_seconds": round(time.perf_counter() - started, 1),
         "test": score(run / "predictions_test", dataset),
     }
