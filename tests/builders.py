@@ -230,3 +230,20 @@ def untrained_bundle(table: Path, task: str, overrides: list[str], root: Path, t
     torch.save(task_for(plan).build_network(plan, None).state_dict(), run / "checkpoints" / "best.pt")
     (run / "threshold.json").write_text(json.dumps({"threshold": threshold}))
     return create_bundle(run, root / f"{task}-bundle")
+
+
+def paired_organs_case(seed: int, shape=(1, 40, 56)):
+    """A one-slice image of a symmetric body holding two identical discs, the patient's left one labelled 1
+    and the right one 2: only the side tells them apart (as with the parotids). No geometry of its own, so
+    its columns run across the patient (`medmap.data.laterality.lateral_axes`); +column is the left (LPS)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[1], : shape[2]].astype(float)
+    cy, cx = shape[1] / 2 + rng.uniform(-2, 2), shape[2] / 2 + rng.uniform(-2, 2)
+    body = ((yy - cy) / (shape[1] / 2 - 3)) ** 2 + ((xx - cx) / (shape[2] / 2 - 3)) ** 2 < 1
+    offset, radius = rng.uniform(10, 13), rng.uniform(4.0, 5.5)
+    label = np.zeros(shape[1:], np.uint8)
+    label[(yy - cy) ** 2 + (xx - (cx + offset)) ** 2 < radius**2] = 1
+    label[(yy - cy) ** 2 + (xx - (cx - offset)) ** 2 < radius**2] = 2
+    pixels = np.where(body, 40.0, 0.0) + np.where(label > 0, 60.0, 0.0) + rng.normal(0, 4, shape[1:])
+    image = Image(pixels[np.newaxis].astype(np.float32))
+    return image, image.with_array(label[np.newaxis])

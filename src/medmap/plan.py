@@ -45,6 +45,9 @@ class Augmentation(_Strict):
 
     strength: float = Field(1.0, ge=0.0, le=2.0)
     flip_axes: tuple[int, ...] = (1, 2)  # array axes (slice=0, row=1, column=2) that may be mirrored
+    # lateralised labels (Parotid_L / Parotid_R): never mirror across the patient's left-right axis, in
+    # training (the planner leaves those axes out of flip_axes) or at test time (checked per image)
+    keep_sides: bool = False
     rotate_deg: float = 15.0
     scale: tuple[float, float] = (0.85, 1.15)
     elastic: bool = False

@@ -144,3 +144,18 @@ def test_three_d_segmentation_on_a_cpu_takes_more_smaller_steps():
     assert any(n.startswith("iterations_per_epoch") for n in plan.notes)
     gpu = plan_dataset(dataset(), fingerprint(), device="cuda")
     assert gpu.iterations_per_epoch == 250
+
+
+def test_ultrasound_is_never_mirrored_top_to_bottom():
+    two_d = dict(spacings=[(1.0, 0.2, 0.2)] * 20, shapes=[(1, 300, 400)] * 20)
+    us = plan_dataset(dataset(), fingerprint(modality="US", **two_d))
+    assert 1 not in us.augmentation.flip_axes and us.augmentation.flip_axes == (2,)
+    assert any("top to bottom" in n for n in us.notes)
+    assert plan_dataset(dataset(), fingerprint(modality="MR", **two_d)).augmentation.flip_axes == (1, 2)
+
+
+def test_pictures_without_pixel_size_say_so_in_the_plan():
+    plan = plan_dataset(dataset(), fingerprint(images_without_spacing=20, modality=""))
+    note = next(n for n in plan.notes if n.startswith("pixel_size:"))
+    assert "20 of 20 images" in note and "in pixels" in note
+    assert not any(n.startswith("pixel_size:") for n in plan_dataset(dataset(), fingerprint()).notes)

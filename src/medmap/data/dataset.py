@@ -46,7 +46,7 @@ def load_source(source: ImageSource, series_uid: str | None = None) -> Image:
             arr = np.asarray(npz[source.key][source.index])
         if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4:  # 2-D RGB: (H, W, C)
             arr = arr[np.newaxis]
-        return Image(arr, meta=ImageMeta(source_path=source.file))
+        return Image(arr, meta=ImageMeta(source_path=source.file, spacing_known=False))
     from medmap.io.load import load
 
     return load(source, series_uid)

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 from pydantic import BaseModel
 
+from medmap.data import laterality
 from medmap.data.dataset import Dataset, check_mask
 from medmap.errors import DatasetError, MedmapError
 from medmap.io.image import Image
@@ -43,6 +44,11 @@ class Fingerprint(BaseModel):
     class_frequencies: dict[int, float]  # segmentation: voxel share per label; classification: case share
     lesion_diameters_mm: list[float] = []
     lesion_cases: bool = False
+    # per image: the array axes that carry the patient's left-right (from its direction cosines)
+    lateral_axes: list[tuple[int, ...]] = []
+    # label pairs that lie as mirror images on fixed sides (two lungs, two parotids), from the masks
+    mirror_pairs: list[tuple[int, int]] = []
+    images_without_spacing: int = 0  # images whose source gives no physical pixel size (pictures, npz)
 
     @property
     def median_spacing(self) -> tuple[float, float, float]:
@@ -83,6 +89,7 @@ def compute_fingerprint(
         by_image.setdefault(case.image_key, []).append(case)
     spacings, shapes, samples, channels, modality = [], [], [], 1, dataset.modality
     voxel_counts: Counter = Counter()
+    lateral_axes, placements, without_spacing = [], [], 0
     for cases in track(list(by_image.values()), "fingerprinting", enabled=progress):
         try:
             image = cases[0].load_image()
@@ -92,6 +99,8 @@ def compute_fingerprint(
         channels = image.channels
         spacings.append(image.spacing)
         shapes.append(image.shape)
+        lateral_axes.append(laterality.lateral_axes(image.direction, image.shape))
+        without_spacing += not image.meta.spacing_known
         values = image.array if image.channels == 1 else image.array[..., 0]
         if dataset.task == "segmentation" and cases[0].mask is not None:
             mask_image = cases[0].load_mask()
@@ -100,6 +109,7 @@ def compute_fingerprint(
             labels, counts = np.unique(mask, return_counts=True)
             voxel_counts.update(dict(zip(labels.tolist(), counts.tolist(), strict=True)))
             foreground = values[mask > 0]
+            placements.append(laterality.placements(mask_image, seed=seed))
         elif dataset.task == "detection":  # the findings as spheres (a scan may have none)
             found = [lesion for c in cases for lesion in c.lesions]
             inside = lesion_mask(image, [f.position for f in found], [f.diameter_mm / 2 for f in found])
@@ -145,4 +155,7 @@ def compute_fingerprint(
         class_frequencies=frequencies,
         lesion_diameters_mm=diameters,
         lesion_cases=any(c.lesion for c in training),
+        lateral_axes=lateral_axes,
+        mirror_pairs=laterality.mirror_pairs(placements),
+        images_without_spacing=without_spacing,
     )

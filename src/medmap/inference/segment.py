@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from medmap.data.laterality import lateral_axes
 from medmap.data.preprocess import resample_like, segmentation_input
 from medmap.errors import ConfigError
 from medmap.inference.postprocess import PostProcessing
@@ -70,14 +71,21 @@ def class_probability(
     return Image(full, resampled.spacing, resampled.origin, resampled.direction)
 
 
+def mirror_axes_at_test_time(plan: Plan, image: Image) -> list[int]:
+    """The plan's flip axes this image may be mirrored on: never its own left-right axes when the labels
+    are lateralised (the image's orientation may differ from every training image's)."""
+    kept = lateral_axes(image.direction, image.shape) if plan.augmentation.keep_sides else ()
+    two_d = plan.spatial_dims == 2
+    return [a for a in plan.augmentation.flip_axes if not (two_d and a == 0) and a not in kept]
+
+
 def _windows(image, plan, predictors, device, mirror, overlap, progress, *, probabilities: bool = False):
     """The sliding window over ``image`` preprocessed as in training: (result, body crop, resampled image)."""
     check_input(image, plan)
     array, bbox, resampled = segmentation_input(image, plan.normalization, plan.target_spacing)
-    two_d = plan.spatial_dims == 2
     settings = plan.inference
     use_mirror = settings.mirror if mirror is None else mirror
-    axes = [a for a in plan.augmentation.flip_axes if not (two_d and a == 0)] if use_mirror else []
+    axes = mirror_axes_at_test_time(plan, resampled) if use_mirror else []
     result = sliding_window(
         array,
         predictors,

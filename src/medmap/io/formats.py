@@ -162,6 +162,7 @@ def read_raster(path: str | os.PathLike) -> Image:
         source_path=path,
         photometric="RGB" if arr.ndim == 3 else "MONOCHROME2",
         notes=("picture without physical pixel size: 1 mm pixels assumed",),
+        spacing_known=False,
     )
     return Image(arr[np.newaxis], meta=meta)
 

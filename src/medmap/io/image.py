@@ -63,6 +63,7 @@ class ImageMeta:
     series_description: str = ""
     source_path: Path | None = None
     notes: tuple[str, ...] = ()  # problems found while loading that did not stop it (tilt, ...)
+    spacing_known: bool = True  # False where the source gives no physical pixel size (pictures, npz, some DICOM)
 
 
 def orientation_label(direction: np.ndarray) -> str:

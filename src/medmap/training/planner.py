@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from medmap.data import laterality
 from medmap.data.dataset import Dataset
 from medmap.data.fingerprint import Fingerprint
 from medmap.plan import Augmentation, Inference, Normalization, Plan
@@ -186,14 +187,54 @@ def decide_iterations(fp: Fingerprint, batch: int, device: str) -> tuple[int, st
     return steps, f"{steps} steps per epoch (each case about 3 times, at least 8 batches)"
 
 
-def decide_augmentation(fp: Fingerprint, input_mode: str, spacing) -> tuple[Augmentation, str]:
+FIXED_DIRECTION_MODALITIES = {"US": 1}  # modality -> array axis it is acquired along (the transducer at the top)
+
+
+def decide_sides(fp: Fingerprint, labels: dict[int, str]) -> tuple[bool, str]:
+    """Whether the labels are lateralised, so that mirroring across the patient's left-right is forbidden."""
+    named = laterality.lateral_names(labels)
+    if named:
+        listed = ", ".join(f"{labels[k]} ({side})" for k, side in sorted(named.items()))
+        return True, f"labels name a side ({listed})"
+    if fp.mirror_pairs:
+        listed = ", ".join(f"{labels.get(a, a)} / {labels.get(b, b)}" for a, b in fp.mirror_pairs)
+        return True, f"labels lie as mirror images on fixed sides of the patient ({listed})"
+    return False, ""
+
+
+def decide_augmentation(
+    fp: Fingerprint, input_mode: str, spacing, labels: dict[int, str]
+) -> tuple[Augmentation, str]:
     anisotropic = max(spacing) > ANISOTROPY_RATIO * min(spacing)
     strength = 1.0 if fp.n_cases >= 50 else 1.3
     axes = (1, 2) if input_mode == "2d" or anisotropic else (0, 1, 2)
-    aug = Augmentation(strength=strength, flip_axes=axes)
-    return aug, (
-        f"strength {strength} ({fp.n_cases} training and validation cases); mirroring on axes {axes}"
-        + ("; in-plane only (anisotropic)" if anisotropic else "")
+    why = [f"strength {strength} ({fp.n_cases} training and validation cases)"]
+    if anisotropic:
+        why.append("in-plane mirroring only (anisotropic)")
+    fixed = FIXED_DIRECTION_MODALITIES.get(fp.modality.upper())
+    if fixed is not None and fixed in axes:
+        axes = tuple(a for a in axes if a != fixed)
+        why.append(f"{fp.modality} is acquired from the top of the image down: never mirrored top to bottom")
+    keep_sides, reason = decide_sides(fp, labels)
+    if keep_sides:
+        lr = sorted({a for per_image in fp.lateral_axes for a in per_image})
+        axes = tuple(a for a in axes if a not in lr)
+        why.append(
+            f"{reason}: never mirrored across the patient's left-right (array axes {lr} carry it in the "
+            "training images; test-time mirroring leaves out each image's own)"
+        )
+    why.append(f"mirroring on array axes {list(axes)}" if axes else "no mirroring")
+    return Augmentation(strength=strength, flip_axes=axes, keep_sides=keep_sides), "; ".join(why)
+
+
+def decide_pixel_size(fp: Fingerprint) -> str | None:
+    """A note, not a decision: where images carry no physical pixel size, every mm in the run is a pixel."""
+    if not fp.images_without_spacing:
+        return None
+    return (
+        f"{fp.images_without_spacing} of {fp.n_images} images carry no physical pixel size (pictures or "
+        "arrays): 1 pixel is taken as 1 mm, so spacings, patch extents and distances in mm (HD95, surface "
+        "distances, diameters) are in pixels"
     )
 
 
@@ -202,7 +243,9 @@ def decide_inference(device: str) -> tuple[Inference, str]:
         return Inference(overlap=0.5, mirror=False, batch_size=2), (
             "windows overlap by half; no mirroring on a CPU (it multiplies inference time by 8 for a small gain)"
         )
-    return Inference(overlap=0.5, mirror=True, batch_size=4), "windows overlap by half; mirrored on all flip axes"
+    return Inference(overlap=0.5, mirror=True, batch_size=4), (
+        "windows overlap by half; mirrored on the flip axes (never across a lateralised image's left-right)"
+    )
 
 
 def decide_foreground_oversample(fp: Fingerprint) -> tuple[float, str]:
@@ -232,8 +275,10 @@ def plan_dataset(dataset: Dataset, fp: Fingerprint, *, device: str = "cpu", budg
     notes.append(f"batch_size: {why}")
     iterations, why = decide_iterations(fp, batch, device)
     notes.append(f"iterations_per_epoch: {why}")
-    augmentation, why = decide_augmentation(fp, input_mode, spacing)
+    augmentation, why = decide_augmentation(fp, input_mode, spacing, dataset.labels)
     notes.append(f"augmentation: {why}")
+    if why := decide_pixel_size(fp):
+        notes.append(f"pixel_size: {why}")
     inference, why = decide_inference(device)
     if fp.task in DENSE:
         notes.append(f"inference: {why}")

@@ -52,6 +52,7 @@ class Layout:
     origin: tuple[float, float, float]
     direction: np.ndarray
     notes: list[str] = field(default_factory=list)
+    spacing_known: bool = True  # False when the frames carry no pixel spacing (1 mm was assumed)
 
 
 def _floats(value, n: int) -> np.ndarray | None:
@@ -328,6 +329,13 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+NO_PIXEL_SPACING = "no pixel spacing in the file: 1 mm assumed"
+
+
+def _spacing_known(notes: list[str]) -> bool:
+    return NO_PIXEL_SPACING not in notes
+
+
 def _in_plane(fr: Frame) -> tuple[np.ndarray, np.ndarray, tuple[float, float], list[str]]:
     notes = []
     if fr.orientation is not None:
@@ -339,7 +347,7 @@ def _in_plane(fr: Frame) -> tuple[np.ndarray, np.ndarray, tuple[float, float], l
     spacing = fr.pixel_spacing
     if spacing is None:
         spacing = (1.0, 1.0)
-        notes.append("no pixel spacing in the file: 1 mm assumed")
+        notes.append(NO_PIXEL_SPACING)
     return row_dir, col_dir, spacing, notes
 
 
@@ -363,7 +371,7 @@ def layout(frames: list[Frame], label: str) -> Layout:
     if len(frames) == 1:
         origin = first.position if first.position is not None else np.zeros(3)
         direction = np.column_stack([normal, col_dir, row_dir])
-        return Layout(frames, (thickness, ps_row, ps_col), tuple(origin), direction, notes)
+        return Layout(frames, (thickness, ps_row, ps_col), tuple(origin), direction, notes, _spacing_known(notes))
 
     located = all(fr.position is not None and fr.orientation is not None for fr in frames)
     if not located:
@@ -372,7 +380,8 @@ def layout(frames: list[Frame], label: str) -> Layout:
             notes.append("frames have no position (cine or projection frames): kept in stored order")
             origin = first.position if first.position is not None else np.zeros(3)
             direction = np.column_stack([normal, col_dir, row_dir])
-            return Layout(frames, (thickness, ps_row, ps_col), tuple(origin), direction, notes)
+            spacing = (thickness, ps_row, ps_col)
+            return Layout(frames, spacing, tuple(origin), direction, notes, _spacing_known(notes))
         missing = next(fr for fr in frames if fr.position is None or fr.orientation is None)
         raise SeriesError(
             f"series {label}: {len(frames)} images without ImagePositionPatient/ImageOrientationPatient "
@@ -416,4 +425,4 @@ def layout(frames: list[Frame], label: str) -> Layout:
             f"{np.linalg.norm(span - (span @ normal) * normal):.1f} mm across the volume"
         )
     direction = np.column_stack([normal, col_dir, row_dir])
-    return Layout(frames, (dz, ps_row, ps_col), tuple(frames[0].position), direction, notes)
+    return Layout(frames, (dz, ps_row, ps_col), tuple(frames[0].position), direction, notes, _spacing_known(notes))

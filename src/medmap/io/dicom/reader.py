@@ -104,6 +104,7 @@ def _meta_of(series: Series, lay: Layout) -> ImageMeta:
         series_description=_text(ds, "SeriesDescription"),
         source_path=series.files[0].path if len(series.files) == 1 else series.files[0].path.parent,
         notes=tuple(lay.notes),
+        spacing_known=lay.spacing_known,
     )
 
 
