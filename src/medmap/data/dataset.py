@@ -75,6 +75,7 @@ class Case:
     lesions: list[Lesion] = field(default_factory=list)  # detection: every finding of the image (may be none)
     split: str | None = None  # "train" / "val" / "test" when the layout fixes it
     series_uid: str | None = None  # for a DICOM folder holding several series
+    mask_values: dict[int, int] | None = None  # stored mask value -> label index, where they differ (0/255 PNGs)
 
     @property
     def image_key(self) -> str:
@@ -97,7 +98,24 @@ class Case:
         return Image(np.stack(arrays, axis=-1), first.spacing, first.origin, first.direction, first.meta)
 
     def load_mask(self) -> Image | None:
-        return None if self.mask is None else load_source(self.mask)
+        """The mask with its label indices: stored values mapped by ``mask_values`` (a value the mapping
+        does not know is an error naming the case, never passed on as some other label)."""
+        if self.mask is None:
+            return None
+        mask = load_source(self.mask)
+        if self.mask_values is None or mask.array.ndim == 4:  # a colour mask: refused by check_mask
+            return mask
+        stored = np.unique(mask.array)
+        unknown = sorted(int(v) for v in stored if int(v) not in self.mask_values)
+        if unknown:
+            raise DatasetError(
+                f"case {self.case_id}: mask {self.mask} has values {unknown} that are not among the declared "
+                f"{sorted(self.mask_values)}"
+            )
+        out = np.zeros(mask.shape, np.uint8 if len(self.mask_values) < 256 else np.uint16)
+        for value in stored:
+            out[mask.array == value] = self.mask_values[int(value)]
+        return mask.with_array(out)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot
+from medmap.data.mask_labels import mask_labels
 from medmap.errors import DatasetError, InputNotFoundError
 from medmap.io.guard import reading
 from medmap.io.image import Image
@@ -38,7 +39,7 @@ def _class_labels(path: Path, rows: list[dict]) -> tuple[dict[int, str], dict[st
     to_index = {name: index for index, name in labels.items()}
     for n, row in enumerate(rows, start=2):
         if row["label"] not in ("", *to_index):
-            cid = row.get("case_id") or row["image"]
+            cid = row.get("case_id") or row.get("image") or f"line {n}"
             raise DatasetError(
                 f"{path}: line {n} (case {cid}): label {row['label']!r} is not declared in "
                 f"{sidecar.name} ({', '.join(to_index)})"
@@ -251,24 +252,24 @@ def read_csv_manifest(path: Path) -> Dataset:
         if None in row.values() or None in row:  # csv.DictReader pads short rows with None, keeps long ones
             raise DatasetError(f"{path}: line {line}: its fields do not match the header's (an unclosed quote?)")
     columns = set(rows[0])
-    if "image" not in columns:
-        raise DatasetError(f"{path}: manifest needs an 'image' column (has {sorted(columns)})")
+    channels = _channel_columns(path, list(rows[0]))
     segmentation = "mask" in columns
     lesions = {"x", "y", "z"} <= columns
     if not segmentation and "label" not in columns:
         raise DatasetError(f"{path}: manifest needs a 'label' column, or a 'mask' column for segmentation")
+    base = path.parent
+    mask_values = None
     if segmentation:  # a labels.json beside it names the mask's values ({"0": "background", "1": "liver"})
-        sidecar = path.with_name("labels.json")
-        labels = {int(k): str(v) for k, v in _read_json(sidecar).items()} if sidecar.is_file() else {}
+        labels, mask_values = mask_labels(path, [base / r["mask"] for r in rows if r.get("mask")])
         to_index: dict[str, int] = {}
     else:
         labels, to_index = _class_labels(path, rows)
-    base = path.parent
     cases = []
     for n, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
         if lesions and not any(row[k] for k in ("x", "y", "z", "label")):
             continue  # a scan without findings (a detector's negative) holds no lesion to classify
-        image = base / row["image"]
+        images = [base / row[column] for column in channels]
+        image = images[0]
         cid = row.get("case_id") or (f"{_strip_suffix(image.name)}-{n}" if lesions else _strip_suffix(image.name))
         lesion = None
         if lesions:
@@ -283,16 +284,30 @@ def read_csv_manifest(path: Path) -> Dataset:
         cases.append(
             Case(
                 cid,
-                [image],
+                images,
                 patient_id=row.get("patient_id") or cid,
                 label=label,
                 mask=base / row["mask"] if segmentation and row.get("mask") else None,
+                mask_values=mask_values,
                 lesion=lesion,
                 split=row.get("split") or None,
                 series_uid=row.get("series_uid") or None,
             )
         )
-    return Dataset(path.stem, path, "segmentation" if segmentation else "classification", "csv", labels, cases)
+    task = "segmentation" if segmentation else "classification"
+    names = [c.removeprefix("image_") for c in channels] if channels != ["image"] else []
+    return Dataset(path.stem, path, task, "csv", labels, cases, channel_names=names)
+
+
+def _channel_columns(path: Path, header: list[str]) -> list[str]:
+    """``image``, or one ``image_<name>`` column per channel (``image_flair,image_t1c``: MR sequences of a
+    case on one grid), in the header's order."""
+    named = [c for c in header if c.startswith("image_") and c != "image_id"]
+    if "image" in header and named:
+        raise DatasetError(f"{path}: either one 'image' column or one 'image_<channel>' column per channel, not both")
+    if "image" not in header and not named:
+        raise DatasetError(f"{path}: manifest needs an 'image' column (or 'image_<channel>' columns; has {header})")
+    return named or ["image"]
 
 
 LUNA16_COLUMNS = {"seriesuid": "series_uid", "coordX": "x", "coordY": "y", "coordZ": "z"}

@@ -168,6 +168,11 @@ def load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     manifest_path = root / "bundle.json"
     if not manifest_path.is_file():
+        if (root / runs.PLAN).is_file() and (root / runs.CHECKPOINTS).is_dir():
+            raise ConfigError(
+                f"{root}: a training run, not a bundle: package it first with `medmap bundle create {root} -o BUNDLE` "
+                "(the bundle holds the verified weights, intended use and model card that prediction uses)"
+            )
         raise ConfigError(f"{root}: not a medmap bundle (no bundle.json)")
     try:
         manifest = json.loads(manifest_path.read_text())
