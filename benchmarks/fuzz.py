@@ -132,7 +132,8 @@ def draw_mutations(rng: random.Random, series: bool) -> list[dict]:
     kinds = ["flip", "truncate", "zero", "insert", "set", "set", "set", "delete", "raw_length", "raw_vr", "nest",
              "sparse"]
     if series:
-        kinds += ["other_format", "dup_sop", "copy_slice", "drop_slice", "rgb_slice", "fifo", "sparse_file"]
+        kinds += ["other_format", "dup_sop", "copy_slice", "drop_slice", "rgb_slice", "fifo", "sparse_file",
+                  "mixed_syntax", "mixed_syntax"]
     ops = []
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3))):
         kind = rng.choice(kinds)
@@ -158,7 +159,10 @@ def draw_mutations(rng: random.Random, series: bool) -> list[dict]:
             if kind == "raw_vr":
                 op["vr"] = rng.choice(("ZZ", "\x00\x00", "SQ", "UN", "OB", "US", "UT", "AT"))
         elif kind == "nest":
-            op["depth"] = rng.choice((2, 50, 200, 600, 2000))
+            op["depth"] = rng.choice((2, 50, 200, 600, 2000, 3000, 50_000))
+            op["defined"] = rng.random() < 0.5  # defined item and sequence lengths, as most writers store them
+        elif kind == "mixed_syntax":
+            op["syntax"] = rng.choice(MIXED_SYNTAXES)
         ops.append(op)
     return ops
 
@@ -198,6 +202,41 @@ def _encode(vr: str, value, little: bool) -> bytes:
     if isinstance(value, list):
         return struct.pack(("<" if little else ">") + "H" * len(value), *value)
     return str(value).encode("latin-1")
+
+
+def _nested_defined(depth: int) -> bytes:
+    """The same nesting with defined lengths (explicit VR little endian)."""
+    out = bytearray()
+    for level in range(depth):
+        value = 8 + 20 * (depth - 1 - level)  # this level's item header, then the deeper levels
+        out += struct.pack("<HH", 0x0009, 0x1010) + b"SQ\x00\x00" + struct.pack("<I", value)
+        out += struct.pack("<HHI", 0xFFFE, 0xE000, value - 8)
+    return bytes(out)
+
+
+# Transfer syntaxes a PACS may store one instance of a series in (re-encoded correctly: the values stay)
+MIXED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+                  "1.2.840.10008.1.2.5")
+
+
+def _reencode_slice(op: dict, target: Path) -> None:
+    """One instance of a series stored in another transfer syntax, its pixel values unchanged."""
+    import pydicom
+    from pydicom.uid import UID
+
+    ds = _read(target)
+    pixels = ds.pixel_array
+    syntax = UID(op["syntax"])
+    if syntax == pydicom.uid.RLELossless:
+        ds.compress(syntax, pixels, encoding_plugin="pydicom")
+        pydicom.dcmwrite(target, ds, little_endian=True, implicit_vr=False, force_encoding=True)
+        return
+    big = syntax == pydicom.uid.ExplicitVRBigEndian
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">" if big else "<")).tobytes()
+    ds["PixelData"].VR = "OW" if pixels.dtype.itemsize > 1 else "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
+    pydicom.dcmwrite(target, ds, little_endian=not big, implicit_vr=implicit, force_encoding=True)
 
 
 def _nested(depth: int, little: bool) -> bytes:
@@ -243,6 +282,8 @@ def apply_mutation(op: dict, files: list[Path], case_dir: Path) -> None:
             ds = _read(target)
             ds.SOPInstanceUID = _read(other).SOPInstanceUID
             _write(ds, target)
+    elif kind == "mixed_syntax":
+        _reencode_slice(op, target)
     elif kind in ("other_format", "rgb_slice"):
         _reformat_slice(op, target)
     elif kind == "sparse":  # a 3 GB file of which all but the original bytes are a hole (zeros)
@@ -335,7 +376,8 @@ def _insert_nested(op: dict, target: Path) -> None:
         else:
             pos += 8 + struct.unpack("<H", data[pos + 6 : pos + 8])[0]
     # Insert at the first element past group 0008 so that tags stay roughly in order.
-    target.write_bytes(data[:pos] + _nested(op["depth"], True) + data[pos:])
+    block = _nested_defined(op["depth"]) if op.get("defined") else _nested(op["depth"], True)
+    target.write_bytes(data[:pos] + block + data[pos:])
 
 
 def _reformat_slice(op: dict, target: Path) -> None:

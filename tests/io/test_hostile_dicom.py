@@ -72,6 +72,44 @@ def test_big_endian_series_with_a_rescale_loads_with_pydicoms_values(tmp_path):
     np.testing.assert_array_equal(image.array, expected)
 
 
+def _store_as(path, syntax) -> None:
+    """Re-encode one instance in another transfer syntax, its values unchanged (as a PACS may store it)."""
+    ds = pydicom.dcmread(path)
+    stored = ds.pixel_array
+    if syntax == pydicom.uid.RLELossless:
+        ds.compress(syntax, stored, encoding_plugin="pydicom")
+        pydicom.dcmwrite(path, ds, little_endian=True, implicit_vr=False, force_encoding=True)
+        return
+    big = syntax == pydicom.uid.ExplicitVRBigEndian
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = stored.astype(stored.dtype.newbyteorder(">" if big else "<")).tobytes()
+    implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
+    pydicom.dcmwrite(path, ds, little_endian=not big, implicit_vr=implicit, force_encoding=True)
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        pydicom.uid.ImplicitVRLittleEndian,
+        pydicom.uid.ExplicitVRLittleEndian,
+        pydicom.uid.DeflatedExplicitVRLittleEndian,
+        pydicom.uid.RLELossless,
+    ],
+)
+@pytest.mark.parametrize("which", [0, 2, 4])
+def test_a_big_endian_series_with_one_instance_in_another_syntax_keeps_every_value(tmp_path, syntax, which):
+    """Byte order is each instance's own: a big-endian series with one slice re-encoded by a PACS (a fuzz
+    campaign's report: such a slice came back byte-swapped, 8,704 for -986 HU)."""
+    paths = series(tmp_path)
+    for path in paths:
+        _store_as(path, pydicom.uid.ExplicitVRBigEndian)
+    _store_as(paths[which], syntax)
+    image = load(tmp_path / "s")
+    expected = np.stack([pydicom_reference(p)[0] for p in paths])
+    np.testing.assert_array_equal(image.array, expected)
+    assert image.array.min() < -500  # HU, not byte-swapped stored values
+
+
 @pytest.mark.parametrize("change", ["8-bit", "rgb", "no PixelRepresentation"])
 def test_a_slice_in_another_pixel_format_is_refused_naming_both_files(tmp_path, change):
     paths = series(tmp_path)
@@ -229,3 +267,63 @@ def test_info_and_convert_refuse_what_the_loader_refuses(tmp_path):
 
 def test_corrupt_error_class_is_a_medmap_error():
     assert issubclass(CorruptFileError, MedmapError) and issubclass(SeriesError, MedmapError)
+
+
+def _with_private_block(blob: bytes) -> bytes:
+    """CT_small (explicit VR little endian) with ``blob``, a (0009,1010) element, placed where that tag belongs
+    (tags ascending; the file holds the private creator (0009,0010))."""
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    pos = 132 + 12 + struct.unpack("<I", data[140:144])[0]
+    while (lambda g, e: g << 16 | e)(*struct.unpack("<HH", data[pos : pos + 4])) < 0x00091010:
+        if data[pos + 4 : pos + 6] in (b"OB", b"OW", b"SQ", b"UN", b"UT", b"UC", b"UR", b"OF", b"OD", b"OL"):
+            pos += 12 + struct.unpack("<I", data[pos + 8 : pos + 12])[0]
+        else:
+            pos += 8 + struct.unpack("<H", data[pos + 6 : pos + 8])[0]
+    return data[:pos] + blob + data[pos:]
+
+
+def _defined_length_nesting(depth: int) -> bytes:
+    """A private sequence nested ``depth`` deep with defined lengths (explicit VR little endian), as bytes:
+    pydicom would need a recursion as deep to write it."""
+    out = bytearray()
+    for level in range(depth):
+        value = 8 + 20 * (depth - 1 - level)  # this level's item header, then the deeper levels
+        out += struct.pack("<HH", 0x0009, 0x1010) + b"SQ\x00\x00" + struct.pack("<I", value)
+        out += struct.pack("<HHI", 0xFFFE, 0xE000, value - 8)
+    return bytes(out)
+
+
+@pytest.mark.timeout(120)
+def test_defined_length_nesting_50000_deep_is_refused_at_once(tmp_path):
+    """Fuzz finding: nesting past Python's recursion made pydicom format a traceback per level (a hang)."""
+    path = tmp_path / "deep.dcm"
+    path.write_bytes(_with_private_block(_defined_length_nesting(50_000)))
+    assert "nested" in refused(path, "deep.dcm")
+
+
+@pytest.mark.timeout(120)
+def test_per_frame_functional_groups_nested_3000_deep_are_refused_at_once(tmp_path):
+    """The campaign's finding as it was: the nesting inside an enhanced CT's per-frame functional groups."""
+    from tests.builders import write_enhanced_ct
+
+    path = write_enhanced_ct(volume(shape=(3, 8, 8)), tmp_path / "e.dcm")
+    ds = pydicom.dcmread(path)
+    groups = ds["PerFrameFunctionalGroupsSequence"]
+    groups.is_undefined_length = True  # so that bytes put into its first item need no lengths changed
+    for item in groups.value:
+        item.is_undefined_length_sequence_item = True
+    marker = b"NESTING HERE"
+    groups.value[0].add_new(0x00091010, "OB", marker)
+    ds.save_as(path)
+    data = path.read_bytes()
+    placeholder = struct.pack("<HH", 0x0009, 0x1010) + b"OB\x00\x00" + struct.pack("<I", len(marker)) + marker
+    assert data.count(placeholder) == 1
+    path.write_bytes(data.replace(placeholder, _defined_length_nesting(3000)))
+    assert "nested" in refused(path, "e.dcm")
+
+
+def test_nesting_a_real_object_uses_is_read(tmp_path):
+    """Ten levels (more than enhanced multi-frame or SR objects use) load as before."""
+    path = tmp_path / "ten.dcm"
+    path.write_bytes(_with_private_block(_defined_length_nesting(10)))
+    assert load(path).shape == (1, 128, 128)

@@ -21,6 +21,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from medmap.errors import CorruptFileError, InputNotFoundError, MedmapWarning, NotDicomError
 from medmap.io.dicom.header import LONG_VRS, PIXEL_DATA_TAGS, read_fast
+from medmap.io.dicom.nesting import MAX_SEQUENCE_DEPTH, file_too_deep
 from medmap.io.guard import MAX_IMAGE_BYTES, reading
 from medmap.progress import track
 
@@ -433,6 +434,11 @@ def read_header(path: str | os.PathLike) -> DicomFile:
             warnings.catch_warnings(),
         ):
             warnings.simplefilter("ignore")  # pydicom's value-validation chatter is not the user's problem
+            depth = file_too_deep(fp)  # before pydicom walks them (see nesting.py)
+            if depth is not None:
+                raise CorruptFileError(
+                    f"{path}: sequences nested {depth} deep (at most {MAX_SEQUENCE_DEPTH} are read): damaged or hostile"
+                )
             fast = read_fast(fp, info.st_size)  # the common case, without pydicom's reader (see header.py)
             if fast is not None:
                 ds, offset = fast
