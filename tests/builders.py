@@ -247,3 +247,56 @@ def paired_organs_case(seed: int, shape=(1, 40, 56)):
     pixels = np.where(body, 40.0, 0.0) + np.where(label > 0, 60.0, 0.0) + rng.normal(0, 4, shape[1:])
     image = Image(pixels[np.newaxis].astype(np.float32))
     return image, image.with_array(label[np.newaxis])
+
+
+def _item(**values) -> Dataset:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def write_rtstruct(
+    series: list[Path], contours: dict[str, list[np.ndarray]], path: Path, *, image_references: bool = True
+) -> Path:
+    """An RTSTRUCT over the written ``series``: ``contours`` maps ROI names to closed planar contours ((N, 3)
+    LPS mm each). ``image_references=False`` leaves out every ContourImageSequence (re-exported sets)."""
+    import pydicom
+
+    first = pydicom.dcmread(series[0], stop_before_pixels=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "RTSTRUCT", generate_uid(), first.StudyInstanceUID
+    ds.PatientID, ds.PatientName, ds.FrameOfReferenceUID = first.PatientID, first.PatientName, first.FrameOfReferenceUID
+    ds.StructureSetLabel = "test"
+    refs = [
+        _item(ReferencedSOPClassUID=first.SOPClassUID, ReferencedSOPInstanceUID=pydicom.dcmread(p).SOPInstanceUID)
+        for p in series
+    ]
+    series_ref = _item(SeriesInstanceUID=first.SeriesInstanceUID)
+    if image_references:
+        series_ref.ContourImageSequence = Sequence(refs)
+    study_class = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management, as every RTSTRUCT names its study
+    study_ref = _item(ReferencedSOPClassUID=study_class, ReferencedSOPInstanceUID=first.StudyInstanceUID)
+    study_ref.RTReferencedSeriesSequence = Sequence([series_ref])
+    frame = _item(FrameOfReferenceUID=first.FrameOfReferenceUID)
+    frame.RTReferencedStudySequence = Sequence([study_ref])
+    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    rois, roi_contours = [], []
+    for number, (name, polygons) in enumerate(contours.items(), start=1):
+        rois.append(_item(ROINumber=number, ROIName=name, ReferencedFrameOfReferenceUID=first.FrameOfReferenceUID,
+                            ROIGenerationAlgorithm="MANUAL"))  # fmt: skip
+        items = []
+        for polygon in polygons:
+            item = _item(ContourGeometricType="CLOSED_PLANAR", NumberOfContourPoints=len(polygon))
+            item.ContourData = [f"{v:.4f}" for v in np.asarray(polygon).ravel()]
+            items.append(item)
+        roi_contours.append(_item(ReferencedROINumber=number, ROIDisplayColor=[255, 0, 0]))
+        roi_contours[-1].ContourSequence = Sequence(items)
+    ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(rois), Sequence(roi_contours)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -67,14 +67,15 @@ def header_value(ds: Dataset | None, keyword: str):
     if elem is None:
         return None
     value = elem.value
-    if not isinstance(value, bytes):
-        return value
     vr = elem.VR or standard
     if vr == "UN":  # a standard attribute sent as UN: read it as its dictionary VR
         vr = standard.split(" or ")[0]
     elif vr not in standard.split(" or "):
-        # A value in the wrong representation is damage: reading it anyway would guess what it means.
+        # A value in the wrong representation is damage: reading it anyway would guess what it means (also
+        # when pydicom already converted it, as it does inside the sequences it has walked).
         raise ValueError(f"{keyword} is encoded as {vr}, the standard says {standard}")
+    if not isinstance(value, bytes):
+        return value
     vr = vr.split(" or ")[0]  # implicit VR: "US or SS" descriptors are read as US, as pydicom does
     if vr in _BINARY:
         fmt = _BINARY[vr]
@@ -157,6 +158,10 @@ class PixelFormat:
         expected = 1 if self.photometric in (*MONOCHROME, "PALETTE COLOR") else 3
         if self.samples != expected:
             return f"{self.photometric} needs SamplesPerPixel {expected}, the file says {self.samples}"
+        if self.signed and (expected == 3 or self.photometric == "PALETTE COLOR"):
+            # colour samples and palette indices are unsigned in every IOD; reading them signed or not
+            # would be a guess at what the bytes mean
+            return f"{self.photometric} pixel data declared signed (PixelRepresentation 1)"
         return None
 
 

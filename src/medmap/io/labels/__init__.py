@@ -1,0 +1,1 @@
+"""Labels as hospitals hold them: RTSTRUCT contours (and, later, DICOM SEG and SR) as label maps."""
