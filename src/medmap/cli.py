@@ -113,15 +113,49 @@ def convert(
     series: Annotated[
         str | None, typer.Option("--series", help="SeriesInstanceUID, when SOURCE holds several.")
     ] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="RTSTRUCT: the series it outlines (default: found beside it).")
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help='RTSTRUCT: labels.json, {"1": "Lung_L", ...} (default: file order).'),
+    ] = None,
 ) -> None:
-    """Convert an image (a DICOM series included) to NIfTI/NRRD/MHA with its geometry."""
+    """Convert an image (a DICOM series included) to NIfTI/NRRD/MHA with its geometry, or an RTSTRUCT to
+    the label map on its series' grid (with a JSON beside it naming each value)."""
+    from medmap.io.labels.objects import is_label_object
     from medmap.io.load import load, save
 
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise OutputError(f"{target}: output would overwrite the input")
+    if is_label_object(source):
+        _convert_label_object(source, target, image, labels)
+        return
     img = load(source, series, progress=True)
     save(img, target)
     out.print(f"wrote {target}: {img!r}")
+
+
+def _convert_label_object(source: Path, target: Path, image: Path | None, labels: Path | None) -> None:
+    import json
+
+    from medmap.io.labels.names import read_label_names
+    from medmap.io.labels.objects import load_label_object
+    from medmap.io.load import load, save
+
+    grid = load(image, progress=True) if image is not None else None
+    mask, names, match = load_label_object(source, grid, read_label_names(labels) if labels else None)
+    save(mask, target)
+    sidecar = target.with_name(target.name.split(".")[0] + ".labels.json")
+    sidecar.write_text(json.dumps({str(k): v for k, v in names.items()}, indent=1))
+    out.print(f"wrote {target}: {mask!r}")
+    for name, value in sorted(match.values.items(), key=lambda kv: kv[1]):
+        out.print(f"  {value}: {names[value]} <- {name} ({int((mask.array == value).sum())} voxels)")
+    for name in match.unmatched:
+        out.print(f"  not converted (no label takes it): {name}")
+    for value in match.missing:
+        out.print(f"  label {value} ({names[value]}): no structure in this object")
+    out.print(f"names: {sidecar}")
 
 
 @app.command()

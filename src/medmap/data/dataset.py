@@ -28,11 +28,23 @@ class NpzSlot:
     index: int
 
 
+@dataclass(frozen=True)
+class LabelObject:
+    """A DICOM label object (RTSTRUCT) as a case's mask: rasterised onto the case's image when loaded, its
+    structures matched to the labels by name (`medmap.io.labels.names`)."""
+
+    file: Path
+    labels: tuple[tuple[int, tuple[str, ...]], ...]  # label value -> accepted structure names
+
+    def __str__(self) -> str:
+        return str(self.file)
+
+
 ImageSource = Path | NpzSlot
 
 
-def exists(source: ImageSource) -> bool:
-    return source.file.exists() if isinstance(source, NpzSlot) else Path(source).exists()
+def exists(source: ImageSource | LabelObject) -> bool:
+    return source.file.exists() if isinstance(source, NpzSlot | LabelObject) else Path(source).exists()
 
 
 def rounded(values) -> str:
@@ -70,7 +82,7 @@ class Case:
     images: list[ImageSource]  # one per channel
     patient_id: str
     label: int | None = None  # classification target (class index)
-    mask: ImageSource | None = None  # segmentation target
+    mask: ImageSource | LabelObject | None = None  # segmentation target
     lesion: Lesion | None = None  # lesion-centred classification: where to look
     lesions: list[Lesion] = field(default_factory=list)  # detection: every finding of the image (may be none)
     split: str | None = None  # "train" / "val" / "test" when the layout fixes it
@@ -102,6 +114,8 @@ class Case:
         does not know is an error naming the case, never passed on as some other label)."""
         if self.mask is None:
             return None
+        if isinstance(self.mask, LabelObject):
+            return self._rasterised(self.mask)
         mask = load_source(self.mask)
         if self.mask_values is None or mask.array.ndim == 4:  # a colour mask: refused by check_mask
             return mask
@@ -116,6 +130,21 @@ class Case:
         for value in stored:
             out[mask.array == value] = self.mask_values[int(value)]
         return mask.with_array(out)
+
+
+    def _rasterised(self, source: LabelObject) -> Image:
+        """The label object on this case's image grid. A label it has no structure for is refused: a
+        missing structure was not annotated, it is not background (partial annotation is not yet trained)."""
+        from medmap.io.labels.objects import load_label_object
+
+        mask, names, match = load_label_object(source.file, self.load_image(), {v: list(n) for v, n in source.labels})
+        if match.missing:
+            absent = ", ".join(f"{v} ({names[v]})" for v in match.missing)
+            raise DatasetError(
+                f"case {self.case_id}: {source.file} has no structure for label {absent}; an unannotated structure "
+                "is not background (found: " + ", ".join(sorted(match.values) + list(match.unmatched)) + ")"
+            )
+        return mask
 
 
 @dataclass

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot
-from medmap.data.mask_labels import mask_labels
+from medmap.data.mask_labels import mask_labels, mask_of, structure_labels
 from medmap.errors import DatasetError, InputNotFoundError
 from medmap.io.guard import reading
 from medmap.io.image import Image
+from medmap.io.labels.names import label_names
 
 SPLITS = ("train", "val", "test")
 
@@ -253,24 +254,29 @@ def read_csv_manifest(path: Path) -> Dataset:
             raise DatasetError(f"{path}: line {line}: its fields do not match the header's (an unclosed quote?)")
     columns = set(rows[0])
     channels = _channel_columns(path, list(rows[0]))
-    segmentation = "mask" in columns
+    segmentation = "mask" in columns or "label_object" in columns
     lesions = {"x", "y", "z"} <= columns
     if not segmentation and "label" not in columns:
         raise DatasetError(f"{path}: manifest needs a 'label' column, or a 'mask' column for segmentation")
     base = path.parent
     mask_values = None
-    if segmentation:  # a labels.json beside it names the mask's values ({"0": "background", "1": "liver"})
+    structures = None
+    if "label_object" in columns:  # RTSTRUCTs: labels.json names the structures of each label value
+        structures = structure_labels(path, [base / r["label_object"] for r in rows if r.get("label_object")])
+        labels, to_index = label_names({v: list(n) for v, n in structures}), {}
+    elif segmentation:  # a labels.json beside it names the mask's values ({"0": "background", "1": "liver"})
         labels, mask_values = mask_labels(path, [base / r["mask"] for r in rows if r.get("mask")])
         to_index: dict[str, int] = {}
     else:
         labels, to_index = _class_labels(path, rows)
     cases = []
+    names = _case_names([row[channels[0]] for row in rows])
     for n, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
         if lesions and not any(row[k] for k in ("x", "y", "z", "label")):
             continue  # a scan without findings (a detector's negative) holds no lesion to classify
         images = [base / row[column] for column in channels]
         image = images[0]
-        cid = row.get("case_id") or (f"{_strip_suffix(image.name)}-{n}" if lesions else _strip_suffix(image.name))
+        cid = row.get("case_id") or (f"{_strip_suffix(image.name)}-{n}" if lesions else names[n - 2])
         lesion = None
         if lesions:
             try:
@@ -287,7 +293,7 @@ def read_csv_manifest(path: Path) -> Dataset:
                 images,
                 patient_id=row.get("patient_id") or cid,
                 label=label,
-                mask=base / row["mask"] if segmentation and row.get("mask") else None,
+                mask=mask_of(row, base, structures) if segmentation else None,
                 mask_values=mask_values,
                 lesion=lesion,
                 split=row.get("split") or None,
@@ -297,6 +303,18 @@ def read_csv_manifest(path: Path) -> Dataset:
     task = "segmentation" if segmentation else "classification"
     names = [c.removeprefix("image_") for c in channels] if channels != ["image"] else []
     return Dataset(path.stem, path, task, "csv", labels, cases, channel_names=names)
+
+
+def _case_names(images: list[str]) -> list[str]:
+    """A case id per row from its image's name, or from its path where names repeat (``P0/image``,
+    ``P1/image``: DICOM folders exported under one name), so that no two cases share an id."""
+    stems = [_strip_suffix(Path(i).name) for i in images]
+    repeated = {s for s in stems if stems.count(s) > 1}
+    out = []
+    for image, stem in zip(images, stems, strict=True):
+        parts = [p for p in Path(image).parent.parts if p not in ("/", "..", ".")]
+        out.append("-".join([*parts, stem]) if stem in repeated and parts else stem)
+    return out
 
 
 def _channel_columns(path: Path, header: list[str]) -> list[str]:

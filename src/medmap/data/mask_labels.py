@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medmap.data.dataset import LabelObject
 from medmap.errors import DatasetError, MedmapError, MedmapWarning
+from medmap.io.labels.names import read_label_names
 
 
 def _stored_values(masks: list[Path]) -> list[int]:
@@ -63,3 +65,27 @@ def mask_labels(table: Path, masks: list[Path]) -> tuple[dict[int, str], dict[in
         return declared, None
     lookup = {value: index for index, value in enumerate(ordered)}
     return {index: declared[value] for value, index in lookup.items()}, lookup
+
+
+def mask_of(row: dict, base: Path, structures) -> Path | LabelObject | None:
+    """A table row's segmentation target: its label object when the table has them, else its mask file."""
+    if structures is not None:
+        return LabelObject(base / row["label_object"], structures) if row.get("label_object") else None
+    return base / row["mask"] if row.get("mask") else None
+
+
+def structure_labels(path: Path, objects: list[Path]) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """The labels.json beside a table of label objects (RTSTRUCTs), or an error saying what to write in it."""
+    sidecar = path.with_name("labels.json")
+    if sidecar.is_file():
+        return tuple((v, tuple(n)) for v, n in sorted(read_label_names(sidecar).items()))
+    found: list[str] = []
+    for obj in objects[:1]:
+        from medmap.io.labels.rtstruct import read_rtstruct
+
+        found = [s.name for s in read_rtstruct(obj).structures]
+    example = json.dumps({str(i): name for i, name in enumerate(found[:3], start=1)}) if found else '{"1": "Name"}'
+    raise DatasetError(
+        f"{path}: label objects need {sidecar} naming the structure of each label value, e.g. {example}"
+        + (f" (structures in {objects[0].name}: {', '.join(found)})" if found else "")
+    )

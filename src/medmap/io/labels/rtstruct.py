@@ -168,12 +168,13 @@ def even_odd_fill(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
 
 
 def label_map(
-    structures: StructureSet, image: Image, values: dict[str, int], *, overlap: str = "later"
+    structures: StructureSet, image: Image, values: dict[str, int], *, overlap: str = "smaller"
 ) -> tuple[Image, dict[int, str]]:
     """A label map on ``image``'s grid: ``values`` maps ROI names (as in the file) to label values.
 
-    ``overlap``: where two structures claim a voxel, ``later`` lets the one with the higher label value
-    win (nested targets drawn inside organs stay visible); ``error`` refuses the overlap."""
+    ``overlap``: where two structures claim a voxel, ``smaller`` gives it to the smaller structure (a
+    tumour drawn inside an organ stays visible; a warning says how many voxels each overlap moved), or
+    ``error`` refuses the overlap."""
     if (
         structures.frame_of_reference_uid
         and image.meta.frame_of_reference_uid
@@ -183,15 +184,32 @@ def label_map(
             f"{structures.path}: contours are on frame of reference {structures.frame_of_reference_uid}, the image "
             f"on {image.meta.frame_of_reference_uid}"
         )
-    out = np.zeros(image.shape, np.uint8 if max(values.values(), default=0) < 256 else np.uint16)
-    names = {0: "background"}
-    for name, value in sorted(values.items(), key=lambda kv: kv[1]):
+    masks = {}
+    for name in values:
         structure = structures.named(name)
         if not structure.contours:
             raise DatasetError(f"{structures.path}: ROI {name!r} has no contours")
-        mask = rasterise(structure, image, source=str(structures.path))
-        if overlap == "error" and (out[mask] > 0).any():
-            raise DatasetError(f"{structures.path}: ROI {name!r} overlaps ROI {names[int(out[mask].max())]!r}")
+        masks[name] = rasterise(structure, image, source=str(structures.path))
+    out = np.zeros(image.shape, np.uint8 if max(values.values(), default=0) < 256 else np.uint16)
+    owner = {0: ""}
+    for name in sorted(masks, key=lambda n: -int(masks[n].sum())):  # largest first: smaller ones end on top
+        mask, value = masks[name], values[name]
+        for other in np.unique(out[mask]):
+            if other == 0:
+                continue
+            shared = int(np.count_nonzero(out[mask] == other))
+            if overlap == "error":
+                raise DatasetError(
+                    f"{structures.path}: ROI {name!r} overlaps ROI {owner[int(other)]!r} ({shared} voxels)"
+                )
+            warnings.warn(
+                MedmapWarning(
+                    f"{structures.path}: ROIs {owner[int(other)]!r} and {name!r} overlap in {shared} voxels, "
+                    f"labelled {name!r} (the smaller)"
+                ),
+                stacklevel=2,
+            )
         out[mask] = value
-        names[value] = name
+        owner[value] = name
+    names = {0: "background", **{values[n]: n for n in sorted(values, key=values.get)}}
     return image.with_array(out), names

@@ -1,0 +1,113 @@
+"""RTSTRUCTs as training targets and as a conversion on their own: structures matched to labels by name
+whatever their spelling, the referenced series found beside the object, unannotated labels refused."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from medmap.data.layouts import read_dataset
+from medmap.errors import DatasetError
+from medmap.io.image import Image, ImageMeta
+from medmap.io.labels.names import match_names, name_key
+from medmap.io.load import load
+from tests.builders import AXIAL, write_ct, write_rtstruct
+from tests.helpers import medmap_cli
+
+SPELLINGS = [("Kidney_L", "Kidney_R"), ("L Kidney", "R Kidney"), ("KIDNEY LT", "KIDNEY RT"), ("LtKidney", "RtKidney")]
+
+
+def test_name_keys_ignore_spelling_but_not_side():
+    assert len({name_key(n) for n in ("Parotid_L", "L Parotid", "PAROTID LT", "Lt_Parotid", "ParotidLeft")}) == 1
+    assert name_key("Parotid_L") != name_key("Parotid_R") != name_key("Parotid")
+    match = match_names(["L Parotid", "Brainstem", "cord"], {1: ["Parotid_L"], 2: ["Parotid_R"], 3: ["BrainStem"]},
+                        source="rt.dcm")  # fmt: skip
+    assert match.values == {"L Parotid": 1, "Brainstem": 3} and match.unmatched == ("cord",) and match.missing == (2,)
+    with pytest.raises(DatasetError, match=r"rt.dcm: structures 'Parotid_L' and 'L Parotid' both match label 1"):
+        match_names(["Parotid_L", "L Parotid"], {1: ["Parotid_L"]}, source="rt.dcm")
+    with pytest.raises(DatasetError, match="given to labels 1 and 2"):
+        match_names(["x"], {1: ["Parotid_L"], 2: ["L Parotid"]}, source="rt.dcm")
+
+
+def _patient(folder, seed: int, names=("Kidney_L", "Kidney_R"), shape=(10, 40, 48)):
+    """A CT series with two bright discs left and right, and an RTSTRUCT outlining them, side by side in
+    ``folder/image`` and ``folder/rt`` as exports lay them out."""
+    rng = np.random.default_rng(seed)
+    spacing = (3.0, 1.5, 1.5)
+    _, yy, xx = np.indices(shape)
+    centres = {names[0]: 34 + rng.uniform(-1, 1), names[1]: 14 + rng.uniform(-1, 1)}  # +column: patient left
+    pixels = rng.normal(0, 10, shape)
+    for x in centres.values():
+        pixels[(yy - 20) ** 2 + (xx - x) ** 2 < 7**2] += 200
+    image = Image(pixels.astype(np.int16), spacing, (0.0, 0.0, 0.0), AXIAL, ImageMeta(modality="CT"))
+    paths = write_ct(image, folder / "image")
+    contours = {}
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
+    for name, x in centres.items():
+        ring = [np.column_stack([np.full(64, k), 20 + 7 * np.sin(t[:, 0]), x + 7 * np.cos(t[:, 0])])
+                for k in range(shape[0])]  # fmt: skip
+        contours[name] = [image.index_to_world(r) for r in ring]
+    (folder / "rt").mkdir()
+    return write_rtstruct(paths, contours, folder / "rt" / "rtstruct.dcm")
+
+
+def test_convert_finds_the_series_beside_the_rtstruct_and_names_each_value(tmp_path):
+    rt = _patient(tmp_path / "p", 0)
+    result = medmap_cli("convert", str(rt), str(tmp_path / "labels.nii.gz"))
+    assert result.returncode == 0, result.stderr
+    labels = load(tmp_path / "labels.nii.gz")
+    image = load(tmp_path / "p" / "image")
+    assert labels.same_geometry(image)
+    names = json.loads((tmp_path / "labels.labels.json").read_text())
+    assert names == {"0": "background", "1": "Kidney_L", "2": "Kidney_R"}
+    left = np.argwhere(labels.array == 1)[:, 2].mean()
+    assert left > np.argwhere(labels.array == 2)[:, 2].mean()  # Kidney_L at larger columns: the patient's left
+    original = rt.read_bytes()
+    assert rt.read_bytes() == original  # nothing the user gave is changed
+
+
+def _table(tmp_path, n=6, labels=True):
+    rows = []
+    for i in range(n):
+        folder = tmp_path / f"P{i}"
+        rt = _patient(folder, i, names=SPELLINGS[i % len(SPELLINGS)])
+        rows.append({"image": f"P{i}/image", "label_object": str(rt.relative_to(tmp_path)), "patient_id": f"P{i}"})
+    with open(tmp_path / "kidneys.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if labels:
+        (tmp_path / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R"}))
+    return tmp_path / "kidneys.csv"
+
+
+def test_a_table_of_rtstructs_trains_with_no_conversion_step(tmp_path):
+    from medmap.training.run import train_run
+    from medmap.training.trainer import TrainConfig
+
+    table = _table(tmp_path)
+    dataset = read_dataset(table)
+    assert dataset.labels == {0: "background", 1: "Kidney_L", 2: "Kidney_R"}
+    for case in dataset.cases:  # every spelling lands on its label, on the right side
+        mask = case.load_mask()
+        assert np.argwhere(mask.array == 1)[:, 2].mean() > np.argwhere(mask.array == 2)[:, 2].mean()
+    config = TrainConfig(epochs=2, samples_per_epoch=16, workers=0)
+    overrides = ["patch_size=[8,32,32]", "batch_size=4", "network_width=4", "network_depth=3"]
+    summary = train_run(table, tmp_path / "run", overrides=overrides, config=config)
+    assert set(summary["metrics"]["classes"]) == {"Kidney_L", "Kidney_R"}
+
+
+def test_label_objects_without_labels_json_say_what_to_write(tmp_path):
+    table = _table(tmp_path, n=1, labels=False)
+    expected = r'labels.json naming the structure of each label value, e.g. \{"1": "Kidney_L"'
+    with pytest.raises(DatasetError, match=expected):
+        read_dataset(table)
+
+
+def test_an_unannotated_label_is_refused_not_taken_as_background(tmp_path):
+    table = _table(tmp_path, n=2)
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R", "3": "Liver"}))
+    case = read_dataset(table).cases[0]
+    with pytest.raises(DatasetError, match=r"case P0-image: .*rtstruct.dcm has no structure for label 3 \(Liver\)"):
+        case.load_mask()
