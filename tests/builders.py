@@ -274,8 +274,8 @@ def write_rtstruct(
     ds.PatientID, ds.PatientName, ds.FrameOfReferenceUID = first.PatientID, first.PatientName, first.FrameOfReferenceUID
     ds.StructureSetLabel = "test"
     refs = [
-        _item(ReferencedSOPClassUID=first.SOPClassUID, ReferencedSOPInstanceUID=pydicom.dcmread(p).SOPInstanceUID)
-        for p in series
+        _item(ReferencedSOPClassUID=first.SOPClassUID, ReferencedSOPInstanceUID=d.SOPInstanceUID)
+        for d in (pydicom.dcmread(p, stop_before_pixels=True) for p in series)
     ]
     series_ref = _item(SeriesInstanceUID=first.SeriesInstanceUID)
     if image_references:
@@ -286,6 +286,9 @@ def write_rtstruct(
     frame = _item(FrameOfReferenceUID=first.FrameOfReferenceUID)
     frame.RTReferencedStudySequence = Sequence([study_ref])
     ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
+    slices = [pydicom.dcmread(p, stop_before_pixels=True) for p in series]
+    normal = np.cross(*np.asarray(first.ImageOrientationPatient, float).reshape(2, 3))
+    heights = np.array([np.asarray(d.ImagePositionPatient, float) @ normal for d in slices])
     rois, roi_contours = [], []
     for number, (name, polygons) in enumerate(contours.items(), start=1):
         rois.append(_item(ROINumber=number, ROIName=name, ReferencedFrameOfReferenceUID=first.FrameOfReferenceUID,
@@ -294,9 +297,18 @@ def write_rtstruct(
         for polygon in polygons:
             item = _item(ContourGeometricType="CLOSED_PLANAR", NumberOfContourPoints=len(polygon))
             item.ContourData = [f"{v:.4f}" for v in np.asarray(polygon).ravel()]
+            if image_references:  # the slice it lies on, as planning systems write it (Type 3)
+                on = slices[int(np.argmin(np.abs(heights - np.asarray(polygon).mean(axis=0) @ normal)))]
+                item.ContourImageSequence = Sequence(
+                    [_item(ReferencedSOPClassUID=on.SOPClassUID, ReferencedSOPInstanceUID=on.SOPInstanceUID)]
+                )
             items.append(item)
         roi_contours.append(_item(ReferencedROINumber=number, ROIDisplayColor=[255, 0, 0]))
         roi_contours[-1].ContourSequence = Sequence(items)
     ds.StructureSetROISequence, ds.ROIContourSequence = Sequence(rois), Sequence(roi_contours)
+    ds.RTROIObservationsSequence = Sequence(  # Type 1 in the RT ROI Observations module
+        [_item(ObservationNumber=n, ReferencedROINumber=n, RTROIInterpretedType="ORGAN", ROIInterpreter="")
+         for n in range(1, len(rois) + 1)]
+    )  # fmt: skip
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -12,97 +12,16 @@ from medmap.evaluation.segmentation import class_metrics
 from medmap.io.image import Image, ImageMeta
 from medmap.io.labels.rtstruct import even_odd_fill, label_map, rasterise, read_rtstruct
 from medmap.io.load import load
-from tests.builders import AXIAL, rotation, write_ct, write_rtstruct
-
-CENTRE = np.array([4.0, -6.0, 30.0])  # LPS mm
-POINTS = 180  # vertices per circle
-
-
-def _grid(direction=AXIAL, shape=(28, 64, 64), spacing=(2.0, 1.1, 1.1)) -> Image:
-    """A CT grid centred on CENTRE."""
-    half = (np.asarray(shape) - 1) / 2 * np.asarray(spacing)
-    origin = CENTRE - np.asarray(direction) @ half
-    return Image(np.zeros(shape, np.int16), spacing, tuple(origin), direction, ImageMeta(modality="CT"))
-
-
-def _circle(centre_plane, radius, u, v, n=POINTS):
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)[:, None]
-    return centre_plane + radius * (np.cos(t) * u + np.sin(t) * v)
-
-
-def _planes(image: Image):
-    """(slice centre in LPS, in-plane unit vectors u, v, height along the normal from CENTRE) per slice."""
-    normal, down, along = image.direction[:, 0], image.direction[:, 1], image.direction[:, 2]
-    for k in range(image.shape[0]):
-        centre = image.index_to_world([k, (image.shape[1] - 1) / 2, (image.shape[2] - 1) / 2])
-        yield k, centre, along, down, float((centre - CENTRE) @ normal)
-
-
-def _shape(kind: str, image: Image):
-    """(contours, the exact mask: voxel centres inside the analytic shape)."""
-    world = image.index_to_world(np.indices(image.shape).reshape(3, -1).T).reshape(*image.shape, 3) - CENTRE
-    n, d, a = (world @ image.direction[:, i] for i in range(3))  # coordinates along normal, column, row
-    planar = np.hypot(d, a)
-    contours = []
-    if kind == "sphere":
-        exact = n**2 + planar**2 <= 20.0**2
-        for _, c, u, v, h in _planes(image):
-            if abs(h) < 20.0:
-                contours.append(_circle(c, np.sqrt(20.0**2 - h**2), u, v))
-    elif kind == "box":
-        exact = (np.abs(n) <= 15.0) & (np.abs(d) <= 12.0) & (np.abs(a) <= 18.0)
-        for _, c, u, v, h in _planes(image):
-            if abs(h) <= 15.0:
-                corners = [(-18, -12), (18, -12), (18, 12), (-18, 12)]
-                contours.append(np.array([c + x * u + y * v for x, y in corners]))
-    elif kind in ("hollow_cylinder", "ring"):
-        # hollow cylinder: a tube along the normal; ring: a torus (outer and inner contour change per slice)
-        inner_outer = []
-        for _, c, u, v, h in _planes(image):
-            if kind == "hollow_cylinder" and abs(h) <= 16.0:
-                inner_outer.append((c, u, v, 9.0, 20.0))
-            elif kind == "ring" and abs(h) < 7.0:
-                w = np.sqrt(7.0**2 - h**2)
-                inner_outer.append((c, u, v, 16.0 - w, 16.0 + w))
-        for c, u, v, inner, outer in inner_outer:
-            contours += [_circle(c, outer, u, v), _circle(c, inner, u, v)[::-1]]  # the inner one as drawn: reversed
-        if kind == "hollow_cylinder":
-            exact = (np.abs(n) <= 16.0) & (planar >= 9.0) & (planar <= 20.0)
-        else:
-            exact = (planar - 16.0) ** 2 + n**2 <= 7.0**2
-    return contours, exact
-
-
-def _series(tmp_path, image: Image, positions=None):
-    paths = write_ct(image, tmp_path / "ct")
-    if positions is not None:  # move slices along the normal: a non-uniformly spaced series
-        import pydicom
-
-        for path, height in zip(paths, positions, strict=True):
-            ds = pydicom.dcmread(path)
-            k = int(ds.InstanceNumber) - 1
-            at = np.asarray(image.origin) + image.direction[:, 0] * height + 0 * k
-            ds.ImagePositionPatient = [f"{v:.4f}" for v in at]
-            ds.save_as(path)
-    return paths
-
-
-CASES = {
-    "sphere": ("sphere", AXIAL, True),
-    "box": ("box", AXIAL, True),
-    "hollow cylinder": ("hollow_cylinder", AXIAL, True),
-    "ring with a hole": ("ring", AXIAL, True),
-    "oblique series": ("sphere", rotation(0.35, -0.25, 0.2), True),
-    "no ContourImageSequence": ("hollow_cylinder", AXIAL, False),
-}
+from tests.builders import write_rtstruct
+from tests.rtstruct_shapes import CASES, analytic_shape, ct_grid, slice_planes, write_grid_series
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_analytic_shapes_meet_the_conformance_thresholds(tmp_path, case):
     kind, direction, references = CASES[case]
-    grid = _grid(direction)
-    paths = _series(tmp_path, grid)
-    contours, exact = _shape(kind, grid)
+    grid = ct_grid(direction)
+    paths = write_grid_series(tmp_path, grid)
+    contours, exact = analytic_shape(kind, grid)
     rt = write_rtstruct(paths, {kind: contours}, tmp_path / "rt.dcm", image_references=references)
     image = load(tmp_path / "ct")
     structures = read_rtstruct(rt)
@@ -117,9 +36,9 @@ def test_analytic_shapes_meet_the_conformance_thresholds(tmp_path, case):
 
 def test_a_non_uniformly_spaced_series_keeps_each_contour_on_its_own_slice(tmp_path):
     """Slices 2 mm apart, then 2.6 mm apart: contours follow each slice's own position."""
-    grid = _grid(shape=(20, 48, 48))
+    grid = ct_grid(shape=(20, 48, 48))
     heights = [2.0 * k for k in range(10)] + [18.0 + 2.6 * (k + 1) for k in range(10)]
-    paths = _series(tmp_path, grid, positions=heights)
+    paths = write_grid_series(tmp_path, grid, positions=heights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = load(tmp_path / "ct")
@@ -141,10 +60,10 @@ def test_a_non_uniformly_spaced_series_keeps_each_contour_on_its_own_slice(tmp_p
 
 
 def test_a_structure_thinner_than_a_voxel_is_kept(tmp_path):
-    grid = _grid(shape=(6, 40, 40))
-    paths = _series(tmp_path, grid)
+    grid = ct_grid(shape=(6, 40, 40))
+    paths = write_grid_series(tmp_path, grid)
     thin = []
-    for _, c, u, v, _h in _planes(grid):
+    for _, c, u, v, _h in slice_planes(grid):
         thin.append(np.array([c + x * u + y * v for x, y in [(-10, 0.1), (10, 0.1), (10, 0.4), (-10, 0.4)]]))
     rt = write_rtstruct(paths, {"wire": thin}, tmp_path / "rt.dcm")
     mask = rasterise(read_rtstruct(rt).named("wire"), load(tmp_path / "ct"))
@@ -163,10 +82,10 @@ def test_even_odd_fill_makes_inner_contours_holes_whatever_their_orientation():
 
 
 def test_bad_structure_sets_name_the_object_and_the_roi(tmp_path):
-    grid = _grid(shape=(6, 40, 40))
-    paths = _series(tmp_path, grid)
+    grid = ct_grid(shape=(6, 40, 40))
+    paths = write_grid_series(tmp_path, grid)
     image = load(tmp_path / "ct")
-    _, c, u, v, _ = next(_planes(grid))
+    _, c, u, v, _ = next(slice_planes(grid))
     far = [np.array([c + x * u + y * v for x, y in [(-5, -5), (5, -5), (5, 5), (-5, 5)]]) + 500 * grid.direction[:, 0]]
     edge = [np.array([c + x * u + y * v for x, y in [(-5, -5), (90, -5), (90, 5), (-5, 5)]])]
     rt = write_rtstruct(paths, {"Far": far, "Edge": edge, "Empty": []}, tmp_path / "rt.dcm")

@@ -71,7 +71,7 @@ def read_rtstruct(path: str | Path) -> StructureSet:
         for roi in ds.get("ROIContourSequence", []):
             number = int(roi.ReferencedROINumber)
             for contour in roi.get("ContourSequence", []):
-                points = np.asarray([float(v) for v in contour.get("ContourData", [])], dtype=np.float64)
+                points = _contour_points(contour)
                 if points.size == 0:
                     continue
                 if points.size % 3 or not np.all(np.isfinite(points)):
@@ -85,6 +85,22 @@ def read_rtstruct(path: str | Path) -> StructureSet:
         for n, c in sorted(contours.items())
     )
     return StructureSet(path, structures, series_uid, frame_uid, frozenset(sops))
+
+
+CONTOUR_DATA = 0x30060050
+
+
+def _contour_points(contour) -> np.ndarray:
+    """ContourData as floats, parsed from the raw bytes: pydicom's DS conversion of every number was most
+    of the time of reading a structure set (LUNG1-001: 2.7 of 3.2 s)."""
+    elem = contour.get_item(CONTOUR_DATA)
+    if elem is None:
+        return np.zeros(0)
+    value = elem.value
+    if isinstance(value, bytes):
+        text = value.strip(b" \x00")
+        return np.array(text.split(b"\\"), dtype=np.float64) if text else np.zeros(0)
+    return np.asarray([float(v) for v in (value if isinstance(value, list | tuple) else [value])], dtype=np.float64)
 
 
 def _references(ds) -> tuple[str, str, set[str]]:
@@ -147,24 +163,34 @@ def even_odd_fill(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
     """Pixels whose centres lie inside an odd number of the closed ``polygons`` ((N, 2) row, column).
 
     Per pixel row, each edge crossing toggles every column centre to its right (a difference array and a
-    cumulative sum), so the cost is rows x edges, never rows x edges x columns."""
-    counts = np.zeros((shape[0], shape[1] + 1), np.int32)
+    cumulative sum over the polygons' bounding box), so the cost is rows x edges, never rows x edges x
+    columns, and the cumulative sum never spans the empty rest of the slice."""
+    out = np.zeros(shape, bool)
+    polygons = [p for p in polygons if len(p) >= 3]
+    if not polygons:
+        return out
+    every = np.concatenate(polygons)
+    top, bottom = max(int(np.ceil(every[:, 0].min())), 0), min(int(np.floor(every[:, 0].max())), shape[0] - 1)
+    left = min(max(int(np.floor(every[:, 1].min())) + 1, 0), shape[1])  # the first column centre right of it
+    right = min(max(int(np.floor(every[:, 1].max())) + 1, 0), shape[1])
+    if bottom < top or right <= left:
+        return out
+    counts = np.zeros((bottom - top + 1, right - left + 1), np.int32)
     for polygon in polygons:
-        if len(polygon) < 3:
-            continue
         r0, c0 = polygon[:, 0], polygon[:, 1]
         r1, c1 = np.roll(r0, -1), np.roll(c0, -1)
-        low, high = max(int(np.ceil(r0.min())), 0), min(int(np.floor(r0.max())), shape[0] - 1)
+        low, high = max(int(np.ceil(r0.min())), top), min(int(np.floor(r0.max())), bottom)
         if high < low:
             continue
         rows = np.arange(low, high + 1, dtype=np.float64)[:, None]
         crosses = (r0 <= rows) != (r1 <= rows)  # half-open edges: a vertex on the row counts once
-        with np.errstate(divide="ignore", invalid="ignore"):
-            at = c0 + (rows - r0) * (c1 - c0) / (r1 - r0)
         row_index, edge = np.nonzero(crosses)
-        first_right = np.clip(np.floor(at[row_index, edge]).astype(np.int64) + 1, 0, shape[1])  # columns c > at
-        np.add.at(counts, (row_index + low, first_right), 1)
-    return (np.cumsum(counts[:, :-1], axis=1) % 2).astype(bool)
+        r_a, r_b, c_a, c_b = r0[edge], r1[edge], c0[edge], c1[edge]
+        at = c_a + (rows[row_index, 0] - r_a) * (c_b - c_a) / (r_b - r_a)  # crossing edges are never flat
+        first_right = np.clip(np.floor(at).astype(np.int64) + 1, left, right) - left  # columns c > at
+        np.add.at(counts, (row_index + low - top, first_right), 1)
+    out[top : bottom + 1, left:right] = (np.cumsum(counts[:, :-1], axis=1) % 2).astype(bool)
+    return out
 
 
 def label_map(
