@@ -223,3 +223,24 @@ def test_detection(tmp_path):
     chained = payload["find_then_classify"]
     assert chained["found"] <= chained["nodules"] == payload["detectors"]["medmap"]["nodules"]
     assert chained["malignant_missed"] <= chained["malignant"] and "CPM" in done.stdout
+
+
+def test_label_objects(tmp_path):
+    """medmap's RTSTRUCT conformance on two analytic shapes; rt-utils beside it where its environment exists
+    (`label_objects.py --setup`), and the output says when it does not."""
+    out = bench("label_objects", "--json", tmp_path / "label_objects.json").stdout
+    payload = json.loads((tmp_path / "label_objects.json").read_text())
+    assert [r["case"] for r in payload["conformance"]] == ["sphere", "ring with a hole"]
+    assert all(r["medmap"]["passes"] for r in payload["conformance"])
+    if (ROOT / ".bench" / "rtutils" / "bin" / "python").exists():
+        assert all("rt-utils" in r for r in payload["conformance"])
+    else:
+        assert "rt-utils: not set up" in out
+
+
+def test_laterality(tmp_path):
+    """Both arms train on the generated pair and are scored on the same test cases, paired."""
+    out = bench("laterality", "--json", tmp_path / "laterality.json").stdout
+    payload = json.loads((tmp_path / "laterality.json").read_text())
+    assert set(payload["arms"]) == {"planner (sides kept)", "every in-plane axis mirrored"}
+    assert payload["paired_difference"]["pairs"] >= 1 and "planner minus every-axis" in out
