@@ -1,4 +1,4 @@
-"""A DICOM label object (RTSTRUCT) turned into a label map on the series it references.
+"""A DICOM label object (RTSTRUCT or SEG) turned into a label map on the series it references.
 
 The series is found by its Series Instance UID beside the object (its folder and the folder above, as
 exports lay them out: ``study/image/`` and ``study/rtstruct/``) or given. Label values come from a
@@ -11,31 +11,50 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from medmap.errors import DatasetError
+from medmap.errors import DatasetError, MedmapWarning
+from medmap.io.guard import reading
 from medmap.io.image import Image
 from medmap.io.labels.names import NameMatch, label_names, match_names
 from medmap.io.labels.rtstruct import StructureSet, label_map, read_rtstruct
+from medmap.io.labels.seg import SegmentSet, is_seg, read_seg, seg_label_map
 
 
-def referenced_series(structures: StructureSet) -> Path:
+def referenced_series(label_object: StructureSet | SegmentSet) -> Path:
     """The folder (or file) of the image series the object references, found beside it."""
     from medmap.io.dicom.files import scan
 
-    if not structures.series_uid:
-        raise DatasetError(f"{structures.path}: references no image series; give the image (--image)")
-    here = structures.path.parent
+    if not label_object.series_uid:
+        raise DatasetError(f"{label_object.path}: references no image series; give the image (--image)")
+    here = label_object.path.parent
     for folder in (here, here.parent):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the label objects beside the images are not images
-            found = [s for s in scan(folder).series if s.uid == structures.series_uid]
+            found = [s for s in scan(folder).series if s.uid == label_object.series_uid]
         if found:
-            paths = found[0].paths
-            parents = {p.parent for p in paths}
+            parents = {p.parent for p in found[0].paths}
             return parents.pop() if len(parents) == 1 else folder
     raise DatasetError(
-        f"{structures.path}: the series it references ({structures.series_uid}) is not in {here} or {here.parent}; "
-        "give the image (--image)"
+        f"{label_object.path}: the series it references ({label_object.series_uid}) is not in {here} or "
+        f"{here.parent}; give the image (--image)"
     )
+
+
+def read_label_object(path: str | Path) -> StructureSet | SegmentSet:
+    """An RTSTRUCT or a DICOM SEG, by its SOP class."""
+    import pydicom
+
+    path = Path(path)
+    with reading(path, "not a readable DICOM label object"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+    if is_seg(ds):
+        return read_seg(path)
+    return read_rtstruct(path)
+
+
+def structure_names(label_object: StructureSet | SegmentSet) -> list[str]:
+    if isinstance(label_object, SegmentSet):
+        return list(label_object.segments)
+    return [s.name for s in label_object.structures]
 
 
 def load_label_object(
@@ -44,18 +63,26 @@ def load_label_object(
     """(label map on the image's grid, value -> name, which structures matched what)."""
     from medmap.io.load import load
 
-    structures = read_rtstruct(path)
+    label_object = read_label_object(path)
     if image is None:
-        image = load(referenced_series(structures), structures.series_uid)
-    elif structures.series_uid and image.meta.series_uid and image.meta.series_uid != structures.series_uid:
+        image = load(referenced_series(label_object), label_object.series_uid)
+    elif label_object.series_uid and image.meta.series_uid and image.meta.series_uid != label_object.series_uid:
         raise DatasetError(
-            f"{path}: references series {structures.series_uid}, the image given is series {image.meta.series_uid}"
+            f"{path}: references series {label_object.series_uid}, the image given is series {image.meta.series_uid}"
         )
-    names = [s.name for s in structures.structures]
-    if labels is None:
+    names = structure_names(label_object)
+    if labels is None:  # every structure that holds something, in file order
+        empty = [n for n in names if isinstance(label_object, StructureSet) and not label_object.named(n).contours]
+        if empty:
+            warnings.warn(MedmapWarning(f"{path}: ROI(s) without contours, not converted: {', '.join(empty)}"),
+                          stacklevel=2)  # fmt: skip
+        names = [n for n in names if n not in empty]
         labels = {i: [name] for i, name in enumerate(names, start=1)}
     match = match_names(names, labels, source=str(path))
-    mask, _ = label_map(structures, image, match.values)
+    if isinstance(label_object, SegmentSet):
+        mask, _ = seg_label_map(label_object, image, match.values)
+    else:
+        mask, _ = label_map(label_object, image, match.values)
     return mask, label_names(labels), match
 
 
@@ -71,4 +98,4 @@ def is_label_object(path: Path) -> bool:
         return False
     from medmap.io.labels.rtstruct import is_rtstruct
 
-    return is_rtstruct(ds)
+    return is_rtstruct(ds) or is_seg(ds)

@@ -216,6 +216,14 @@ def label_map(
         if not structure.contours:
             raise DatasetError(f"{structures.path}: ROI {name!r} has no contours")
         masks[name] = rasterise(structure, image, source=str(structures.path))
+    return paint(masks, values, image, source=str(structures.path), overlap=overlap)
+
+
+def paint(
+    masks: dict[str, np.ndarray], values: dict[str, int], image: Image, *, source: str, overlap: str = "smaller"
+) -> tuple[Image, dict[int, str]]:
+    """Boolean structure masks as one label map: where two claim a voxel, the smaller structure keeps it
+    (a warning says how many voxels), or ``overlap="error"`` refuses."""
     out = np.zeros(image.shape, np.uint8 if max(values.values(), default=0) < 256 else np.uint16)
     owner = {0: ""}
     for name in sorted(masks, key=lambda n: -int(masks[n].sum())):  # largest first: smaller ones end on top
@@ -225,15 +233,13 @@ def label_map(
                 continue
             shared = int(np.count_nonzero(out[mask] == other))
             if overlap == "error":
-                raise DatasetError(
-                    f"{structures.path}: ROI {name!r} overlaps ROI {owner[int(other)]!r} ({shared} voxels)"
-                )
+                raise DatasetError(f"{source}: {name!r} overlaps {owner[int(other)]!r} ({shared} voxels)")
             warnings.warn(
                 MedmapWarning(
-                    f"{structures.path}: ROIs {owner[int(other)]!r} and {name!r} overlap in {shared} voxels, "
+                    f"{source}: {owner[int(other)]!r} and {name!r} overlap in {shared} voxels, "
                     f"labelled {name!r} (the smaller)"
                 ),
-                stacklevel=2,
+                stacklevel=3,
             )
         out[mask] = value
         owner[value] = name
