@@ -204,16 +204,6 @@ def _encode(vr: str, value, little: bool) -> bytes:
     return str(value).encode("latin-1")
 
 
-def _nested_defined(depth: int) -> bytes:
-    """The same nesting with defined lengths (explicit VR little endian)."""
-    out = bytearray()
-    for level in range(depth):
-        value = 8 + 20 * (depth - 1 - level)  # this level's item header, then the deeper levels
-        out += struct.pack("<HH", 0x0009, 0x1010) + b"SQ\x00\x00" + struct.pack("<I", value)
-        out += struct.pack("<HHI", 0xFFFE, 0xE000, value - 8)
-    return bytes(out)
-
-
 # Transfer syntaxes a PACS may store one instance of a series in (re-encoded correctly: the values stay)
 MIXED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
                   "1.2.840.10008.1.2.5")
@@ -376,7 +366,9 @@ def _insert_nested(op: dict, target: Path) -> None:
         else:
             pos += 8 + struct.unpack("<H", data[pos + 6 : pos + 8])[0]
     # Insert at the first element past group 0008 so that tags stay roughly in order.
-    block = _nested_defined(op["depth"]) if op.get("defined") else _nested(op["depth"], True)
+    from tests.builders import defined_length_nesting
+
+    block = defined_length_nesting(op["depth"]) if op.get("defined") else _nested(op["depth"], True)
     target.write_bytes(data[:pos] + block + data[pos:])
 
 

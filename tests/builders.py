@@ -312,3 +312,16 @@ def write_rtstruct(
     )  # fmt: skip
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def defined_length_nesting(depth: int) -> bytes:
+    """A private (0009,1010) sequence nested ``depth`` deep with defined lengths (explicit VR little endian),
+    as bytes: pydicom would need a recursion as deep to write it (hostile-input tests and the fuzzer)."""
+    import struct
+
+    out = bytearray()
+    for level in range(depth):
+        value = 8 + 20 * (depth - 1 - level)  # this level's item header, then the deeper levels
+        out += struct.pack("<HH", 0x0009, 0x1010) + b"SQ\x00\x00" + struct.pack("<I", value)
+        out += struct.pack("<HHI", 0xFFFE, 0xE000, value - 8)
+    return bytes(out)

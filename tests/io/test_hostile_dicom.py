@@ -17,7 +17,7 @@ from pydicom.tag import Tag
 
 import medmap
 from medmap.errors import CorruptFileError, MedmapError, SeriesError
-from tests.builders import volume, write_ct
+from tests.builders import defined_length_nesting, volume, write_ct
 from tests.reference import pydicom_reference
 
 
@@ -282,22 +282,11 @@ def _with_private_block(blob: bytes) -> bytes:
     return data[:pos] + blob + data[pos:]
 
 
-def _defined_length_nesting(depth: int) -> bytes:
-    """A private sequence nested ``depth`` deep with defined lengths (explicit VR little endian), as bytes:
-    pydicom would need a recursion as deep to write it."""
-    out = bytearray()
-    for level in range(depth):
-        value = 8 + 20 * (depth - 1 - level)  # this level's item header, then the deeper levels
-        out += struct.pack("<HH", 0x0009, 0x1010) + b"SQ\x00\x00" + struct.pack("<I", value)
-        out += struct.pack("<HHI", 0xFFFE, 0xE000, value - 8)
-    return bytes(out)
-
-
 @pytest.mark.timeout(120)
 def test_defined_length_nesting_50000_deep_is_refused_at_once(tmp_path):
     """Fuzz finding: nesting past Python's recursion made pydicom format a traceback per level (a hang)."""
     path = tmp_path / "deep.dcm"
-    path.write_bytes(_with_private_block(_defined_length_nesting(50_000)))
+    path.write_bytes(_with_private_block(defined_length_nesting(50_000)))
     assert "nested" in refused(path, "deep.dcm")
 
 
@@ -318,12 +307,12 @@ def test_per_frame_functional_groups_nested_3000_deep_are_refused_at_once(tmp_pa
     data = path.read_bytes()
     placeholder = struct.pack("<HH", 0x0009, 0x1010) + b"OB\x00\x00" + struct.pack("<I", len(marker)) + marker
     assert data.count(placeholder) == 1
-    path.write_bytes(data.replace(placeholder, _defined_length_nesting(3000)))
+    path.write_bytes(data.replace(placeholder, defined_length_nesting(3000)))
     assert "nested" in refused(path, "e.dcm")
 
 
 def test_nesting_a_real_object_uses_is_read(tmp_path):
     """Ten levels (more than enhanced multi-frame or SR objects use) load as before."""
     path = tmp_path / "ten.dcm"
-    path.write_bytes(_with_private_block(_defined_length_nesting(10)))
+    path.write_bytes(_with_private_block(defined_length_nesting(10)))
     assert load(path).shape == (1, 128, 128)

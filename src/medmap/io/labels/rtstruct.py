@@ -201,15 +201,7 @@ def label_map(
     ``overlap``: where two structures claim a voxel, ``smaller`` gives it to the smaller structure (a
     tumour drawn inside an organ stays visible; a warning says how many voxels each overlap moved), or
     ``error`` refuses the overlap."""
-    if (
-        structures.frame_of_reference_uid
-        and image.meta.frame_of_reference_uid
-        and (structures.frame_of_reference_uid != image.meta.frame_of_reference_uid)
-    ):
-        raise DatasetError(
-            f"{structures.path}: contours are on frame of reference {structures.frame_of_reference_uid}, the image "
-            f"on {image.meta.frame_of_reference_uid}"
-        )
+    check_frame_of_reference(structures.path, "contours", structures.frame_of_reference_uid, image)
     masks = {}
     for name in values:
         structure = structures.named(name)
@@ -217,6 +209,14 @@ def label_map(
             raise DatasetError(f"{structures.path}: ROI {name!r} has no contours")
         masks[name] = rasterise(structure, image, source=str(structures.path))
     return paint(masks, values, image, source=str(structures.path), overlap=overlap)
+
+
+def check_frame_of_reference(path: Path, what: str, uid: str, image: Image) -> None:
+    """Labels drawn on another frame of reference than the image's are in other coordinates: refuse."""
+    if uid and image.meta.frame_of_reference_uid and uid != image.meta.frame_of_reference_uid:
+        raise DatasetError(
+            f"{path}: {what} are on frame of reference {uid}, the image on {image.meta.frame_of_reference_uid}"
+        )
 
 
 def paint(

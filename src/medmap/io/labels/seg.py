@@ -18,7 +18,7 @@ import numpy as np
 from medmap.errors import DatasetError
 from medmap.io.guard import reading
 from medmap.io.image import Image
-from medmap.io.labels.rtstruct import paint
+from medmap.io.labels.rtstruct import check_frame_of_reference, paint
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -58,15 +58,7 @@ def seg_label_map(
     segments: SegmentSet, image: Image, values: dict[str, int], *, overlap: str = "smaller"
 ) -> tuple[Image, dict[int, str]]:
     """The segments named in ``values`` (segment label -> label value) on ``image``'s grid."""
-    if (
-        segments.frame_of_reference_uid
-        and image.meta.frame_of_reference_uid
-        and (segments.frame_of_reference_uid != image.meta.frame_of_reference_uid)
-    ):
-        raise DatasetError(
-            f"{segments.path}: segments are on frame of reference {segments.frame_of_reference_uid}, the image on "
-            f"{image.meta.frame_of_reference_uid}"
-        )
+    check_frame_of_reference(segments.path, "segments", segments.frame_of_reference_uid, image)
     masks = {}
     with reading(segments.path, "DICOM SEG frames cannot be read"):
         for name in values:
