@@ -41,7 +41,7 @@ def _patient(folder, seed: int, names=("Kidney_L", "Kidney_R"), shape=(10, 40, 4
     for x in centres.values():
         pixels[(yy - 20) ** 2 + (xx - x) ** 2 < 7**2] += 200
     image = Image(pixels.astype(np.int16), spacing, (0.0, 0.0, 0.0), AXIAL, ImageMeta(modality="CT"))
-    paths = write_ct(image, folder / "image")
+    paths = write_ct(image, folder / "image", patient_id=f"PATIENT-{seed}")
     contours = {}
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
     for name, x in centres.items():
@@ -111,3 +111,24 @@ def test_an_unannotated_label_is_refused_not_taken_as_background(tmp_path):
     case = read_dataset(table).cases[0]
     with pytest.raises(DatasetError, match=r"case P0-image: .*rtstruct.dcm has no structure for label 3 \(Liver\)"):
         case.load_mask()
+
+
+def test_a_folder_of_dicom_studies_with_rtstructs_trains_as_it_is(tmp_path):
+    """Exports as they arrive: patient folders holding the CT series and its RTSTRUCT, one labels.json."""
+    from medmap.data.check import check_dataset
+    from medmap.tasks import task_for
+    from medmap.training.run import train_run
+    from medmap.training.trainer import TrainConfig
+
+    root = tmp_path / "export"
+    for i in range(6):
+        _patient(root / f"P{i}", i, names=SPELLINGS[i % len(SPELLINGS)])
+    (root / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R"}))
+    dataset = read_dataset(root)
+    assert dataset.layout == "dicom" and dataset.task == "segmentation" and dataset.modality == "CT"
+    assert len(dataset.cases) == 6 and len({c.patient_id for c in dataset.cases}) == 6
+    assert check_dataset(dataset, task_for("segmentation")) == []
+    config = TrainConfig(epochs=1, samples_per_epoch=8, workers=0)
+    overrides = ["patch_size=[8,32,32]", "batch_size=4", "network_width=4", "network_depth=3"]
+    summary = train_run(root, tmp_path / "run", overrides=overrides, config=config)
+    assert set(summary["metrics"]["classes"]) == {"Kidney_L", "Kidney_R"}

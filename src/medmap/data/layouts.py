@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot
+from medmap.data.dicom_folder import is_dicom_label_folder, read_dicom_folder
 from medmap.data.mask_labels import mask_labels, mask_of, structure_labels
 from medmap.errors import DatasetError, InputNotFoundError
 from medmap.io.guard import reading
@@ -80,9 +81,11 @@ def _read_dataset(path: Path) -> Dataset:
     if path.is_dir() and meta.is_file():
         spec = _read_json(meta)
         return read_nnunet(path, spec) if "channel_names" in spec else read_msd(path, spec)
+    if is_dicom_label_folder(path):
+        return read_dicom_folder(path)
     raise DatasetError(
-        f"{path}: not a dataset (expected a folder with dataset.json (MSD / nnU-Net), "
-        "a .npz (MedMNIST) or a .csv manifest)"
+        f"{path}: not a dataset (expected a folder with dataset.json (MSD / nnU-Net), a folder of DICOM studies "
+        "with their RTSTRUCT / SEG and a labels.json, a .npz (MedMNIST) or a .csv manifest)"
     )
 
 
