@@ -236,12 +236,43 @@ def dataset_check(
         f"{dataset.name}: {dataset.layout} layout, {dataset.task}, {len(dataset.cases)} cases, "
         f"{len(dataset.patients)} patients, {task.targets}: {dataset.labels}"
     )
+    _print_structures(dataset)
     if not problems:
         out.print("no problems found")
         return
     for problem in problems:
         out.print(f"  {problem}", markup=False, highlight=False)
     raise MedmapError(f"{path}: {len(problems)} problem(s) found")
+
+
+def _print_structures(dataset) -> None:
+    """For RTSTRUCT / SEG cases: per case, which structure carries which label, what matched nothing, and
+    which label the case does not annotate; then how many cases annotate each label."""
+    from medmap.data.dataset import LabelObject
+    from medmap.io.labels.objects import name_match
+
+    cases = [c for c in dataset.cases if isinstance(c.mask, LabelObject)]
+    if not cases:
+        return
+    annotated = dict.fromkeys((v for v in dataset.labels if v), 0)
+    for case in cases:
+        try:
+            match = name_match(case.mask.file, {v: list(n) for v, n in case.mask.labels})
+        except MedmapError as exc:
+            out.print(f"  {case.case_id}: {exc}", markup=False, highlight=False)
+            continue
+        pairs = sorted(match.values.items(), key=lambda kv: kv[1])
+        found = ", ".join(f"{dataset.labels[v]} <- {n}" for n, v in pairs)
+        line = f"  {case.case_id}: {found or 'no structure matches a label'}"
+        if match.unmatched:
+            line += f"; not used: {', '.join(match.unmatched)}"
+        if match.missing:
+            line += f"; not annotated: {', '.join(dataset.labels[v] for v in match.missing)}"
+        out.print(line, markup=False, highlight=False)
+        for value in match.values.values():
+            annotated[value] += 1
+    counts = ", ".join(f"{dataset.labels[v]} {k}/{len(cases)}" for v, k in annotated.items())
+    out.print(f"cases annotating each label: {counts}")
 
 
 @app.command()

@@ -132,3 +132,14 @@ def test_a_folder_of_dicom_studies_with_rtstructs_trains_as_it_is(tmp_path):
     overrides = ["patch_size=[8,32,32]", "batch_size=4", "network_width=4", "network_depth=3"]
     summary = train_run(root, tmp_path / "run", overrides=overrides, config=config)
     assert set(summary["metrics"]["classes"]) == {"Kidney_L", "Kidney_R"}
+
+
+def test_dataset_check_lists_each_cases_structures_and_what_it_does_not_annotate(tmp_path):
+    root = tmp_path / "export"
+    for i in range(2):
+        _patient(root / f"P{i}", i, names=SPELLINGS[i + 1])
+    (root / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R", "3": "Liver"}))
+    result = medmap_cli("dataset", "check", str(root))
+    assert result.returncode == 1
+    assert "PATIENT-0-1: Kidney_L <- L Kidney, Kidney_R <- R Kidney; not annotated: Liver" in result.stdout
+    assert "cases annotating each label: Kidney_L 2/2, Kidney_R 2/2, Liver 0/2" in result.stdout

@@ -57,6 +57,12 @@ def structure_names(label_object: StructureSet | SegmentSet) -> list[str]:
     return [s.name for s in label_object.structures]
 
 
+def name_match(path: str | Path, labels: dict[int, list[str]]) -> NameMatch:
+    """Which structures of the object match which labels, without rasterising anything (dataset check)."""
+    label_object = read_label_object(path)
+    return match_names(structure_names(label_object), labels, source=str(path))
+
+
 def load_label_object(
     path: str | Path, image: Image | None = None, labels: dict[int, list[str]] | None = None
 ) -> tuple[Image, dict[int, str], NameMatch]:
