@@ -30,7 +30,7 @@ class NpzSlot:
 
 @dataclass(frozen=True)
 class LabelObject:
-    """A DICOM label object (RTSTRUCT) as a case's mask: rasterised onto the case's image when loaded, its
+    """A DICOM label object (RTSTRUCT or SEG) as a case's mask: rasterised onto the case's image when loaded, its
     structures matched to the labels by name (`medmap.io.labels.names`)."""
 
     file: Path
@@ -109,13 +109,14 @@ class Case:
             arrays.append(other.array)
         return Image(np.stack(arrays, axis=-1), first.spacing, first.origin, first.direction, first.meta)
 
-    def load_mask(self) -> Image | None:
+    def load_mask(self, image: Image | None = None) -> Image | None:
         """The mask with its label indices: stored values mapped by ``mask_values`` (a value the mapping
-        does not know is an error naming the case, never passed on as some other label)."""
+        does not know is an error naming the case, never passed on as some other label). A label object
+        is rasterised onto ``image`` (this case's image, passed where the caller has loaded it already)."""
         if self.mask is None:
             return None
         if isinstance(self.mask, LabelObject):
-            return self._rasterised(self.mask)
+            return self._rasterised(self.mask, image)
         mask = load_source(self.mask)
         if self.mask_values is None or mask.array.ndim == 4:  # a colour mask: refused by check_mask
             return mask
@@ -131,13 +132,13 @@ class Case:
             out[mask.array == value] = self.mask_values[int(value)]
         return mask.with_array(out)
 
-
-    def _rasterised(self, source: LabelObject) -> Image:
+    def _rasterised(self, source: LabelObject, image: Image | None) -> Image:
         """The label object on this case's image grid. A label it has no structure for is refused: a
         missing structure was not annotated, it is not background (partial annotation is not yet trained)."""
         from medmap.io.labels.objects import load_label_object
 
-        mask, names, match = load_label_object(source.file, self.load_image(), {v: list(n) for v, n in source.labels})
+        image = image if image is not None else self.load_image()
+        mask, names, match = load_label_object(source.file, image, {v: list(n) for v, n in source.labels})
         if match.missing:
             absent = ", ".join(f"{v} ({names[v]})" for v in match.missing)
             raise DatasetError(

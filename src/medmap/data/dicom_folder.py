@@ -16,8 +16,7 @@ from pathlib import Path
 from medmap.data.dataset import Case, Dataset, LabelObject
 from medmap.errors import DatasetError, MedmapWarning
 from medmap.io.labels.names import label_names, read_label_names
-
-LABEL_OBJECT_CLASSES = {"1.2.840.10008.5.1.4.1.1.481.3": "RTSTRUCT", "1.2.840.10008.5.1.4.1.1.66.4": "SEG"}
+from medmap.io.labels.references import LABEL_OBJECT_CLASSES, referenced_series_uid
 
 
 def is_dicom_label_folder(path: Path) -> bool:
@@ -25,7 +24,7 @@ def is_dicom_label_folder(path: Path) -> bool:
 
 
 def _headers(root: Path):
-    """(path, SOP class, modality, patient, series UID, referenced series UID) of every DICOM file."""
+    """(path, header) of every DICOM file under ``root`` (pixels not read)."""
     import pydicom
 
     for folder, dirs, files in os.walk(root):
@@ -39,16 +38,6 @@ def _headers(root: Path):
             yield path, ds
 
 
-def _referenced_series(ds) -> str:
-    for ref in ds.get("ReferencedFrameOfReferenceSequence", []):  # RTSTRUCT
-        for study in ref.get("RTReferencedStudySequence", []):
-            for series in study.get("RTReferencedSeriesSequence", []):
-                return str(series.get("SeriesInstanceUID", ""))
-    for series in ds.get("ReferencedSeriesSequence", []):  # SEG
-        return str(series.get("SeriesInstanceUID", ""))
-    return ""
-
-
 def read_dicom_folder(root: Path) -> Dataset:
     labels = read_label_names(root / "labels.json")
     structures = tuple((v, tuple(n)) for v, n in sorted(labels.items()))
@@ -58,7 +47,7 @@ def read_dicom_folder(root: Path) -> Dataset:
     for path, ds in _headers(root):
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class in LABEL_OBJECT_CLASSES:
-            objects.append((path, str(ds.get("PatientID", "")) or path.parent.name, _referenced_series(ds)))
+            objects.append((path, str(ds.get("PatientID", "")) or path.parent.name, referenced_series_uid(ds)))
         elif "PixelData" in ds or ds.get("Rows"):
             uid = str(ds.get("SeriesInstanceUID", ""))
             series_folders.setdefault(uid, path.parent)

@@ -103,7 +103,7 @@ def compute_fingerprint(
         without_spacing += not image.meta.spacing_known
         values = image.array if image.channels == 1 else image.array[..., 0]
         if dataset.task == "segmentation" and cases[0].mask is not None:
-            mask_image = cases[0].load_mask()
+            mask_image = cases[0].load_mask(image)
             check_mask(cases[0].case_id, image, mask_image, dataset.labels)
             mask = mask_image.array
             labels, counts = np.unique(mask, return_counts=True)

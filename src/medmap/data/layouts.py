@@ -273,13 +273,13 @@ def read_csv_manifest(path: Path) -> Dataset:
     else:
         labels, to_index = _class_labels(path, rows)
     cases = []
-    names = _case_names([row[channels[0]] for row in rows])
+    case_names = _case_names([row[channels[0]] for row in rows])
     for n, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them
         if lesions and not any(row[k] for k in ("x", "y", "z", "label")):
             continue  # a scan without findings (a detector's negative) holds no lesion to classify
         images = [base / row[column] for column in channels]
         image = images[0]
-        cid = row.get("case_id") or (f"{_strip_suffix(image.name)}-{n}" if lesions else names[n - 2])
+        cid = row.get("case_id") or (f"{_strip_suffix(image.name)}-{n}" if lesions else case_names[n - 2])
         lesion = None
         if lesions:
             try:
@@ -304,8 +304,8 @@ def read_csv_manifest(path: Path) -> Dataset:
             )
         )
     task = "segmentation" if segmentation else "classification"
-    names = [c.removeprefix("image_") for c in channels] if channels != ["image"] else []
-    return Dataset(path.stem, path, task, "csv", labels, cases, channel_names=names)
+    channel_names = [c.removeprefix("image_") for c in channels] if channels != ["image"] else []
+    return Dataset(path.stem, path, task, "csv", labels, cases, channel_names=channel_names)
 
 
 def _case_names(images: list[str]) -> list[str]:

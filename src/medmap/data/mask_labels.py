@@ -75,15 +75,13 @@ def mask_of(row: dict, base: Path, structures) -> Path | LabelObject | None:
 
 
 def structure_labels(path: Path, objects: list[Path]) -> tuple[tuple[int, tuple[str, ...]], ...]:
-    """The labels.json beside a table of label objects (RTSTRUCTs), or an error saying what to write in it."""
+    """The labels.json beside a table of label objects (RTSTRUCT / SEG), or an error saying what to write in it."""
     sidecar = path.with_name("labels.json")
     if sidecar.is_file():
         return tuple((v, tuple(n)) for v, n in sorted(read_label_names(sidecar).items()))
-    found: list[str] = []
-    for obj in objects[:1]:
-        from medmap.io.labels.rtstruct import read_rtstruct
+    from medmap.io.labels.objects import read_label_object, structure_names
 
-        found = [s.name for s in read_rtstruct(obj).structures]
+    found = structure_names(read_label_object(objects[0])) if objects else []
     example = json.dumps({str(i): name for i, name in enumerate(found[:3], start=1)}) if found else '{"1": "Name"}'
     raise DatasetError(
         f"{path}: label objects need {sidecar} naming the structure of each label value, e.g. {example}"

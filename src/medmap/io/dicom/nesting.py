@@ -5,7 +5,7 @@ level below with a formatted traceback of the whole stack. A sequence nested a f
 (no real object nests more than a dozen: enhanced multi-frame functional groups 3-4, SR content trees
 rarely 10) so costs minutes of traceback formatting before the RecursionError surfaces: a hang. This
 walk is iterative and bounded, and runs only when the header holds enough item tags to nest that deep
-(one ``bytes.count`` in C), so ordinary files pay nothing measurable.
+(a bounded ``find`` loop in C over a memory map), so ordinary files pay nothing measurable.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from __future__ import annotations
 import struct
 import zlib
 
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from medmap.io.dicom.header import LONG_VRS
+
 MAX_SEQUENCE_DEPTH = 64  # sequences inside sequences; each level is a sequence plus an item
+SCANNED_BYTES = 1 << 26  # headers beyond 64 MiB are refused by the header guards before any nesting matters
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _PIXEL_DATA = 0x7FE00010
-_EXPLICIT_BE, _IMPLICIT_LE, _DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"
-_INFLATED_CAP = 1 << 26
-
-
-SCANNED_BYTES = 1 << 26  # headers beyond 64 MiB are refused by the header guards before any nesting matters
 
 
 def file_too_deep(fp) -> int | None:
@@ -57,13 +56,13 @@ def too_deep(buf) -> int | None:
     if len(buf) >= 132 and buf[128:132] == b"DICM":
         syntax, start = _meta(buf)
     else:  # no file meta: explicit when a VR follows the first tag, as pydicom guesses
-        syntax, start = ("" if buf[4:6].isalpha() else _IMPLICIT_LE), 0
-    if syntax == _DEFLATED:
+        syntax, start = ("" if buf[4:6].isalpha() else ImplicitVRLittleEndian), 0
+    if syntax == DeflatedExplicitVRLittleEndian:
         try:
-            buf, start = zlib.decompressobj(-zlib.MAX_WBITS).decompress(buf[start:SCANNED_BYTES], _INFLATED_CAP), 0
+            buf, start = zlib.decompressobj(-zlib.MAX_WBITS).decompress(buf[start:SCANNED_BYTES], SCANNED_BYTES), 0
         except zlib.error:
             return None  # not deflate data: pydicom refuses it
-    depth = _deepest(buf, start, explicit=syntax != _IMPLICIT_LE, little=syntax != _EXPLICIT_BE)
+    depth = _deepest(buf, start, explicit=syntax != ImplicitVRLittleEndian, little=syntax != ExplicitVRBigEndian)
     return depth if depth > MAX_SEQUENCE_DEPTH else None
 
 
@@ -75,7 +74,7 @@ def _meta(buf: bytes) -> tuple[str, int]:
         if group != 0x0002:
             break
         vr = buf[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             if pos + 12 > len(buf):
                 break
             length, value = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
@@ -113,7 +112,7 @@ def _deepest(buf: bytes, pos: int, *, explicit: bool, little: bool) -> int:
             break
         if explicit:
             vr = buf[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > n:
                     break
                 length, start = length32.unpack_from(buf, pos + 8)[0], pos + 12

@@ -17,7 +17,7 @@ the same pitfalls, and each fix here is a rule rather than a patch:
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,8 @@ import numpy as np
 from medmap.errors import DatasetError, MedmapWarning
 from medmap.io.guard import reading
 from medmap.io.image import Image
+from medmap.io.labels.references import RTSTRUCT_SOP_CLASS, check_frame_of_reference, referenced_series_uid
 
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 PLANE_TOLERANCE = 0.5  # slices: a contour more than half a slice from every slice plane lies on none
 
 
@@ -46,7 +46,6 @@ class StructureSet:
     structures: tuple[Structure, ...]
     series_uid: str  # the image series it references ("" when it names none)
     frame_of_reference_uid: str
-    referenced_sops: frozenset[str] = field(default_factory=frozenset)
 
     def named(self, name: str) -> Structure:
         return next(s for s in self.structures if s.name == name)
@@ -79,12 +78,16 @@ def read_rtstruct(path: str | Path) -> StructureSet:
                         f"{path}: ROI {names.get(number, (number,))[0]!r}: ContourData is not x,y,z triplets"
                     )
                 contours.setdefault(number, []).append(points.reshape(-1, 3))
-        series_uid, frame_uid, sops = _references(ds)
+        series_uid = referenced_series_uid(ds)
+        frame_uid = next(
+            (str(r.get("FrameOfReferenceUID", "")) for r in ds.get("ReferencedFrameOfReferenceSequence", [])),
+            str(ds.get("FrameOfReferenceUID", "")),
+        )
     structures = tuple(
         Structure(n, names.get(n, (f"ROI {n}", ""))[0] or f"ROI {n}", tuple(c), names.get(n, ("", ""))[1] or frame_uid)
         for n, c in sorted(contours.items())
     )
-    return StructureSet(path, structures, series_uid, frame_uid, frozenset(sops))
+    return StructureSet(path, structures, series_uid, frame_uid)
 
 
 CONTOUR_DATA = 0x30060050
@@ -101,18 +104,6 @@ def _contour_points(contour) -> np.ndarray:
         text = value.strip(b" \x00")
         return np.array(text.split(b"\\"), dtype=np.float64) if text else np.zeros(0)
     return np.asarray([float(v) for v in (value if isinstance(value, list | tuple) else [value])], dtype=np.float64)
-
-
-def _references(ds) -> tuple[str, str, set[str]]:
-    """(referenced series UID, frame of reference UID, referenced SOP Instance UIDs)."""
-    series, frame, sops = "", "", set()
-    for ref in ds.get("ReferencedFrameOfReferenceSequence", []):
-        frame = frame or str(ref.get("FrameOfReferenceUID", ""))
-        for study in ref.get("RTReferencedStudySequence", []):
-            for s in study.get("RTReferencedSeriesSequence", []):
-                series = series or str(s.get("SeriesInstanceUID", ""))
-                sops.update(str(i.get("ReferencedSOPInstanceUID", "")) for i in s.get("ContourImageSequence", []))
-    return series, frame or str(ds.get("FrameOfReferenceUID", "")), sops
 
 
 def rasterise(structure: Structure, image: Image, *, source: str = "") -> np.ndarray:
@@ -209,14 +200,6 @@ def label_map(
             raise DatasetError(f"{structures.path}: ROI {name!r} has no contours")
         masks[name] = rasterise(structure, image, source=str(structures.path))
     return paint(masks, values, image, source=str(structures.path), overlap=overlap)
-
-
-def check_frame_of_reference(path: Path, what: str, uid: str, image: Image) -> None:
-    """Labels drawn on another frame of reference than the image's are in other coordinates: refuse."""
-    if uid and image.meta.frame_of_reference_uid and uid != image.meta.frame_of_reference_uid:
-        raise DatasetError(
-            f"{path}: {what} are on frame of reference {uid}, the image on {image.meta.frame_of_reference_uid}"
-        )
 
 
 def paint(

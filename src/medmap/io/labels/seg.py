@@ -18,9 +18,8 @@ import numpy as np
 from medmap.errors import DatasetError
 from medmap.io.guard import reading
 from medmap.io.image import Image
-from medmap.io.labels.rtstruct import check_frame_of_reference, paint
-
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+from medmap.io.labels.references import SEG_SOP_CLASS, check_frame_of_reference, referenced_series_uid
+from medmap.io.labels.rtstruct import paint
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,7 @@ def read_seg(path: str | Path) -> SegmentSet:
             if label in segments:
                 raise DatasetError(f"{path}: segments {segments[label]} and {n} are both labelled {label!r}")
             segments[label] = int(n)
-        referenced = seg.get("ReferencedSeriesSequence") or []
-        series = str(referenced[0].SeriesInstanceUID) if referenced else ""
-        return SegmentSet(path, segments, series, str(seg.get("FrameOfReferenceUID", "")), seg)
+        return SegmentSet(path, segments, referenced_series_uid(seg), str(seg.get("FrameOfReferenceUID", "")), seg)
 
 
 def seg_label_map(

@@ -33,7 +33,7 @@ def cache_cases(cases: list[Case], plan: Plan, folder: Path, rng: np.random.Gene
 
 def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Generator) -> None:
     source = case.load_image()
-    mask_image = case.load_mask()
+    mask_image = case.load_mask(source)
     if mask_image is not None:
         check_mask(case.case_id, source, mask_image, plan.labels)
     cache_labelled_image(case, source, mask_image, plan, folder, rng)

@@ -62,7 +62,8 @@ def _validation_pairs(job: EvaluationJob, weights: list[Path]):
             continue
         if weight not in models:
             models[weight] = _models(job, [weight])
-        image, mask = case.load_image(), case.load_mask()
+        image = case.load_image()
+        mask = case.load_mask(image)
         check_mask(case.case_id, image, mask, job.plan.labels)
         predicted = models[weight].segment(image)
         pairs.append((predicted.array, mask.array, image.spacing))
@@ -127,7 +128,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
         save(predicted, predictions_dir / f"{case.case_id}.nii.gz")
         if case.mask is None:
             continue
-        mask = case.load_mask()
+        mask = case.load_mask(image)
         check_mask(case.case_id, image, mask, plan.labels)
         truth = mask.array
         per_case[case.case_id] = case_metrics(

@@ -18,7 +18,7 @@ def target_problems(case: Case, image: Image | None, labels: dict[int, str]) -> 
     if image is None:
         return []
     try:
-        mask = case.load_mask()
+        mask = case.load_mask(image)
     except MedmapError as exc:
         return [f"mask unreadable: {exc}"]
     problems = []
