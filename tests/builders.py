@@ -325,3 +325,27 @@ def defined_length_nesting(depth: int) -> bytes:
         out += struct.pack("<HH", 0x0009, 0x1010) + b"SQ\x00\x00" + struct.pack("<I", value)
         out += struct.pack("<HHI", 0xFFFE, 0xE000, value - 8)
     return bytes(out)
+
+
+def kidneys_export(folder: Path, seed: int, names=("Kidney_L", "Kidney_R"), shape=(10, 40, 48), **info) -> Path:
+    """A CT series with two bright discs left and right, and an RTSTRUCT outlining them, side by side in
+    ``folder/image`` and ``folder/rt`` as exports lay them out; ``info`` as `SeriesInfo` (``modality``
+    "MR" writes an MR series)."""
+    rng = np.random.default_rng(seed)
+    spacing = (3.0, 1.5, 1.5)
+    _, yy, xx = np.indices(shape)
+    centres = {names[0]: 34 + rng.uniform(-1, 1), names[1]: 14 + rng.uniform(-1, 1)}  # +column: patient left
+    pixels = rng.normal(0, 10, shape)
+    for x in centres.values():
+        pixels[(yy - 20) ** 2 + (xx - x) ** 2 < 7**2] += 200
+    modality = info.pop("modality", "CT")
+    image = Image(pixels.astype(np.int16), spacing, (0.0, 0.0, 0.0), AXIAL, ImageMeta(modality=modality))
+    series_info = SeriesInfo(**{"patient_id": f"PATIENT-{seed}", **info})
+    paths = write_series(image, folder / "image", modality=modality, info=series_info)
+    contours = {}
+    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    for name, x in centres.items():
+        rings = [np.column_stack([np.full(64, k), 20 + 7 * np.sin(t), x + 7 * np.cos(t)]) for k in range(shape[0])]
+        contours[name] = [image.index_to_world(r) for r in rings]
+    (folder / "rt").mkdir()
+    return write_rtstruct(paths, contours, folder / "rt" / "rtstruct.dcm")

@@ -245,6 +245,69 @@ def dataset_check(
     raise MedmapError(f"{path}: {len(problems)} problem(s) found")
 
 
+@dataset_app.command("pull")
+def dataset_pull(
+    source: Annotated[str, typer.Option("--from", help="The PACS: AET@HOST:PORT (DIMSE) or a DICOMweb root URL.")],
+    target: Annotated[Path, typer.Option("-o", "--out", help="Dataset folder: new, or an earlier pull's to resume.")],
+    method: Annotated[str, typer.Option(help="DIMSE retrieval: get (C-GET) or move (C-MOVE to --listen).")] = "get",
+    ae: Annotated[str, typer.Option(help="medmap's AE title (the PACS must know it).")] = "MEDMAP",
+    listen: Annotated[str, typer.Option(help="HOST:PORT of medmap's storage SCP during C-MOVE.")] = "0.0.0.0:11112",
+    patient_id: Annotated[str, typer.Option(help="Patient ID (wildcards * and ?).")] = "",
+    modality: Annotated[list[str] | None, typer.Option(help="Image series modality (repeat: CT, MR, PT ...).")] = None,
+    study_date: Annotated[str, typer.Option(help="Study date or range: 20200101-20201231, 20200101-.")] = "",
+    study_description: Annotated[str, typer.Option(help="Study description (wildcards, any case).")] = "",
+    series_description: Annotated[str, typer.Option(help="Series description (wildcards, any case).")] = "",
+    body_part: Annotated[str, typer.Option(help="Body Part Examined (wildcards, any case).")] = "",
+    with_: Annotated[
+        list[str] | None, typer.Option("--with", help="Only studies holding this label object: RTSTRUCT, SEG, SR.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="labels.json to place in the dataset (label objects).")] = None,
+    key: Annotated[Path | None, typer.Option(help="De-identification key file (default: OUT.key beside OUT).")] = None,
+    date_shift_days: Annotated[int | None, typer.Option(help="Shift dates by this many days (else removed).")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File with a bearer token for DICOMweb.")] = None,
+) -> None:
+    """Pull a de-identified cohort from a PACS (C-FIND + C-GET / C-MOVE, or QIDO-RS + WADO-RS); resumable."""
+    from medmap.pacs.dicomweb_source import DicomWebSource
+    from medmap.pacs.dimse_source import DimseSource
+    from medmap.pacs.peer import Peer
+    from medmap.pacs.pull import pull_cohort
+    from medmap.pacs.query import CohortQuery
+
+    query = CohortQuery(
+        patient_id=patient_id,
+        modalities=tuple(m.upper() for m in modality or ()),
+        study_date=study_date,
+        study_description=study_description,
+        series_description=series_description,
+        body_part=body_part,
+        require=tuple(m.upper() for m in with_ or ()),
+    )
+    if labels is not None and not labels.is_file():
+        raise MedmapError(f"{labels}: labels file not found")
+    if source.startswith(("http://", "https://")):
+        token = token_file.read_text().strip() if token_file else None
+        pacs = DicomWebSource(source, token=token)
+    else:
+        if method not in ("get", "move"):
+            raise ConfigError(f"--method {method!r}: expected get or move")
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. 0.0.0.0:11112")
+        pacs = DimseSource(Peer.parse(source, "--from"), ae=ae, method=method, listen=(host, int(port)))
+    report = pull_cohort(pacs, query, target, key=key, labels=labels, date_shift_days=date_shift_days, progress=True)
+    out.print(
+        f"{report.series} series match; pulled {report.fetched} ({report.instances} instances), "
+        f"{report.already} already in {target}; {report.patients} patient(s) in {target / 'cohort.csv'}"
+    )
+    out.print(f"de-identification key: {report.key} (keep it apart from the data; a resumed pull needs it)")
+    for line in report.left_out:
+        out.print(f"  left out: {line}", markup=False, highlight=False)
+    if report.failed:
+        for line in report.failed:
+            out.print(f"  failed: {line}", markup=False, highlight=False)
+        raise MedmapError(f"{len(report.failed)} series not fetched; run the same pull again to fetch them")
+
+
 def _print_structures(dataset) -> None:
     """For RTSTRUCT / SEG cases: per case, which structure carries which label, what matched nothing, and
     which label the case does not annotate; then how many cases annotate each label."""
@@ -656,7 +719,7 @@ def predict(
     share = parse_shard(shard) if shard else None  # a bad value fails before anything is fetched or read
 
     if dicomweb:  # pull mode: WADO-RS the study into OUT/input/<study>, predict, optionally STOW the results
-        from medmap.deploy.dicomweb import wado_study
+        from medmap.pacs.dicomweb import wado_study
 
         if not study:
             raise ConfigError("--dicomweb needs --study UID (the study to fetch)")
@@ -683,7 +746,7 @@ def predict(
         if r.ok:
             out.print(f"{r.case_id}: " + ", ".join(f"{k} {v}" for k, v in r.outputs.items()), highlight=False)
     if stow and dicomweb:
-        from medmap.deploy.dicomweb import stow as stow_rs
+        from medmap.pacs.dicomweb import stow as stow_rs
 
         stored = [path for r in results if r.ok for path in r.dicom_results()]
         if stored:

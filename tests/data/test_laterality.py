@@ -134,6 +134,9 @@ def test_a_trained_pair_of_organs_is_never_named_on_the_wrong_side(tmp_path):
         organ = (truth > 0) & (guess > 0)
         both += int(organ.sum())
         swapped += int((organ & (truth != guess)).sum())
-    assert both > 0.5 * sum(int((c.load_mask().array > 0).sum()) for c in dataset.cases if c.case_id in
-                            {p.name.removesuffix(".nii.gz") for p in predicted})
+    assert both > 0.5 * sum(
+        int((c.load_mask().array > 0).sum())
+        for c in dataset.cases
+        if c.case_id in {p.name.removesuffix(".nii.gz") for p in predicted}
+    )
     assert swapped == 0, f"{swapped} of {both} organ voxels named on the wrong side"

@@ -44,10 +44,13 @@ IMAGES = {
     "gz-truncated.nii.gz": lambda: __import__("gzip").compress(nifti_bytes())[:300],
     "random.png": lambda: os.urandom(500),
     "empty.png": lambda: b"",
-    "huge-dims.nrrd": lambda: b"NRRD0004\ntype: short\ndimension: 3\nsizes: 99999 99999 99999\nendian: little\n"
-    b"encoding: raw\n\n" + bytes(100),
-    "nan-spacing.mha": lambda: b"ObjectType = Image\nNDims = 3\nDimSize = 10 10 10\nElementSpacing = nan 1 1\n"
-    b"ElementType = MET_SHORT\nElementDataFile = LOCAL\n" + bytes(2000),
+    "huge-dims.nrrd": lambda: (
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 99999 99999 99999\nendian: little\nencoding: raw\n\n" + bytes(100)
+    ),
+    "nan-spacing.mha": lambda: (
+        b"ObjectType = Image\nNDims = 3\nDimSize = 10 10 10\nElementSpacing = nan 1 1\n"
+        b"ElementType = MET_SHORT\nElementDataFile = LOCAL\n" + bytes(2000)
+    ),
 }
 
 

@@ -9,10 +9,9 @@ import pytest
 
 from medmap.data.layouts import read_dataset
 from medmap.errors import DatasetError
-from medmap.io.image import Image, ImageMeta
 from medmap.io.labels.names import match_names, name_key
 from medmap.io.load import load
-from tests.builders import AXIAL, write_ct, write_rtstruct
+from tests.builders import kidneys_export
 from tests.helpers import medmap_cli
 
 SPELLINGS = [("Kidney_L", "Kidney_R"), ("L Kidney", "R Kidney"), ("KIDNEY LT", "KIDNEY RT"), ("LtKidney", "RtKidney")]
@@ -30,30 +29,8 @@ def test_name_keys_ignore_spelling_but_not_side():
         match_names(["x"], {1: ["Parotid_L"], 2: ["L Parotid"]}, source="rt.dcm")
 
 
-def _patient(folder, seed: int, names=("Kidney_L", "Kidney_R"), shape=(10, 40, 48)):
-    """A CT series with two bright discs left and right, and an RTSTRUCT outlining them, side by side in
-    ``folder/image`` and ``folder/rt`` as exports lay them out."""
-    rng = np.random.default_rng(seed)
-    spacing = (3.0, 1.5, 1.5)
-    _, yy, xx = np.indices(shape)
-    centres = {names[0]: 34 + rng.uniform(-1, 1), names[1]: 14 + rng.uniform(-1, 1)}  # +column: patient left
-    pixels = rng.normal(0, 10, shape)
-    for x in centres.values():
-        pixels[(yy - 20) ** 2 + (xx - x) ** 2 < 7**2] += 200
-    image = Image(pixels.astype(np.int16), spacing, (0.0, 0.0, 0.0), AXIAL, ImageMeta(modality="CT"))
-    paths = write_ct(image, folder / "image", patient_id=f"PATIENT-{seed}")
-    contours = {}
-    t = np.linspace(0, 2 * np.pi, 64, endpoint=False)[:, None]
-    for name, x in centres.items():
-        ring = [np.column_stack([np.full(64, k), 20 + 7 * np.sin(t[:, 0]), x + 7 * np.cos(t[:, 0])])
-                for k in range(shape[0])]  # fmt: skip
-        contours[name] = [image.index_to_world(r) for r in ring]
-    (folder / "rt").mkdir()
-    return write_rtstruct(paths, contours, folder / "rt" / "rtstruct.dcm")
-
-
 def test_convert_finds_the_series_beside_the_rtstruct_and_names_each_value(tmp_path):
-    rt = _patient(tmp_path / "p", 0)
+    rt = kidneys_export(tmp_path / "p", 0)
     result = medmap_cli("convert", str(rt), str(tmp_path / "labels.nii.gz"))
     assert result.returncode == 0, result.stderr
     labels = load(tmp_path / "labels.nii.gz")
@@ -71,7 +48,7 @@ def _table(tmp_path, n=6, labels=True):
     rows = []
     for i in range(n):
         folder = tmp_path / f"P{i}"
-        rt = _patient(folder, i, names=SPELLINGS[i % len(SPELLINGS)])
+        rt = kidneys_export(folder, i, names=SPELLINGS[i % len(SPELLINGS)])
         rows.append({"image": f"P{i}/image", "label_object": str(rt.relative_to(tmp_path)), "patient_id": f"P{i}"})
     with open(tmp_path / "kidneys.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -122,7 +99,7 @@ def test_a_folder_of_dicom_studies_with_rtstructs_trains_as_it_is(tmp_path):
 
     root = tmp_path / "export"
     for i in range(6):
-        _patient(root / f"P{i}", i, names=SPELLINGS[i % len(SPELLINGS)])
+        kidneys_export(root / f"P{i}", i, names=SPELLINGS[i % len(SPELLINGS)])
     (root / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R"}))
     dataset = read_dataset(root)
     assert dataset.layout == "dicom" and dataset.task == "segmentation" and dataset.modality == "CT"
@@ -137,7 +114,7 @@ def test_a_folder_of_dicom_studies_with_rtstructs_trains_as_it_is(tmp_path):
 def test_dataset_check_lists_each_cases_structures_and_what_it_does_not_annotate(tmp_path):
     root = tmp_path / "export"
     for i in range(2):
-        _patient(root / f"P{i}", i, names=SPELLINGS[i + 1])
+        kidneys_export(root / f"P{i}", i, names=SPELLINGS[i + 1])
     (root / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R", "3": "Liver"}))
     result = medmap_cli("dataset", "check", str(root))
     assert result.returncode == 1

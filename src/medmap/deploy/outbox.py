@@ -74,7 +74,7 @@ class Outbox:
         return True
 
     def _stow(self, due) -> bool:
-        from medmap.deploy.dicomweb import stow
+        from medmap.pacs.dicomweb import stow
 
         for uid, job_id, path, attempts in due:
             try:

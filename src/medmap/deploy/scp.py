@@ -17,37 +17,11 @@ from pathlib import Path
 from medmap.deploy.jobs import JobStore
 from medmap.deploy.settings import NodeSettings
 from medmap.errors import ConfigError, MedmapError
+from medmap.pacs.storage_classes import IMAGE_STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 log = logging.getLogger("medmap.node")
 
-# Image storage classes medmap can process (CT, MR, CR, DX, MG, US, NM, PT, SC, enhanced CT/MR)
-STORAGE_CLASSES = {
-    "CT": "1.2.840.10008.5.1.4.1.1.2",
-    "Enhanced CT": "1.2.840.10008.5.1.4.1.1.2.1",
-    "MR": "1.2.840.10008.5.1.4.1.1.4",
-    "Enhanced MR": "1.2.840.10008.5.1.4.1.1.4.1",
-    "CR": "1.2.840.10008.5.1.4.1.1.1",
-    "DX presentation": "1.2.840.10008.5.1.4.1.1.1.1",
-    "DX processing": "1.2.840.10008.5.1.4.1.1.1.1.1",
-    "MG presentation": "1.2.840.10008.5.1.4.1.1.1.2",
-    "MG processing": "1.2.840.10008.5.1.4.1.1.1.2.1",
-    "US": "1.2.840.10008.5.1.4.1.1.6.1",
-    "US multi-frame": "1.2.840.10008.5.1.4.1.1.3.1",
-    "NM": "1.2.840.10008.5.1.4.1.1.20",
-    "PET": "1.2.840.10008.5.1.4.1.1.128",
-    "Secondary Capture": "1.2.840.10008.5.1.4.1.1.7",
-}
 MAX_ASSOCIATIONS = 64
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # explicit VR little endian
-    "1.2.840.10008.1.2",  # implicit VR little endian
-    "1.2.840.10008.1.2.4.50",  # JPEG baseline
-    "1.2.840.10008.1.2.4.70",  # JPEG lossless
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE
-]
 
 
 class InvalidInstanceError(MedmapError):
@@ -130,7 +104,7 @@ class Receiver:
         ae = AE(ae_title=self.settings.ae)
         ae.maximum_associations = MAX_ASSOCIATIONS  # pynetdicom's default, 10, refuses a busy PACS's 11th
         ae.add_supported_context(Verification)
-        for uid in STORAGE_CLASSES.values():
+        for uid in IMAGE_STORAGE_CLASSES.values():
             ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         if self.settings.allow:
             ae.require_calling_aet = list(self.settings.allow)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
 from medmap.errors import ConfigError
+from medmap.pacs.peer import Peer
 
 
 @dataclass(config=ConfigDict(extra="forbid"))
@@ -36,18 +37,7 @@ class Route:
         return all(not rule or re.fullmatch(rule, value or "", re.I) for rule, value in rules)
 
 
-@dataclass
-class Destination:
-    ae: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Destination:
-        match = re.fullmatch(r"([^@]{1,16})@([^:]+):(\d+)", text)
-        if not match:
-            raise ConfigError(f"--destination {text!r}: expected AET@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242")
-        return cls(match.group(1), match.group(2), int(match.group(3)))
+Destination = Peer  # where the node sends its results
 
 
 class NodeSettings(BaseModel):

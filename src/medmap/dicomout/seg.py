@@ -47,8 +47,17 @@ def source_datasets(image: Image, *, pixels: bool = True) -> list:
 # Type 2 attributes of the Patient and General Study modules that highdicom copies from the source into
 # every derived object: a source that omits one (allowed for some IODs, common in the wild) would
 # otherwise fail the writer with an AttributeError. Empty is what the standard says "unknown" is.
-_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_COPIED_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def _with_type2(ds):

@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from medmap.errors import InputNotFoundError, MedmapWarning, OutputError
 from medmap.progress import track
@@ -65,6 +66,7 @@ _DUMMY = {
     "UV": 0,
     "SV": 0,
 }
+ROI_NAME = 0x30060026
 _METHOD_CODES = {
     "basic": ("113100", "Basic Application Confidentiality Profile"),
     "dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
@@ -118,10 +120,14 @@ class Anonymizer:
         *,
         date_shift_days: int | None = None,
         keep_private: bool = False,
+        keep_structure_names: bool = False,
     ) -> None:
         self._secret = secret or secrets.token_bytes(32)
         self.date_shift_days = date_shift_days
         self.keep_private = keep_private
+        # ROI Name is emptied by the basic profile; contours pulled to train on are useless without it
+        # (the names *are* the labels). Kept verbatim, and the method says so: review them before sharing.
+        self.keep_structure_names = keep_structure_names
         self._exact, self._masked = _load_profile()
 
     # --- replacements --------------------------------------------------------------------------------
@@ -163,6 +169,8 @@ class Anonymizer:
                 continue
             if tag in (0x00100020, 0x00100010):  # PatientID, PatientName: one pseudonym per patient
                 elem.value = self.pseudonym(patient_id)
+                continue
+            if tag == ROI_NAME and self.keep_structure_names:
                 continue
             action = self.action_for(tag)
             if self.date_shift_days is not None and elem.VR in ("DA", "DT") and action is not None:
@@ -215,13 +223,17 @@ class Anonymizer:
                 "SendingApplicationEntityTitle",
                 "ReceivingApplicationEntityTitle",
                 "PrivateInformation",
+                "ImplementationVersionName",
             ):
                 if keyword in meta:
                     del meta[keyword]
+            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID  # who writes the new file, not who sent it
         ds.PatientIdentityRemoved = "YES"
         options = ["basic"] + (["dates"] if self.date_shift_days is not None else [])
-        ds.DeidentificationMethod = "medmap: PS3.15 E.1 Basic Profile" + (
-            ", dates shifted" if self.date_shift_days is not None else ""
+        ds.DeidentificationMethod = (
+            "medmap: PS3.15 E.1 Basic Profile"
+            + (", dates shifted" if self.date_shift_days is not None else "")
+            + (", ROI names kept" if self.keep_structure_names else "")
         )
         codes = []
         for option in options:
@@ -232,6 +244,20 @@ class Anonymizer:
         ds.DeidentificationMethodCodeSequence = Sequence(codes)
         ds.LongitudinalTemporalInformationModified = "MODIFIED" if self.date_shift_days is not None else "REMOVED"
         return ds
+
+    def write(self, ds: Dataset, root: Path, *, source: Path) -> Path:
+        """De-identify ``ds`` (read from ``source``) and save it as ``root/<study>/<series>/<instance>.dcm``,
+        named by the new UIDs, never by input paths (folder names often hold names)."""
+        self.anonymize(ds)
+        study = str(ds.get("StudyInstanceUID", "") or "no-study")
+        series = str(ds.get("SeriesInstanceUID", "") or "no-series")
+        instance = str(ds.get("SOPInstanceUID", "") or self.new_uid(str(source)))
+        out = root / study / series / f"{instance}.dcm"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(out, enforce_file_format="MediaStorageSOPClassUID" in getattr(ds, "file_meta", {}))
+        return out
 
 
 def _check_paths(src: Path, dst: Path) -> None:
@@ -255,7 +281,6 @@ def anonymize_tree(
 ) -> AnonymizeReport:
     """De-identify every DICOM file under ``src`` into ``dst/<study>/<series>/<instance>.dcm``.
 
-    Output names are built from the new UIDs, never from input paths (folder names often hold names).
     Non-DICOM files are left out with a warning. Files that fail are listed in the report; the rest
     of the run goes on.
     """
@@ -278,16 +303,7 @@ def anonymize_tree(
         try:
             if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
                 report.burned_in.append(path)
-            engine.anonymize(ds)
-            study = str(ds.get("StudyInstanceUID", "") or "no-study")
-            series = str(ds.get("SeriesInstanceUID", "") or "no-series")
-            instance = str(ds.get("SOPInstanceUID", "") or engine.new_uid(str(path)))
-            out = dst / study / series / f"{instance}.dcm"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds.save_as(out, enforce_file_format="MediaStorageSOPClassUID" in getattr(ds, "file_meta", {}))
-            report.written.append(out)
+            report.written.append(engine.write(ds, dst, source=path))
         except Exception as exc:
             report.failed.append((path, f"could not be de-identified ({type(exc).__name__}: {exc})"))
     if report.skipped:

@@ -202,9 +202,7 @@ def decide_sides(fp: Fingerprint, labels: dict[int, str]) -> tuple[bool, str]:
     return False, ""
 
 
-def decide_augmentation(
-    fp: Fingerprint, input_mode: str, spacing, labels: dict[int, str]
-) -> tuple[Augmentation, str]:
+def decide_augmentation(fp: Fingerprint, input_mode: str, spacing, labels: dict[int, str]) -> tuple[Augmentation, str]:
     anisotropic = max(spacing) > ANISOTROPY_RATIO * min(spacing)
     strength = 1.0 if fp.n_cases >= 50 else 1.3
     axes = (1, 2) if input_mode == "2d" or anisotropic else (0, 1, 2)

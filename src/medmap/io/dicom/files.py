@@ -39,8 +39,16 @@ MAX_FRAMES = 100_000
 # pull gigabytes (of a sparse file's made-up zeros, seconds per gigabyte) into memory before any check.
 MAX_HEADER_VALUE_BYTES = 1 << 30
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-PHOTOMETRICS = (*MONOCHROME, "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
-                "YBR_PARTIAL_420")
+PHOTOMETRICS = (
+    *MONOCHROME,
+    "PALETTE COLOR",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_ICT",
+    "YBR_RCT",
+    "YBR_PARTIAL_420",
+)
 
 
 @functools.cache
@@ -359,9 +367,7 @@ def _pixel_tag_at(fp, little_endian: bool) -> int | None:
     return tag if tag in PIXEL_DATA_TAGS else None
 
 
-def _pixel_length_at(
-    fp, offset: int, little_endian: bool, implicit: bool, file_size: int
-) -> tuple[int | None, bool]:
+def _pixel_length_at(fp, offset: int, little_endian: bool, implicit: bool, file_size: int) -> tuple[int | None, bool]:
     """The declared length of the pixel data element at ``offset`` (None when undefined: encapsulated),
     and whether what follows the element is another element (False: inserted or shifted bytes)."""
     fp.seek(offset + 4)
@@ -467,8 +473,16 @@ def read_header(path: str | os.PathLike) -> DicomFile:
                 found = PIXEL_DATA_TAGS & {int(elem.tag) for elem in read_dataset(fp)}
                 has_pixels, tag = bool(found), None
                 deflated_tag = min(found) if found else None
-            f = DicomFile(path, ds, has_pixels, offset if tag is not None else None, tag or deflated_tag, length,
-                          info.st_size, clean_end)
+            f = DicomFile(
+                path,
+                ds,
+                has_pixels,
+                offset if tag is not None else None,
+                tag or deflated_tag,
+                length,
+                info.st_size,
+                clean_end,
+            )
             sop_class = str(header_value(ds, "SOPClassUID") or "")
             for keyword in ("SeriesInstanceUID", "SOPInstanceUID", "Modality", "StudyInstanceUID"):
                 header_value(ds, keyword)  # raises here, inside the boundary, if the value is damaged

@@ -118,9 +118,7 @@ def _orientation(ds: Dataset | None, where: str) -> np.ndarray | None:
     r0, r1, r2, c0, c1, c2 = iop.tolist()
     unit = abs(math.hypot(r0, r1, r2) - 1) <= UNIT_TOL and abs(math.hypot(c0, c1, c2) - 1) <= UNIT_TOL
     if not unit or abs(r0 * c0 + r1 * c1 + r2 * c2) > ORTHOGONAL_TOL:
-        raise CorruptFileError(
-            f"{where}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors"
-        )
+        raise CorruptFileError(f"{where}: ImageOrientationPatient {iop.tolist()} is not two orthogonal unit vectors")
     return iop
 
 
@@ -170,8 +168,9 @@ def _enhanced_frames(f: DicomFile) -> list[Frame]:
         )
     if len(per_frame) > f.n_frames:  # the pixel data holds no more frames (checked with the header)
         warnings.warn(
-            MedmapWarning(f"{f.path}: {len(per_frame)} per-frame functional groups for {f.n_frames} frame(s); "
-                          "the first are used"),
+            MedmapWarning(
+                f"{f.path}: {len(per_frame)} per-frame functional groups for {f.n_frames} frame(s); the first are used"
+            ),
             stacklevel=2,
         )
         per_frame = per_frame[: f.n_frames]
@@ -186,9 +185,7 @@ def _enhanced_frames(f: DicomFile) -> list[Frame]:
 
         where = f"{f.path} frame {i + 1}"
         measures = group("PixelMeasuresSequence")
-        rescale = (
-            _rescale_of(group("PixelValueTransformationSequence"), where) or _rescale_of(ds, where) or (1.0, 0.0)
-        )
+        rescale = _rescale_of(group("PixelValueTransformationSequence"), where) or _rescale_of(ds, where) or (1.0, 0.0)
         frames.append(
             Frame(
                 f,
@@ -314,9 +311,13 @@ def _check_same(frames: list[Frame], label: str) -> None:
                 f"series {label}: mixed orientations, {fr.where} differs from {ref.where} "
                 "(a localizer or a reformat in the same series?)"
             )
-        same_spacing = ref.pixel_spacing is None or fr.pixel_spacing is None or all(
-            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-8)
-            for a, b in zip(fr.pixel_spacing, ref.pixel_spacing, strict=True)
+        same_spacing = (
+            ref.pixel_spacing is None
+            or fr.pixel_spacing is None
+            or all(
+                math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-8)
+                for a, b in zip(fr.pixel_spacing, ref.pixel_spacing, strict=True)
+            )
         )
         if not same_spacing:
             raise SeriesError(

@@ -1,17 +1,21 @@
-"""DICOMweb client: WADO-RS to fetch a study, STOW-RS to store results (PS3.18), on the standard library.
+"""DICOMweb client (PS3.18) on the standard library: QIDO-RS to search, WADO-RS to fetch, STOW-RS to store.
 
-Why not a client library: two requests with ``multipart/related`` bodies is all medmap needs, and
+Why not a client library: three kinds of request, two with ``multipart/related`` bodies, is all medmap needs, and
 ``urllib`` + the ``email`` parser handle them without another dependency.
 """
 
 from __future__ import annotations
 
+import json
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from medmap.errors import InputNotFoundError, OutputError
 
@@ -29,8 +33,14 @@ def wado_study(
     base: str, study_uid: str, out: str | Path, *, token: str | None = None, timeout: float = 120
 ) -> list[Path]:
     """Every instance of a study (WADO-RS ``GET {base}/studies/{uid}``), written as files under ``out``."""
+    return wado(base, f"studies/{study_uid}", out, token=token, timeout=timeout)
+
+
+def wado(base: str, resource: str, out: str | Path, *, token: str | None = None, timeout: float = 120) -> list[Path]:
+    """Every instance of a WADO-RS resource (``studies/{uid}`` or ``studies/{uid}/series/{uid}``), written
+    as ``out/instance-NNNNN.dcm`` in the order the server sent them."""
     out = Path(out)
-    url = f"{base.rstrip('/')}/studies/{study_uid}"
+    url = f"{base.rstrip('/')}/{resource}"
     accept = f'multipart/related; type="{DICOM}"; transfer-syntax=*'
     try:
         with _request(url, headers={"Accept": accept}, token=token, timeout=timeout) as response:
@@ -48,8 +58,30 @@ def wado_study(
         path.write_bytes(part.get_payload(decode=True))
         paths.append(path)
     if not paths:
-        raise InputNotFoundError(f"{url}: the study has no instances")
+        raise InputNotFoundError(f"{url}: the {'series' if '/series/' in resource else 'study'} has no instances")
     return paths
+
+
+def qido(
+    base: str, resource: str, params: list[tuple[str, str]], *, token: str | None = None, timeout: float = 60
+) -> list[Dataset]:
+    """A QIDO-RS search (``GET {base}/{resource}?key=value...``; ``studies`` or ``studies/{uid}/series``),
+    each match as a pydicom dataset (the DICOM JSON model read by pydicom)."""
+    url = f"{base.rstrip('/')}/{resource}?{urllib.parse.urlencode(params)}"
+    try:
+        with _request(url, headers={"Accept": "application/dicom+json"}, token=token, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        raise InputNotFoundError(f"{url}: QIDO-RS answered {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise InputNotFoundError(f"{url}: cannot reach the DICOMweb server ({exc.reason})") from None
+    if not body.strip():  # 204 No Content: nothing matched
+        return []
+    try:
+        matches = json.loads(body)
+    except json.JSONDecodeError:
+        raise InputNotFoundError(f"{url}: QIDO-RS answered something that is not DICOM JSON") from None
+    return [Dataset.from_json(match) for match in matches]
 
 
 def stow(base: str, files: list[str | Path], *, token: str | None = None, timeout: float = 120) -> None:
