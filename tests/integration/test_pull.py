@@ -34,6 +34,22 @@ def _upload(orthanc: Orthanc, files) -> None:
             assert response.status == 200
 
 
+def _seg_study(folder: Path) -> np.ndarray:
+    """A CT with its kidneys as a DICOM SEG (no RTSTRUCT); the label map the SEG holds."""
+    from medmap.dicomout.codes import meaning_of
+    from medmap.dicomout.seg import write_segmentation
+    from medmap.io.labels.objects import load_label_object
+    from medmap.io.load import load
+
+    rt = kidneys_export(folder, 7, patient_id="PATIENT-7", study_date="20240110")
+    labels, _, _ = load_label_object(rt)
+    rt.unlink()
+    source = load(folder / "image")
+    segments = [(v, n, meaning_of(n)) for v, n in ((1, "Kidney_L"), (2, "Kidney_R"))]
+    write_segmentation(labels, source, segments, folder / "rt" / "seg.dcm", algorithm="t", algorithm_version="1")
+    return labels.array
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
     """Orthanc holding six labelled CT studies (one with an MR and its own RTSTRUCT too) and one CT study
@@ -50,6 +66,8 @@ def pacs(tmp_path_factory):
         if i == LABELLED:
             rt.unlink()  # a CT study without contours: not part of a labelled cohort
         originals["ids"] |= {info["patient_id"], info["patient_name"]}
+    originals["seg"] = _seg_study(exports / "P7")
+    originals["ids"] |= {"PATIENT-7"}
     files = sorted(p for p in exports.rglob("*.dcm"))
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -191,3 +209,16 @@ def test_pull_failures_are_one_line_and_leave_the_folder_as_it_was(pacs, pulled,
     assert _files(out) == before
     result = medmap_cli("dataset", "pull", "--from", "ORTHANC@127.0.0.1:1", "-o", tmp_path / "y", "--study-date", "May")
     assert_one_line_error(result, "--study-date 'May'")
+
+
+def test_a_seg_study_arrives_with_its_segments_on_the_de_identified_series(pacs, labels_json, tmp_path):
+    from medmap.data.layouts import read_dataset
+
+    orthanc, _, originals = pacs
+    result = medmap_cli("dataset", "pull", "--from", f"ORTHANC@127.0.0.1:{orthanc.dicom}", "-o", tmp_path / "seg",
+                        "--with", "SEG", "--labels", labels_json)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pulled 2 (" in result.stdout  # the one study with a SEG: its CT and the SEG
+    dataset = read_dataset(tmp_path / "seg")
+    (case,) = dataset.cases
+    np.testing.assert_array_equal(case.load_mask().array, originals["seg"])
