@@ -121,8 +121,9 @@ def convert(
         typer.Option("--labels", help='RTSTRUCT: labels.json, {"1": "Lung_L", ...} (default: file order).'),
     ] = None,
 ) -> None:
-    """Convert an image (a DICOM series included) to NIfTI/NRRD/MHA with its geometry, or an RTSTRUCT to
-    the label map on its series' grid (with a JSON beside it naming each value)."""
+    """Convert an image (a DICOM series included) to NIfTI/NRRD/MHA with its geometry, an RTSTRUCT or SEG
+    to the label map on its series' grid (with a JSON beside it naming each value), or a TID 1500 report
+    to a lesion table (.csv)."""
     from medmap.io.labels.objects import is_label_object
     from medmap.io.load import load, save
 
@@ -131,9 +132,58 @@ def convert(
     if is_label_object(source):
         _convert_label_object(source, target, image, labels)
         return
+    if _is_report(source):
+        _convert_report(source, target, image)
+        return
     img = load(source, series, progress=True)
     save(img, target)
     out.print(f"wrote {target}: {img!r}")
+
+
+def _is_report(path: Path) -> bool:
+    import pydicom
+
+    from medmap.io.labels.sr import is_sr
+
+    try:
+        return path.is_file() and is_sr(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]))
+    except Exception:  # not DICOM: the image readers decide
+        return False
+
+
+def _convert_report(source: Path, target: Path, image: Path | None) -> None:
+    """A TID 1500 report's marks as a lesion table (the columns ``medmap train --task detection`` reads)."""
+    import csv
+
+    import pydicom
+
+    from medmap.io.labels.objects import referenced_series
+    from medmap.io.labels.sr import marked_series_uid, read_lesion_report
+
+    if target.suffix != ".csv":
+        raise OutputError(f"{target}: a report converts to a lesion table (.csv)")
+    folder = image if image is not None else referenced_series(source, marked_series_uid(source))
+    files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if p.is_file())
+    headers = {}
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: not one of the marked images
+            continue
+        headers[str(ds.get("SOPInstanceUID", ""))] = ds
+    report = read_lesion_report(source, headers)
+    with open(target, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "x", "y", "z", "diameter_mm", "finding", "evaluation", "identifier"])
+        for m in report.marks:
+            size = "" if m.diameter_mm is None else round(m.diameter_mm, 3)
+            row = [folder, *(round(v, 3) for v in m.position), size, m.finding, "; ".join(m.evaluations), m.identifier]
+            writer.writerow(row)
+        if report.negative and not report.marks:
+            writer.writerow([folder, "", "", "", "", "", "no finding", ""])
+    out.print(f"wrote {target}: {len(report.marks)} mark(s) on {folder}")
+    for why in report.skipped:
+        out.print(f"  not converted: {why}", markup=False, highlight=False)
 
 
 def _convert_label_object(source: Path, target: Path, image: Path | None, labels: Path | None) -> None:

@@ -23,7 +23,7 @@ def is_dicom_label_folder(path: Path) -> bool:
     return path.is_dir() and (path / "labels.json").is_file() and not (path / "dataset.json").exists()
 
 
-def _headers(root: Path):
+def dicom_headers(root: Path):
     """(path, header) of every DICOM file under ``root`` (pixels not read)."""
     import pydicom
 
@@ -44,7 +44,7 @@ def read_dicom_folder(root: Path) -> Dataset:
     series_folders: dict[str, Path] = {}
     modality: dict[str, str] = {}
     objects = []
-    for path, ds in _headers(root):
+    for path, ds in dicom_headers(root):
         sop_class = str(ds.get("SOPClassUID", ""))
         if sop_class in LABEL_OBJECT_CLASSES:
             objects.append((path, str(ds.get("PatientID", "")) or path.parent.name, referenced_series_uid(ds)))

@@ -22,6 +22,7 @@ import numpy as np
 from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot
 from medmap.data.dicom_folder import is_dicom_label_folder, read_dicom_folder
 from medmap.data.mask_labels import mask_labels, mask_of, structure_labels
+from medmap.data.sr_folder import holds_reports, read_sr_folder
 from medmap.errors import DatasetError, InputNotFoundError
 from medmap.io.guard import reading
 from medmap.io.image import Image
@@ -60,9 +61,14 @@ def read_dataset(path: str | Path, task: str | None = None) -> Dataset:
 
         task_for(task)  # an unknown name is refused by the one mapping of names to tasks
     with reading(path, "not a readable dataset"):
+        if task == "detection" and path.is_dir():
+            return read_sr_folder(path)
         if task == "detection":
             if path.suffix != ".csv":
-                raise DatasetError(f"{path}: detection reads a lesion table (.csv with image, x, y, z, diameter_mm)")
+                raise DatasetError(
+                    f"{path}: detection reads a lesion table (.csv with image, x, y, z, diameter_mm) "
+                    "or a folder of DICOM studies with their TID 1500 reports"
+                )
             return read_detection_table(path)
         dataset = _read_dataset(path)
     if task is not None and task != dataset.task:
@@ -83,9 +89,11 @@ def _read_dataset(path: Path) -> Dataset:
         return read_nnunet(path, spec) if "channel_names" in spec else read_msd(path, spec)
     if is_dicom_label_folder(path):
         return read_dicom_folder(path)
+    if holds_reports(path):
+        return read_sr_folder(path)
     raise DatasetError(
         f"{path}: not a dataset (expected a folder with dataset.json (MSD / nnU-Net), a folder of DICOM studies "
-        "with their RTSTRUCT / SEG and a labels.json, a .npz (MedMNIST) or a .csv manifest)"
+        "with their RTSTRUCT / SEG and a labels.json or their TID 1500 reports, a .npz (MedMNIST) or a .csv manifest)"
     )
 
 

@@ -19,23 +19,23 @@ from medmap.io.labels.rtstruct import StructureSet, label_map, read_rtstruct
 from medmap.io.labels.seg import SegmentSet, is_seg, read_seg, seg_label_map
 
 
-def referenced_series(label_object: StructureSet | SegmentSet) -> Path:
-    """The folder (or file) of the image series the object references, found beside it."""
+def referenced_series(path: Path, series_uid: str) -> Path:
+    """The folder (or file) of the image series ``series_uid`` that the object at ``path`` references,
+    found beside it."""
     from medmap.io.dicom.files import scan
 
-    if not label_object.series_uid:
-        raise DatasetError(f"{label_object.path}: references no image series; give the image (--image)")
-    here = label_object.path.parent
+    if not series_uid:
+        raise DatasetError(f"{path}: references no image series; give the image (--image)")
+    here = path.parent
     for folder in (here, here.parent):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the label objects beside the images are not images
-            found = [s for s in scan(folder).series if s.uid == label_object.series_uid]
+            found = [s for s in scan(folder).series if s.uid == series_uid]
         if found:
             parents = {p.parent for p in found[0].paths}
             return parents.pop() if len(parents) == 1 else folder
     raise DatasetError(
-        f"{label_object.path}: the series it references ({label_object.series_uid}) is not in {here} or "
-        f"{here.parent}; give the image (--image)"
+        f"{path}: the series it references ({series_uid}) is not in {here} or {here.parent}; give the image (--image)"
     )
 
 
@@ -71,7 +71,7 @@ def load_label_object(
 
     label_object = read_label_object(path)
     if image is None:
-        image = load(referenced_series(label_object), label_object.series_uid)
+        image = load(referenced_series(label_object.path, label_object.series_uid), label_object.series_uid)
     elif label_object.series_uid and image.meta.series_uid and image.meta.series_uid != label_object.series_uid:
         raise DatasetError(
             f"{path}: references series {label_object.series_uid}, the image given is series {image.meta.series_uid}"
