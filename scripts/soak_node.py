@@ -198,10 +198,16 @@ def verify(node, orthanc, series, acked, refused) -> dict:
         stored = dict(con.execute("SELECT sop_uid, path FROM instances").fetchall())
         jobs = {uid: (state, error) for uid, state, error in con.execute("SELECT series_uid, state, error FROM jobs")}
     lost = [uid for uid in acked if uid not in stored or not Path(stored[uid]).is_file()]
-    wrong = [uid for uid in acked if uid in stored and Path(stored[uid]).is_file()
-             and str(pydicom.dcmread(stored[uid], stop_before_pixels=True).SOPInstanceUID) != uid]
+    wrong = [
+        uid
+        for uid in acked
+        if uid in stored
+        and Path(stored[uid]).is_file()
+        and str(pydicom.dcmread(stored[uid], stop_before_pixels=True).SOPInstanceUID) != uid
+    ]
     checks["every acknowledged instance in the spool and the job store"] = (not lost and not wrong) or (
-        f"{len(lost)} lost, {len(wrong)} with another instance's content")
+        f"{len(lost)} lost, {len(wrong)} with another instance's content"
+    )
     invalid = [s for s in series if s["kind"] == "invalid"]
     checks["invalid UIDs refused, never acknowledged"] = all(
         str(s["datasets"][0].SOPInstanceUID) in refused and str(s["datasets"][0].SOPInstanceUID) not in acked
@@ -218,7 +224,8 @@ def verify(node, orthanc, series, acked, refused) -> dict:
         if s["kind"] == "broken" and (segs or state != "failed" or "\n" in error or not error):
             problems.append(f"broken series {s['uid']}: {len(segs)} SEG, job {state}")
     checks["every good series answered exactly once, broken ones failed with a reason"] = not problems or (
-        "; ".join(problems[:5]))
+        "; ".join(problems[:5])
+    )
     return checks
 
 

@@ -58,3 +58,13 @@ def test_a_seg_whose_image_is_absent_says_so_in_one_line(relative):
     with pytest.raises(MedmapError, match=r"the series it references .* is not in") as err:
         _convert(relative)
     assert "\n" not in str(err.value) and relative.split("/")[-1] in str(err.value)
+
+
+def test_dcmqis_sr_example_says_which_group_it_cannot_place():
+    from medmap.io.labels.sr import read_lesion_report
+
+    report = read_lesion_report(REAL / "dcmqi_seg/data/sr-example/sr.dcm")
+    assert report.marks == () and not report.negative
+    assert report.skipped == (
+        "primary tumor: located by a segment of a SEG (medmap reads points, ellipses, ellipsoids, circles and lines)",
+    )
