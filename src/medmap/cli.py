@@ -216,6 +216,9 @@ def anonymize(
         int | None, typer.Option(help="Shift every date by this many days instead of removing dates.")
     ] = None,
     keep_private: Annotated[bool, typer.Option(help="Keep private attributes (removed by default).")] = False,
+    keep_structure_names: Annotated[
+        bool, typer.Option(help="Keep RTSTRUCT ROI names (the profile empties them; they are the labels).")
+    ] = False,
     key_file: Annotated[
         Path | None,
         typer.Option(help="File with a secret key: the same key gives the same new UIDs and pseudonyms across runs."),
@@ -232,7 +235,13 @@ def anonymize(
         if len(secret) < 16:
             raise MedmapError(f"{key_file}: key must hold at least 16 bytes")
     report = anonymize_tree(
-        source, target, secret=secret, date_shift_days=date_shift_days, keep_private=keep_private, progress=True
+        source,
+        target,
+        secret=secret,
+        date_shift_days=date_shift_days,
+        keep_private=keep_private,
+        keep_structure_names=keep_structure_names,
+        progress=True,
     )
     out.print(
         f"de-identified {len(report.written)} file(s) into {target}"
@@ -262,7 +271,9 @@ def demo_data(
 
 
 dataset_app = typer.Typer(
-    help="Inspect and validate datasets (MSD, nnU-Net raw, MedMNIST npz, CSV manifest).", no_args_is_help=True
+    help="Inspect and validate datasets (MSD, nnU-Net raw, MedMNIST npz, CSV manifest, DICOM studies with their "
+    "RTSTRUCT / SEG / SR), or pull one from a PACS.",
+    no_args_is_help=True,
 )
 app.add_typer(dataset_app, name="dataset")
 

@@ -186,3 +186,18 @@ def test_originals_untouched_and_unsafe_outputs_refused(tree, tmp_path):
     with pytest.raises(OutputError, match="not empty"):
         run(src, tmp_path / "out")
     assert digest(src) == before
+
+
+def test_roi_names_are_emptied_by_the_profile_and_kept_when_asked(tmp_path):
+    from tests.builders import kidneys_export
+
+    rt = kidneys_export(tmp_path / "in", 0)
+    names = {}
+    for keep in (False, True):
+        report = anonymize_tree(tmp_path / "in", tmp_path / f"out-{keep}", keep_structure_names=keep)
+        (out,) = [p for p in report.written if pydicom.dcmread(p).Modality == "RTSTRUCT"]
+        ds = pydicom.dcmread(out)
+        names[keep] = [str(r.ROIName or "") for r in ds.StructureSetROISequence]
+        assert ("ROI names kept" in ds.DeidentificationMethod) == keep
+    assert names == {False: ["", ""], True: ["Kidney_L", "Kidney_R"]}
+    assert pydicom.dcmread(rt).PatientID == "PATIENT-0"  # the input is untouched

@@ -277,6 +277,7 @@ def anonymize_tree(
     secret: bytes | None = None,
     date_shift_days: int | None = None,
     keep_private: bool = False,
+    keep_structure_names: bool = False,
     progress: bool = False,
 ) -> AnonymizeReport:
     """De-identify every DICOM file under ``src`` into ``dst/<study>/<series>/<instance>.dcm``.
@@ -286,7 +287,9 @@ def anonymize_tree(
     """
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst)
-    engine = Anonymizer(secret, date_shift_days=date_shift_days, keep_private=keep_private)
+    engine = Anonymizer(
+        secret, date_shift_days=date_shift_days, keep_private=keep_private, keep_structure_names=keep_structure_names
+    )
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
     report = AnonymizeReport()
     for path in track(files, "de-identifying", enabled=progress):
