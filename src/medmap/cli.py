@@ -162,7 +162,8 @@ def _convert_report(source: Path, target: Path, image: Path | None) -> None:
 
     if target.suffix != ".csv":
         raise OutputError(
-            f"{source}: a Structured Report is marks without pixel data; it converts to a lesion table (.csv), not {target.name}"
+            f"{source}: a Structured Report is marks without pixel data; "
+            f"it converts to a lesion table (.csv), not {target.name}"
         )
     folder = image if image is not None else referenced_series(source, marked_series_uid(source))
     files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if p.is_file())
