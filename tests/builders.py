@@ -327,9 +327,12 @@ def defined_length_nesting(depth: int) -> bytes:
     return bytes(out)
 
 
-def kidneys_export(folder: Path, seed: int, names=("Kidney_L", "Kidney_R"), shape=(10, 40, 48), **info) -> Path:
+def kidneys_export(
+    folder: Path, seed: int, names=("Kidney_L", "Kidney_R"), shape=(10, 40, 48), uncontoured=(), **info
+) -> Path:
     """A CT series with two bright discs left and right, and an RTSTRUCT outlining them, side by side in
-    ``folder/image`` and ``folder/rt`` as exports lay them out; ``info`` as `SeriesInfo` (``modality``
+    ``folder/image`` and ``folder/rt`` as exports lay them out; the structures named in ``uncontoured``
+    are in the image but not in the RTSTRUCT (partial annotation); ``info`` as `SeriesInfo` (``modality``
     "MR" writes an MR series)."""
     rng = np.random.default_rng(seed)
     spacing = (3.0, 1.5, 1.5)
@@ -345,6 +348,8 @@ def kidneys_export(folder: Path, seed: int, names=("Kidney_L", "Kidney_R"), shap
     contours = {}
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     for name, x in centres.items():
+        if name in uncontoured:
+            continue
         rings = [np.column_stack([np.full(64, k), 20 + 7 * np.sin(t), x + 7 * np.cos(t)]) for k in range(shape[0])]
         contours[name] = [image.index_to_world(r) for r in rings]
     (folder / "rt").mkdir()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medmap.data.dataset import Case, Dataset, exists, rounded
+from medmap.data.dataset import Case, Dataset, LabelObject, exists, rounded
 from medmap.errors import MedmapError
 from medmap.io.image import Image
 from medmap.progress import track
@@ -40,6 +40,25 @@ def _check_case(case: Case, task, image: Image | None, load_error: str | None, l
     return problems
 
 
+def _unannotated_labels(dataset: Dataset) -> list[Problem]:
+    """Labels that none of the label objects (RTSTRUCT / SEG) annotates: nothing to learn them from. A
+    label some cases leave out is partial annotation, which trains (`medmap.data.annotation`)."""
+    from medmap.io.labels.objects import name_match
+
+    cases = [c for c in dataset.cases if isinstance(c.mask, LabelObject) and c.split != "test"]
+    annotated: set[int] = set()
+    for case in cases:
+        try:
+            annotated |= set(name_match(case.mask.file, {v: list(n) for v, n in case.mask.labels}).values.values())
+        except MedmapError:  # reported with its case
+            continue
+    never = [v for v in sorted(dataset.labels) if v and v not in annotated] if cases else []
+    return [
+        Problem(f"label {v} ({dataset.labels[v]})", f"none of the {len(cases)} label objects annotates it")
+        for v in never
+    ]
+
+
 def check_dataset(dataset: Dataset, task, *, progress: bool = False) -> list[Problem]:
     """Every problem found: missing files, missing or wrong targets (what a case of ``task``, the dataset's
     `medmap.tasks.Task`, needs), lesions outside their image, patients in more than one split."""
@@ -57,6 +76,7 @@ def check_dataset(dataset: Dataset, task, *, progress: bool = False) -> list[Pro
                 images[case.image_key] = (None, f"image unreadable: {exc}")
         image, error = images[case.image_key]
         problems += _check_case(case, task, image, error, dataset.labels)
+    problems += _unannotated_labels(dataset)
     splits: dict[str, set[str]] = {}
     for case in dataset.cases:
         if case.split:

@@ -110,16 +110,22 @@ class Case:
         return Image(np.stack(arrays, axis=-1), first.spacing, first.origin, first.direction, first.meta)
 
     def load_mask(self, image: Image | None = None) -> Image | None:
-        """The mask with its label indices: stored values mapped by ``mask_values`` (a value the mapping
-        does not know is an error naming the case, never passed on as some other label). A label object
-        is rasterised onto ``image`` (this case's image, passed where the caller has loaded it already)."""
+        """The mask with its label indices (`load_target` without the labels it leaves unannotated)."""
+        return self.load_target(image)[0]
+
+    def load_target(self, image: Image | None = None) -> tuple[Image | None, tuple[int, ...]]:
+        """(the mask with its label indices, the labels this case did not annotate). Stored values are
+        mapped by ``mask_values`` (a value the mapping does not know is an error naming the case, never
+        passed on as some other label). A label object is rasterised onto ``image`` (this case's image,
+        passed where the caller has loaded it already); a label it has no structure for was not annotated
+        in this case (`medmap.data.annotation`). Mask files annotate every label."""
         if self.mask is None:
-            return None
+            return None, ()
         if isinstance(self.mask, LabelObject):
             return self._rasterised(self.mask, image)
         mask = load_source(self.mask)
         if self.mask_values is None or mask.array.ndim == 4:  # a colour mask: refused by check_mask
-            return mask
+            return mask, ()
         stored = np.unique(mask.array)
         unknown = sorted(int(v) for v in stored if int(v) not in self.mask_values)
         if unknown:
@@ -130,22 +136,23 @@ class Case:
         out = np.zeros(mask.shape, np.uint8 if len(self.mask_values) < 256 else np.uint16)
         for value in stored:
             out[mask.array == value] = self.mask_values[int(value)]
-        return mask.with_array(out)
+        return mask.with_array(out), ()
 
-    def _rasterised(self, source: LabelObject, image: Image | None) -> Image:
-        """The label object on this case's image grid. A label it has no structure for is refused: a
-        missing structure was not annotated, it is not background (partial annotation is not yet trained)."""
+    def _rasterised(self, source: LabelObject, image: Image | None) -> tuple[Image, tuple[int, ...]]:
+        """The label object on this case's image grid, and the labels it has no structure for. One that
+        annotates none of the labels teaches nothing: refused, naming what it holds."""
         from medmap.io.labels.objects import load_label_object
 
         image = image if image is not None else self.load_image()
         mask, names, match = load_label_object(source.file, image, {v: list(n) for v, n in source.labels})
-        if match.missing:
+        if match.missing and not match.values:
             absent = ", ".join(f"{v} ({names[v]})" for v in match.missing)
             raise DatasetError(
-                f"case {self.case_id}: {source.file} has no structure for label {absent}; an unannotated structure "
-                "is not background (found: " + ", ".join(sorted(match.values) + list(match.unmatched)) + ")"
+                f"case {self.case_id}: {source.file} annotates none of the labels {absent} (found: "
+                + (", ".join(match.unmatched) or "no structures")
+                + ")"
             )
-        return mask
+        return mask, tuple(match.missing)
 
 
 @dataclass

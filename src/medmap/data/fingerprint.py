@@ -49,6 +49,9 @@ class Fingerprint(BaseModel):
     # label pairs that lie as mirror images on fixed sides (two lungs, two parotids), from the masks
     mirror_pairs: list[tuple[int, int]] = []
     images_without_spacing: int = 0  # images whose source gives no physical pixel size (pictures, npz)
+    # segmentation: of the images with a target, how many annotate each foreground label (partial annotation)
+    labelled_images: int = 0
+    annotated_images: dict[int, int] = {}
 
     @property
     def median_spacing(self) -> tuple[float, float, float]:
@@ -90,6 +93,7 @@ def compute_fingerprint(
     spacings, shapes, samples, channels, modality = [], [], [], 1, dataset.modality
     voxel_counts: Counter = Counter()
     lateral_axes, placements, without_spacing = [], [], 0
+    labelled, annotated = 0, Counter()
     for cases in track(list(by_image.values()), "fingerprinting", enabled=progress):
         try:
             image = cases[0].load_image()
@@ -103,8 +107,10 @@ def compute_fingerprint(
         without_spacing += not image.meta.spacing_known
         values = image.array if image.channels == 1 else image.array[..., 0]
         if dataset.task == "segmentation" and cases[0].mask is not None:
-            mask_image = cases[0].load_mask(image)
+            mask_image, unannotated = cases[0].load_target(image)
             check_mask(cases[0].case_id, image, mask_image, dataset.labels)
+            labelled += 1
+            annotated.update(v for v in dataset.labels if v and v not in unannotated)
             mask = mask_image.array
             labels, counts = np.unique(mask, return_counts=True)
             voxel_counts.update(dict(zip(labels.tolist(), counts.tolist(), strict=True)))
@@ -158,4 +164,6 @@ def compute_fingerprint(
         lateral_axes=lateral_axes,
         mirror_pairs=laterality.mirror_pairs(placements),
         images_without_spacing=without_spacing,
+        labelled_images=labelled,
+        annotated_images={int(v): annotated[v] for v in sorted(dataset.labels) if v} if labelled else {},
     )

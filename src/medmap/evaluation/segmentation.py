@@ -85,18 +85,39 @@ def lesion_detection(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     return {"lesions": n_truth, "detected": detected, "predicted": n_pred, "false_positives": n_pred - matched}
 
 
+UNSCORED = dict.fromkeys(
+    ("dice", "iou", "sensitivity", "precision", "volume_ml_predicted", "volume_ml_truth", "hd95_mm", "msd_mm", "nsd"),
+    float("nan"),
+)  # a label the case did not annotate: no figure (the summaries skip NaN)
+
+
 def case_metrics(
-    pred: np.ndarray, truth: np.ndarray, spacing, labels: dict[int, str], *, tolerance_mm: float = 2.0
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing,
+    labels: dict[int, str],
+    *,
+    tolerance_mm: float = 2.0,
+    unannotated: tuple[int, ...] = (),
 ) -> dict:
     """Per-class metrics of one case (label maps on one grid), its pixel accuracy and lesion detection of
-    every class but the first foreground one (the organ)."""
+    every class but the first foreground one (the organ). A label the case did not annotate
+    (``unannotated``) is not scored in it: its figures are NaN and its pixels leave the accuracy."""
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
     foreground = [k for k in sorted(labels) if k != 0]
-    per_class = {labels[k]: class_metrics(pred == k, truth == k, spacing, tolerance_mm) for k in foreground}
-    result = {"pixel_accuracy": float((pred == truth).mean()), "classes": per_class, "lesions": {}}
+    per_class = {
+        labels[k]: dict(UNSCORED) if k in unannotated else class_metrics(pred == k, truth == k, spacing, tolerance_mm)
+        for k in foreground
+    }
+    scored = ~np.isin(pred, unannotated) if unannotated else np.ones(pred.shape, bool)
+    accuracy = float((pred == truth)[scored].mean()) if scored.any() else float("nan")
+    result = {"pixel_accuracy": accuracy, "classes": per_class, "lesions": {}}
+    if unannotated:
+        result["unannotated"] = [labels[k] for k in foreground if k in unannotated]
     for k in foreground[1:]:
-        result["lesions"][labels[k]] = lesion_detection(pred == k, truth == k)
+        if k not in unannotated:
+            result["lesions"][labels[k]] = lesion_detection(pred == k, truth == k)
     return result
 
 
@@ -106,7 +127,7 @@ def summarize(cases: dict[str, dict], labels: dict[int, str], *, n_boot: int = 2
     rng = np.random.default_rng(seed)
     names = [labels[k] for k in sorted(labels) if k != 0]
     summary: dict = {"n": len(cases), "classes": {}, "lesions": {}}
-    summary["pixel_accuracy"] = float(np.mean([c["pixel_accuracy"] for c in cases.values()])) if cases else None
+    summary["pixel_accuracy"] = float(np.nanmean([c["pixel_accuracy"] for c in cases.values()])) if cases else None
     for name in names:
         rows = [c["classes"][name] for c in cases.values()]
         entry = {}

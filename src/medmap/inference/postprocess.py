@@ -131,9 +131,16 @@ def _not_touching(mask: np.ndarray, container: np.ndarray) -> np.ndarray:
 
 
 def mean_dice(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> float:
+    """Mean Dice over (case, class) pairs; a truth that marks a class unannotated
+    (`medmap.data.annotation`) leaves that case's class out."""
+    from medmap.data.annotation import annotates
+
     scores = []
     for pred, truth in pairs:
+        partial = bool((truth < 0).any()) if np.issubdtype(truth.dtype, np.signedinteger) else False
         for value in classes:
+            if partial and not annotates(truth, value):
+                continue
             p, t = pred == value, truth == value
             total = np.count_nonzero(p) + np.count_nonzero(t)
             if total:

@@ -14,6 +14,7 @@ import numpy as np
 from medmap.data import laterality
 from medmap.data.dataset import Dataset
 from medmap.data.fingerprint import Fingerprint
+from medmap.errors import DatasetError
 from medmap.plan import Augmentation, Inference, Normalization, Plan
 
 XRAY_MODALITIES = {"CR", "DX", "MG", "RF", "XA", "IO", "PX"}
@@ -256,9 +257,30 @@ def decide_foreground_oversample(fp: Fingerprint) -> tuple[float, str]:
     return 0.33, "a third of the patches centred on a labelled voxel (nnU-Net's rule)"
 
 
+def decide_partial_annotation(fp: Fingerprint, labels: dict[int, str]) -> str | None:
+    """Whether some cases leave labels unannotated (RTSTRUCTs without every structure): they train with
+    the marginal loss (`medmap.data.annotation`). A label no training case annotates cannot be learnt."""
+    counts, total = fp.annotated_images, fp.labelled_images
+    never = [f"{v} ({labels[v]})" for v, k in counts.items() if k == 0]
+    if never:
+        raise DatasetError(
+            f"{fp.dataset}: label {', '.join(never)} is annotated in none of the {total} training and validation "
+            "images: nothing to learn it from (remove it from the labels or check its spellings: medmap dataset check)"
+        )
+    if all(k == total for k in counts.values()):
+        return None
+    shares = ", ".join(f"{labels[v]} {k}/{total}" for v, k in counts.items())
+    return (
+        f"training and validation cases annotating each label: {shares}; a label a case did not annotate is "
+        "unknown there, not background: left out of that case's loss (marginal Dice + cross-entropy) and of its metrics"
+    )
+
+
 def plan_dataset(dataset: Dataset, fp: Fingerprint, *, device: str = "cpu", budget_mb: int | None = None) -> Plan:
     budget = budget_mb or (CPU_BUDGET_MB if device == "cpu" else GPU_BUDGET_MB)
     notes = []
+    if why := decide_partial_annotation(fp, dataset.labels):
+        notes.append(f"partial_annotation: {why}")
     input_mode, why = decide_input_mode(fp)
     notes.append(f"input_mode: {why}")
     spacing, why = decide_target_spacing(fp, device)

@@ -33,17 +33,24 @@ def cache_cases(cases: list[Case], plan: Plan, folder: Path, rng: np.random.Gene
 
 def _segmentation_case(case: Case, plan: Plan, folder: Path, rng: np.random.Generator) -> None:
     source = case.load_image()
-    mask_image = case.load_mask(source)
+    mask_image, unannotated = case.load_target(source)
     if mask_image is not None:
         check_mask(case.case_id, source, mask_image, plan.labels)
-    cache_labelled_image(case, source, mask_image, plan, folder, rng)
+    cache_labelled_image(case, source, mask_image, plan, folder, rng, unannotated)
 
 
 def cache_labelled_image(
-    case: Case, source: Image, mask_image: Image | None, plan: Plan, folder: Path, rng: np.random.Generator
+    case: Case,
+    source: Image,
+    mask_image: Image | None,
+    plan: Plan,
+    folder: Path,
+    rng: np.random.Generator,
+    unannotated: tuple[int, ...] = (),
 ) -> None:
     """An image and its label map (on the image's grid, checked) into the cache: what every task that
-    labels voxels caches (segmentation reads its masks; detection draws its findings as spheres)."""
+    labels voxels caches (segmentation reads its masks; detection draws its findings as spheres), with
+    the labels the case did not annotate (`medmap.data.annotation`)."""
     array, bbox, resampled = segmentation_input(source, plan.normalization, plan.target_spacing)
     image = crop(resampled, bbox)
     mask = None
@@ -64,6 +71,7 @@ def cache_labelled_image(
         "bbox": [list(b) for b in bbox],
         "geometry": geometry_of(image),
         "class_locations": locations,
+        "unannotated": list(unannotated),
         "use": case_record(source, plan.modality),
     }
     (folder / f"{case.case_id}.json").write_text(json.dumps(meta))

@@ -20,6 +20,7 @@ import numpy as np
 
 from medmap import provenance
 from medmap import run_folder as runs
+from medmap.data.annotation import as_target
 from medmap.data.dataset import Case, check_mask
 from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import metric_boxplot, overlay_panel, training_curves
@@ -63,10 +64,11 @@ def _validation_pairs(job: EvaluationJob, weights: list[Path]):
         if weight not in models:
             models[weight] = _models(job, [weight])
         image = case.load_image()
-        mask = case.load_mask(image)
+        mask, unannotated = case.load_target(image)
         check_mask(case.case_id, image, mask, job.plan.labels)
         predicted = models[weight].segment(image)
-        pairs.append((predicted.array, mask.array, image.spacing))
+        truth = as_target(mask.array, unannotated, case.case_id, np.int32) if unannotated else mask.array
+        pairs.append((predicted.array, truth, image.spacing))
     return pairs
 
 
@@ -128,11 +130,11 @@ def evaluate_run(job: EvaluationJob) -> dict:
         save(predicted, predictions_dir / f"{case.case_id}.nii.gz")
         if case.mask is None:
             continue
-        mask = case.load_mask(image)
+        mask, unannotated = case.load_target(image)
         check_mask(case.case_id, image, mask, plan.labels)
         truth = mask.array
         per_case[case.case_id] = case_metrics(
-            predicted.array, truth, image.spacing, plan.labels, tolerance_mm=TOLERANCE_MM
+            predicted.array, truth, image.spacing, plan.labels, tolerance_mm=TOLERANCE_MM, unannotated=unannotated
         )
         grey = image.array if image.channels == 1 else image.array[..., 0]
         shown[case.case_id] = (grey, truth, predicted.array, image.spacing)
@@ -170,7 +172,11 @@ def evaluate_run(job: EvaluationJob) -> dict:
     if per_case:
         captions = {
             case_id: f"{case_id}: "
-            + ", ".join(f"{n} Dice {per_case[case_id]['classes'][n]['dice']:.3f}" for n in names)
+            + ", ".join(
+                f"{n} not annotated" if n in per_case[case_id].get("unannotated", ())
+                else f"{n} Dice {per_case[case_id]['classes'][n]['dice']:.3f}"
+                for n in names
+            )
             for case_id in per_case
         }
         viewer = optional(

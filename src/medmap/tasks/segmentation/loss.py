@@ -1,5 +1,6 @@
 """Segmentation losses: Dice + cross-entropy (default), Dice, Dice + focal, Tversky, with deep supervision;
-Dice pooled over the global batch across training processes (`BatchDice`)."""
+Dice pooled over the global batch across training processes (`BatchDice`); Dice + CE and Dice marginal
+over the labels a case did not annotate (`MarginalLoss`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,46 @@ class BatchDice(nn.Module):
         return (1 - (2 * intersection + self.smooth) / (ground + predicted + self.smooth)).mean()
 
 
+class MarginalLoss(nn.Module):
+    """Dice + CE (or Dice) that reads partial annotation from the target (`medmap.data.annotation`).
+
+    A target with no unknown voxel goes to ``exact`` (MONAI's loss, as always). Otherwise, the marginal
+    loss of Shi et al. (2021, "Marginal loss and exclusion loss for partially supervised multi-organ
+    segmentation"): at an unknown background voxel the probabilities of background and of the case's
+    unannotated labels are summed before the log (predicting an unannotated organ there costs nothing),
+    and the batch Dice of a label leaves out the unknown voxels of the cases that did not annotate it.
+    With every label annotated both terms equal MONAI's Dice + CE (a test checks)."""
+
+    smooth = BatchDice.smooth
+
+    def __init__(self, exact: nn.Module, with_ce: bool) -> None:
+        super().__init__()
+        self.exact, self.with_ce = exact, with_ce
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # target [B, 1, ...]
+        if not bool((target < 0).any()):
+            return self.exact(logits, target)
+        from medmap.data.annotation import allowed
+
+        target = target[:, 0]
+        may_be = allowed(target, logits.shape[1])
+        log_p = torch.log_softmax(logits.float(), 1)
+        probabilities = log_p.exp()[:, 1:]
+        known = may_be.sum(1, keepdim=True) == 1  # annotated voxels: exactly one class allowed
+        scored = (known | ~may_be)[:, 1:]  # class k is scored where the voxel is known, or known not to be k
+        truth = (may_be & known)[:, 1:].to(probabilities.dtype)
+        probabilities = probabilities * scored
+        axes = [0, *range(2, logits.dim())]
+        sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
+        if torch.is_grad_enabled():
+            sums = _summed_over_processes(sums)
+        intersection, ground, predicted = sums
+        loss = (1 - (2 * intersection + self.smooth) / (ground + predicted + self.smooth)).mean()
+        if self.with_ce:
+            loss = loss - log_p.masked_fill(~may_be, float("-inf")).logsumexp(1).mean()
+        return loss
+
+
 def _summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over the training processes, differentiable; the identity for one process (no group)."""
     distributed = torch.distributed
@@ -41,6 +82,9 @@ def _summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.nn.functional import all_reduce
 
     return all_reduce(tensor)
+
+
+PARTIAL_LOSSES = ("dice_ce", "dice")  # the losses with a marginal form (`MarginalLoss`)
 
 
 class SegmentationLoss(nn.Module):
@@ -62,25 +106,37 @@ class SegmentationLoss(nn.Module):
         }
         if kind not in losses:
             raise ConfigError(f"loss {kind!r}: choose one of {', '.join(losses)} for segmentation")
+        self.kind = kind
         self.loss = losses[kind]()
         if kind == "dice":
             self.loss = BatchDice()
         elif hasattr(self.loss, "dice"):  # Dice + CE / focal: MONAI's second term, medmap's global batch Dice
             self.loss.dice = BatchDice()
+        self.partial = kind in PARTIAL_LOSSES
+        if self.partial:
+            self.loss = MarginalLoss(self.loss, with_ce=kind == "dice_ce")
         self.deep = DeepSupervisionLoss(self.loss, weight_mode="exp")
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.unsqueeze(1)
+        if not self.partial and bool((target < 0).any()):
+            raise ConfigError(
+                f"partial annotation (cases that did not annotate every label) trains with the loss "
+                f"{' or '.join(PARTIAL_LOSSES)}, not {self.kind}"
+            )
         if logits.dim() == target.dim() + 1:  # deep supervision: [B, S, K, ...]
             return self.deep(list(torch.unbind(logits, dim=1)), target)
         return self.loss(logits, target)
 
 
 def dice_per_class(predictions: np.ndarray, targets: np.ndarray, classes: list[int]) -> dict[int, float]:
-    """Dice of each class over all voxels of all the given label maps pooled (NaN where absent from both)."""
+    """Dice of each class over all voxels of all the given label maps pooled (NaN where absent from both);
+    the unknown voxels of a case that did not annotate a class are left out of that class's Dice."""
+    from medmap.data.annotation import decidable
+
     out = {}
     for value in classes:
-        p, t = predictions == value, targets == value
+        p, t = (predictions == value) & decidable(targets, value), targets == value
         total = int(np.count_nonzero(p)) + int(np.count_nonzero(t))
         out[value] = 2 * int(np.count_nonzero(p & t)) / total if total else float("nan")
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medmap.data.annotation import as_target
 from medmap.data.cache import CachedCase
 from medmap.data.preprocess import extract_patch
 from medmap.plan import Plan
@@ -25,10 +26,12 @@ def patch_centre(case: CachedCase, plan: Plan, shape, rng: np.random.Generator, 
 
 
 def sample(case: CachedCase, plan: Plan, rng: np.random.Generator, train: bool) -> dict:
-    """An image patch ``[C, *patch]`` and its label patch (zeros for a case without a mask)."""
+    """An image patch ``[C, *patch]`` and its label patch (zeros for a case without a mask), as a target
+    that says which labels the case left unannotated (`medmap.data.annotation`)."""
     image, mask = case.arrays()
     patch = plan.patch_size
     centre = patch_centre(case, plan, image.shape[1:], rng, train)
     x = extract_patch(image, centre, patch, float(image.min()))
     y = extract_patch(mask, centre, patch, 0) if mask is not None else np.zeros(patch, np.uint8)
-    return {"image": torch.from_numpy(x), "target": torch.from_numpy(y.astype(np.int64))}
+    target = as_target(y, case.meta.get("unannotated", ()), case.case_id)
+    return {"image": torch.from_numpy(x), "target": torch.from_numpy(target)}

@@ -13,12 +13,13 @@ from torch import nn
 from medmap.data.cache import CachedCase
 from medmap.data.dataset import Case
 from medmap.data.splits import train_val_test
+from medmap.errors import ConfigError
 from medmap.io.image import Image
 from medmap.models.segmenters import build_segmenter
 from medmap.plan import Plan
 from medmap.tasks.base import Answer, EvaluationJob
 from medmap.tasks.segmentation import cache, sampling
-from medmap.tasks.segmentation.loss import SegmentationLoss, dice_per_class
+from medmap.tasks.segmentation.loss import PARTIAL_LOSSES, SegmentationLoss, dice_per_class
 
 
 class VoxelLabeller:
@@ -30,7 +31,14 @@ class VoxelLabeller:
         return build_segmenter(plan, 0.0 if dropout is None else dropout)
 
     def build_loss(self, plan: Plan, train: list[CachedCase], label_smoothing: float) -> nn.Module:
-        return SegmentationLoss("dice_ce" if plan.loss == "default" else plan.loss)
+        kind = "dice_ce" if plan.loss == "default" else plan.loss
+        partial = [c.case_id for c in train if c.meta.get("unannotated")]
+        if partial and kind not in PARTIAL_LOSSES:
+            raise ConfigError(
+                f"case {partial[0]} (and {len(partial) - 1} more) did not annotate every label: partial annotation "
+                f"trains with the loss {' or '.join(PARTIAL_LOSSES)}, not {kind}"
+            )
+        return SegmentationLoss(kind)
 
     def predictions(self, logits: torch.Tensor) -> np.ndarray:
         return logits.argmax(1).to(torch.uint8).cpu().numpy()
