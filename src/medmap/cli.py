@@ -578,6 +578,62 @@ def train(
         out.print(f"tracked in MLflow: mlflow ui --backend-store-uri {summary['tracking']}", highlight=False)
 
 
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Argument(help="Segmentation dataset (folder, DICOM studies with labels, CSV).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Search folder: RUNS/trial-NNNN, leaderboard.")],
+    budget: Annotated[str, typer.Option(help="This worker's time, e.g. 2h, 45m: spent, not exceeded.")],
+    trial_budget: Annotated[
+        str | None, typer.Option(help="One candidate's training time at most [a quarter of --budget].")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage shared by the workers: a .journal file, or an RDB URL (postgresql://..., "
+            "sqlite:///...) [RUNS/study.journal]."
+        ),
+    ] = None,
+    study: Annotated[str, typer.Option(help="Study name inside the storage.")] = "medmap",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A plan field every candidate keeps: key=value (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, of training and of the sampled candidates.")] = 0,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessing cache root [RUNS/cache].")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Data loading / preprocessing processes.")] = 2,
+) -> None:
+    """Search the plans medmap can make for a dataset (network, loss, width, learning rate, augmentation),
+    stop trailing candidates early, rank the rest on the validation cases, evaluate the winner once on
+    the test cases. Start it on several machines with one --storage to share the search; run the same
+    command again to resume it."""
+    from medmap.training.trainer import TrainConfig
+    from medmap.tuning.search import SearchRequest
+    from medmap.tuning.search import tune as run_search
+
+    request = SearchRequest(
+        data=data,
+        runs=output,
+        budget_seconds=parse_duration(budget),
+        trial_seconds=parse_duration(trial_budget, "--trial-budget") if trial_budget else None,
+        overrides=tuple(set_ or []),
+        config=TrainConfig(seed=seed, device=device, workers=workers),
+        storage=storage,
+        study=study,
+        cache_root=cache,
+        progress=True,
+    )
+    board = run_search(request)
+    done = [c for c in board["candidates"] if c["state"] == "complete"]
+    pruned = [c for c in board["candidates"] if c["state"] == "pruned"]
+    out.print(f"{len(board['candidates'])} candidates: {len(done)} completed, {len(pruned)} stopped early")
+    winner = board.get("winner")
+    if winner:
+        out.print(f"winner: {output / winner['run']} (validation mean Dice {winner['score']:.3f}; {winner['why']})")
+    if board.get("note"):
+        out.print(board["note"])
+    out.print(f"leaderboard: {output / 'leaderboard.html'}", highlight=False)
+
+
 def without_option(argv: list[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE`` (what the launcher hands to each rank)."""
     out, skip = [], False

@@ -29,7 +29,8 @@ def test_resume_reproduces_an_uninterrupted_run(blobs, tmp_path):
     train, val = cached(blobs, plan, tmp_path, "train"), cached(blobs, plan, tmp_path, "val")
     config = TrainConfig(epochs=4, workers=0, samples_per_epoch=32, patience=100)
     Trainer(task_for(plan), plan, config, tmp_path / "straight").fit(train, val)
-    Trainer(task_for(plan), plan, config, tmp_path / "resumed").fit(train, val, stop_after=lambda epoch: epoch == 1)
+    interrupted = Trainer(task_for(plan), plan, config, tmp_path / "resumed")
+    interrupted.fit(train, val, stop_after=lambda history: len(history) == 2)
     assert len(json.loads((tmp_path / "resumed" / "history.json").read_text())) == 2  # interrupted after 2
     Trainer(task_for(plan), plan, config, tmp_path / "resumed").fit(train, val, resume=True)
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=False)["model"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -120,6 +121,8 @@ class RunRequest:
     progress: bool
     command: list[str] | None
     processes: int = 1  # training processes (DDP ranks), recorded in provenance
+    stop_after: Callable[[list[dict]], bool] | None = None  # asked after each epoch (`Trainer.fit`)
+    evaluate: str | None = "test"  # the split scored when training ends; None: not evaluated (a search's trial)
 
     @property
     def cache(self) -> Path:
@@ -152,6 +155,8 @@ def train_run(
     track: str = "off",
     tracking_uri: str | None = None,
     ranks: Ranks | None = None,
+    stop_after: Callable[[list[dict]], bool] | None = None,
+    evaluate: str | None = "test",
 ) -> dict:
     """Plan (or reload the plan of a run being resumed), split, preprocess, train, evaluate, report.
     ``command`` is the command line recorded in ``provenance.json`` (the CLI passes ``sys.argv``);
@@ -160,7 +165,10 @@ def train_run(
     ``fold=i`` (with ``folds=K``) trains fold i alone, so K processes or machines can train the folds at
     once; each joins the run the first one planned. ``folds=K`` on such a run trains what is left and
     evaluates the ensemble. ``ranks`` of several processes train one model together (DDP): rank 0 plans,
-    caches and writes the run; the others wait, then train their shares; rank 0 evaluates."""
+    caches and writes the run; the others wait, then train their shares; rank 0 evaluates.
+
+    ``stop_after(history)`` may end training after any epoch; ``evaluate=None`` leaves the evaluation out
+    (`medmap tune` trains candidates so, and scores them on validation cases alone)."""
     ranks = ranks or Ranks()
     request = RunRequest(
         Path(data),
@@ -175,12 +183,16 @@ def train_run(
         progress,
         command,
         ranks.world_size,
+        stop_after,
+        evaluate,
     )
     check_device(ranks.device(request.config.device))  # before any planning or caching
     if track not in ("mlflow", "off"):
         raise ConfigError(f"--track {track}: mlflow or off")
     if fold is not None and not 0 <= fold < folds:
         raise ConfigError(f"--fold {fold}: between 0 and {folds - 1} (--folds {folds})")
+    if (stop_after is not None or evaluate != "test") and folds > 1:
+        raise ConfigError("stopping early and other evaluations apply to one model, not to --folds")
     if ranks.distributed and folds > 1 and fold is None:
         raise ConfigError(
             f"--folds {folds} with {ranks.world_size} processes: train each fold with --fold i (one fold per "
@@ -233,12 +245,22 @@ def _train_one_model(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dic
     """Train (all ranks), then evaluate (rank 0 alone, after the others are done)."""
     task = task_for(run.plan)
     trainer = Trainer(task, run.plan, run.config, request.run_dir, progress=request.progress, ranks=ranks)
-    result = trainer.fit(run.cached["train"], run.cached["val"], resume=request.resume)
+    result = trainer.fit(run.cached["train"], run.cached["val"], resume=request.resume, stop_after=request.stop_after)
     if not ranks.is_main:
         return {"rank": ranks.rank, "epochs_run": result["epochs_run"]}
     ranks.stop()
-    summary = _evaluate(request.run_dir, run, trainer.device, history=result["history"], progress=request.progress)
-    return {**summary, "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+    trained = {"best": result["best"], "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]}
+    if request.evaluate is None:
+        return trained
+    summary = _evaluate(
+        request.run_dir,
+        run,
+        trainer.device,
+        history=result["history"],
+        split=request.evaluate,
+        progress=request.progress,
+    )
+    return {**summary, **trained}
 
 
 FINISHED = "finished.json"  # in a fold's folder: its training is complete (a gathering run reads, not trains, it)
@@ -460,9 +482,11 @@ def evaluate_run(
     cache_root: str | Path | None = None,
     precision: str = "float32",
     progress: bool = False,
+    into_run: bool = False,
 ) -> dict:
     """Evaluate a trained run on ``split`` of ``data`` (the run's own split of it), into RUN/evaluation-<split>/
-    (``evaluation-<split>-bfloat16/`` when evaluated in bfloat16)."""
+    (``evaluation-<split>-bfloat16/`` when evaluated in bfloat16); ``into_run``: into the run folder itself,
+    as training's own evaluation writes it (a search's winner, trained without one)."""
     folder = RunFolder(run_dir)
     run_dir = folder.path
     folder.trained_weights()  # refuses a run that has none
@@ -488,7 +512,7 @@ def evaluate_run(
         for name, cases in task.evaluation_cache(splits).items()
     }
     suffix = "" if config.evaluation_precision == "float32" else f"-{config.evaluation_precision}"
-    out_dir = run_dir / f"evaluation-{split}{suffix}"
+    out_dir = run_dir if into_run else run_dir / f"evaluation-{split}{suffix}"
     out_dir.mkdir(exist_ok=True)
     run = PreparedRun(plan, config, splits, cached)
     device = check_device(config.device)

@@ -311,10 +311,11 @@ class Trainer:
         val: list[CachedCase],
         *,
         resume: bool = False,
-        stop_after: Callable[[int], bool] | None = None,
+        stop_after: Callable[[list[dict]], bool] | None = None,
     ) -> dict:
-        """Train (or resume) to the configured epochs. ``stop_after(epoch)`` returning True ends the run
-        after that epoch's checkpoint, as an interruption would: a later ``resume`` continues it exactly."""
+        """Train (or resume) to the configured epochs. ``stop_after(history)`` (the epoch records so far)
+        returning True ends the run after that epoch's checkpoint, as an interruption would: a later
+        ``resume`` continues it exactly (`medmap tune` stops trailing candidates this way)."""
         cfg, main = self.config, self.ranks.is_main
         if main:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -441,7 +442,7 @@ class Trainer:
                 }
                 _save_atomically(state, self.checkpoints / runs.LAST)
                 (self.run_dir / runs.HISTORY).write_text(json.dumps(history, indent=1))
-            if stop_after is not None and stop_after(epoch):
+            if stop_after is not None and stop_after(history):
                 break
         if best_epoch < 0 and main:  # validation metric never defined (e.g. one class only): the last weights
             torch.save(bare(model).state_dict(), self.checkpoints / runs.BEST)

@@ -24,8 +24,11 @@ class BatchDice(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probabilities = torch.softmax(logits, 1)[:, 1:]
-        classes = torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, *[1] * (logits.dim() - 2))
-        truth = (target == classes).to(probabilities.dtype)  # one-hot, background dropped ([B, 1, ...] target)
+        if target.shape[1] == logits.shape[1] > 1:  # one-hot already (MONAI's DiceFocalLoss hands it so)
+            truth = target[:, 1:].to(probabilities.dtype)
+        else:
+            classes = torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, *[1] * (logits.dim() - 2))
+            truth = (target == classes).to(probabilities.dtype)  # one-hot, background dropped ([B, 1, ...] target)
         axes = [0, *range(2, logits.dim())]
         sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
         if torch.is_grad_enabled():

@@ -1,0 +1,143 @@
+"""medmap tune: candidates as ordinary runs, trailing ones pruned, ranking on validation cases only, the
+winner an ordinary run folder; two workers share one study; a killed search resumes its candidate."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from medmap.data.dataset import Case
+from medmap.training.trainer import TrainConfig
+from medmap.tuning import search
+from medmap.tuning.leaderboard import paired_difference
+from medmap.tuning.search import SearchRequest, tune
+from tests.builders import kidneys_export
+from tests.helpers import assert_one_line_error, medmap_cli
+
+pytestmark = pytest.mark.xdist_group("tune")  # the module's searches share one export, on one worker
+SMALL = ("patch_size=[8,32,32]", "batch_size=4", "network_width=4", "network_depth=3")
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune") / "export"
+    for i in range(8):
+        kidneys_export(root / f"P{i}", i)
+    (root / "labels.json").write_text(json.dumps({"1": "Kidney_L", "2": "Kidney_R"}))
+    return root
+
+
+def _cli(export, runs, budget, trial="8s"):
+    sets = [a for s in SMALL for a in ("--set", s)]
+    return [sys.executable, "-m", "medmap.cli", "tune", str(export), "-o", str(runs), "--budget", budget,
+            "--trial-budget", trial, "--workers", "0", *sets]  # fmt: skip
+
+
+def test_paired_difference_is_over_common_cases():
+    result = paired_difference({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.8, "b": 0.8, "d": 0.1})
+    assert result["n"] == 2 and result["mean"] == pytest.approx(0.05) and result["ci"][0] <= 0.05 <= result["ci"][1]
+
+
+def test_a_search_never_reads_a_test_case_and_its_winner_is_an_ordinary_run(export, tmp_path, monkeypatch):
+    loaded: list[tuple[str, str]] = []
+    phase = {"now": "search"}
+    original_image, original_target = Case.load_image, Case.load_target
+
+    def load_image(self):
+        loaded.append((phase["now"], self.case_id))
+        return original_image(self)
+
+    def load_target(self, image=None):
+        loaded.append((phase["now"], self.case_id))
+        return original_target(self, image)
+
+    evaluate_winner = search._evaluate_winner
+
+    def final(request, board):
+        phase["now"] = "final"
+        return evaluate_winner(request, board)
+
+    monkeypatch.setattr(Case, "load_image", load_image)
+    monkeypatch.setattr(Case, "load_target", load_target)
+    monkeypatch.setattr(search, "_evaluate_winner", final)
+    runs = tmp_path / "runs"
+    request = SearchRequest(export, runs, budget_seconds=36, trial_seconds=8, overrides=SMALL,
+                            config=TrainConfig(workers=0))  # fmt: skip
+    started = time.monotonic()
+    board = tune(request)
+    assert time.monotonic() - started < 36 * 1.25 + 10  # the budget is spent, not exceeded (with planning)
+    test_ids = set(json.loads((runs / "trial-0000" / "split.json").read_text())["test"])
+    assert test_ids and not any(case in test_ids for when, case in loaded if when == "search")
+    assert {case for when, case in loaded if when == "final"} >= test_ids  # the winner alone, once, at the end
+    candidates = board["candidates"]
+    assert candidates[0]["default"] and candidates[0]["state"] == "complete" and len(candidates) >= 3
+    assert all(c["run"] == f"trial-{c['number']:04d}" for c in candidates)
+    for c in candidates:  # every split the same: the candidates are compared on the same validation cases
+        assert json.loads((runs / c["run"] / "split.json").read_text()) == json.loads(
+            (runs / "trial-0000" / "split.json").read_text()
+        )
+    winner = runs / board["winner"]["run"]
+    provenance = json.loads((winner / "provenance.json").read_text())
+    assert provenance["search"]["trial"] == board["winner"]["number"]
+    assert (winner / "metrics.json").is_file() and (winner / "report.html").is_file()
+    assert json.loads((runs / "best.json").read_text())["folder"] == str(winner)
+    page = (runs / "leaderboard.html").read_text()
+    assert "default plan" in page and "validation cases only" in page and "data:image/png" in page
+    assert board["over_default"]["n"] == len(candidates[0]["val_cases"]) >= 1
+    scores = json.loads((winner / "evaluation-val" / "metrics.json").read_text())["cases"]
+    assert set(board["winner"]["params"]) and set(scores) == set(candidates[0]["val_cases"])
+    result = medmap_cli("bundle", "create", winner, "-o", tmp_path / "bundle")
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_workers_share_one_study_and_train_no_candidate_twice(export, tmp_path):
+    runs = tmp_path / "runs"
+    workers = [subprocess.Popen(_cli(export, runs, "40s", "15s"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]  # fmt: skip
+    outputs = [w.communicate(timeout=240) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    board = json.loads((runs / "leaderboard.json").read_text())
+    numbers = [c["number"] for c in board["candidates"]]
+    folders = [c["run"] for c in board["candidates"]]
+    assert len(numbers) == len(set(numbers)) and len(folders) == len(set(folders))
+    assert sorted(p.name for p in runs.glob("trial-*")) == sorted(folders)
+    assert sum(c["default"] for c in board["candidates"]) == 1  # one default plan, whoever came first
+    assert board["winner"] is not None
+    assert any("winner:" in out for out, _ in outputs)  # the last worker out ranked the search
+
+
+def test_a_search_killed_mid_candidate_resumes_it(export, tmp_path):
+    runs = tmp_path / "runs"
+    worker = subprocess.Popen(_cli(export, runs, "60s"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = runs / "trial-0000" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert checkpoint.is_file()
+    before = len(json.loads((runs / "trial-0000" / "history.json").read_text()))
+    result = subprocess.run(_cli(export, runs, "40s"), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    board = json.loads((runs / "leaderboard.json").read_text())
+    resumed = [c for c in board["candidates"] if c["resumes"] == 0]
+    assert len(resumed) == 1 and resumed[0]["run"] == "trial-0000" and resumed[0]["default"]
+    assert len(resumed[0]["history"]) > before, result.stdout  # the same run folder went on from its checkpoint
+    assert not any(c["number"] == 0 for c in board["candidates"])  # the lost trial is not a second candidate
+
+
+def test_a_budget_too_small_for_a_candidate_says_what_it_needs(export, tmp_path):
+    result = subprocess.run(_cli(export, tmp_path / "runs", "20s", "0.5s"), capture_output=True, text=True, timeout=240)
+    assert_one_line_error(result, "a candidate needs at least 3 epochs", "--trial-budget of")
+
+
+def test_case_scores_leave_unannotated_classes_out(tmp_path):
+    metrics = {"cases": {"a": {"classes": {"x": {"dice": 0.8}, "y": {"dice": float("nan")}}},
+                         "b": {"classes": {"x": {"dice": 0.4}, "y": {"dice": 0.6}}}}}  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps(metrics))
+    scores = search.case_scores(tmp_path / "m.json")
+    assert scores["a"] == pytest.approx(0.8) and scores["b"] == pytest.approx(np.mean([0.4, 0.6]))
