@@ -96,8 +96,8 @@ def test_a_search_never_reads_a_test_case_and_its_winner_is_an_ordinary_run(expo
 
 def test_two_workers_share_one_study_and_train_no_candidate_twice(export, tmp_path):
     runs = tmp_path / "runs"
-    workers = [subprocess.Popen(_cli(export, runs, "40s", "15s"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]  # fmt: skip
+    command = _cli(export, runs, "40s", "15s")
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=240) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
     board = json.loads((runs / "leaderboard.json").read_text())
