@@ -175,10 +175,13 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
         trial.set_user_attr("alive", time.time())
         elapsed = sum(h["seconds"] for h in history)
         if trial.user_attrs.get("default") and len(history) == 1:
-            need = MIN_EPOCHS * history[0]["seconds"]
+            timed = json.loads((folder / "budget.json").read_text()) if (folder / "budget.json").is_file() else {}
+            planned = timed.get("planned_steps_per_epoch", 0) * timed.get("seconds_per_step", 0.0)
+            epoch = max(history[0]["seconds"], planned + timed.get("seconds_per_validation", 0.0))
+            need = MIN_EPOCHS * epoch  # the plan's own epoch, not one the budget shrank
             if need > request.candidate_seconds:
                 why["error"] = ConfigError(
-                    f"a candidate needs at least {MIN_EPOCHS} epochs of {history[0]['seconds']:.0f} s (the default "
+                    f"a candidate needs at least {MIN_EPOCHS} epochs of {epoch:.0f} s (the default "
                     f"plan's first epoch): --trial-budget of {need:.0f} s or more, and a --budget of at least "
                     f"{3 * need:.0f} s for three candidates (given {request.budget_seconds:.0f} s)"
                 )
