@@ -16,9 +16,9 @@ new trial that resumes the same run folder, so no candidate is trained twice.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -90,7 +90,7 @@ def tune(request: SearchRequest) -> dict:
 
     from medmap.data.layouts import read_dataset
     from medmap.tasks import task_for
-    from medmap.training.run import prepare_plan
+    from medmap.training.run import prepare_plan, run_lock
 
     started = time.monotonic()
     deadline = started + request.budget_seconds
@@ -112,7 +112,7 @@ def tune(request: SearchRequest) -> dict:
     default_lr = request.config.learning_rate or task.learning_rate
     partial = any(n.startswith("partial_annotation:") for n in plan.notes)
     request.runs.mkdir(parents=True, exist_ok=True)
-    with _search_lock(request.runs):  # workers starting together: one enqueues the default, one hands over
+    with run_lock(request.runs, shared=True):  # workers starting together: one enqueues the default
         study = open_study(request)
         if not study.trials:
             study.enqueue_trial(default_params(plan, default_lr), user_attrs={"default": True})
@@ -198,7 +198,7 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
 
     resume = (folder / "plan.json").is_file() and (folder / "checkpoints" / "last.pt").is_file()
     if folder.exists() and not resume:
-        _clear(folder)  # a lost trial that had not yet started training: begin it again
+        shutil.rmtree(folder)  # a lost trial that had not yet started training: begin it again
     try:
         from medmap.training.run import evaluate_run, train_run
 
@@ -307,24 +307,6 @@ def _hand_over_lost_trials(study) -> None:
         if t.user_attrs.get("default"):
             attrs["default"] = True
         study.enqueue_trial(t.params, user_attrs=attrs)
-
-
-@contextlib.contextmanager
-def _search_lock(runs: Path):
-    import fcntl
-
-    with open(runs / ".search.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _clear(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder)
 
 
 def _evaluate_winner(request: SearchRequest, board: dict) -> dict:

@@ -29,12 +29,18 @@ class BatchDice(nn.Module):
         else:
             classes = torch.arange(1, logits.shape[1], device=logits.device).view(1, -1, *[1] * (logits.dim() - 2))
             truth = (target == classes).to(probabilities.dtype)  # one-hot, background dropped ([B, 1, ...] target)
-        axes = [0, *range(2, logits.dim())]
-        sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
-        if torch.is_grad_enabled():
-            sums = _summed_over_processes(sums)
-        intersection, ground, predicted = sums
-        return (1 - (2 * intersection + self.smooth) / (ground + predicted + self.smooth)).mean()
+        return batch_dice_loss(truth, probabilities, self.smooth)
+
+
+def batch_dice_loss(truth: torch.Tensor, probabilities: torch.Tensor, smooth: float) -> torch.Tensor:
+    """1 - soft Dice per foreground class over the whole global batch (``[B, K-1, ...]`` one-hot truth and
+    probabilities), classes averaged; the sums are added across training processes while training."""
+    axes = [0, *range(2, truth.dim())]
+    sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
+    if torch.is_grad_enabled():
+        sums = _summed_over_processes(sums)
+    intersection, ground, predicted = sums
+    return (1 - (2 * intersection + smooth) / (ground + predicted + smooth)).mean()
 
 
 class MarginalLoss(nn.Module):
@@ -65,13 +71,7 @@ class MarginalLoss(nn.Module):
         known = may_be.sum(1, keepdim=True) == 1  # annotated voxels: exactly one class allowed
         scored = (known | ~may_be)[:, 1:]  # class k is scored where the voxel is known, or known not to be k
         truth = (may_be & known)[:, 1:].to(probabilities.dtype)
-        probabilities = probabilities * scored
-        axes = [0, *range(2, logits.dim())]
-        sums = torch.stack([(truth * probabilities).sum(axes), truth.sum(axes), probabilities.sum(axes)])
-        if torch.is_grad_enabled():
-            sums = _summed_over_processes(sums)
-        intersection, ground, predicted = sums
-        loss = (1 - (2 * intersection + self.smooth) / (ground + predicted + self.smooth)).mean()
+        loss = batch_dice_loss(truth, probabilities * scored, self.smooth)
         if self.with_ce:
             loss = loss - log_p.masked_fill(~may_be, float("-inf")).logsumexp(1).mean()
         return loss
