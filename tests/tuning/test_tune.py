@@ -19,7 +19,7 @@ from tests.builders import kidneys_export
 from tests.helpers import assert_one_line_error, medmap_cli
 
 pytestmark = pytest.mark.xdist_group("tune")  # the module's searches share one export, on one worker
-SMALL = ("patch_size=[8,32,32]", "batch_size=4", "network_width=4", "network_depth=3")
+SMALL = ("patch_size=[8,32,32]", "batch_size=4", "network_width=4", "network_depth=3", "iterations_per_epoch=8")
 
 
 @pytest.fixture(scope="module")
