@@ -244,3 +244,13 @@ def test_laterality(tmp_path):
     payload = json.loads((tmp_path / "laterality.json").read_text())
     assert set(payload["arms"]) == {"planner (sides kept)", "every in-plane axis mirrored"}
     assert payload["paired_difference"]["pairs"] >= 1 and "planner minus every-axis" in out
+
+
+def test_tune_vs_train(tmp_path):
+    """Both arms through the command line on one seed; each scored on the same test cases, paired."""
+    out = bench("tune_vs_train", "--out", tmp_path).stdout
+    payload = json.loads((tmp_path / "tune_vs_train.json").read_text())
+    (row,) = payload["runs"]
+    assert row["metric"] == "AUC" and row["test_difference"]["n"] == 15
+    assert set(row["values"]["tuned"]) == set(row["values"]["default"])  # the same split: the same test cases
+    assert row["tuned"]["candidates"] >= 1 and payload["summary"][0]["verdict"] in out

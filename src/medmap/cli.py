@@ -580,9 +580,14 @@ def train(
 
 @app.command()
 def tune(
-    data: Annotated[Path, typer.Argument(help="Segmentation dataset (folder, DICOM studies with labels, CSV).")],
+    data: Annotated[
+        Path, typer.Argument(help="Segmentation or classification dataset (folder, DICOM studies with labels, CSV).")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="Search folder: RUNS/trial-NNNN, leaderboard.")],
     budget: Annotated[str, typer.Option(help="This worker's time, e.g. 2h, 45m: spent, not exceeded.")],
+    task: Annotated[
+        str | None, typer.Option(help="classification or segmentation (otherwise the layout says the task).")
+    ] = None,
     trial_budget: Annotated[
         str | None, typer.Option(help="One candidate's training time at most [a quarter of --budget].")
     ] = None,
@@ -602,7 +607,8 @@ def tune(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     workers: Annotated[int, typer.Option(help="Data loading / preprocessing processes.")] = 2,
 ) -> None:
-    """Search the plans medmap can make for a dataset (network, loss, width, learning rate, augmentation),
+    """Search the plans medmap can make for a dataset (network, width, optimiser, learning rate,
+    augmentation; the loss for segmenters, label smoothing for classifiers),
     stop trailing candidates early, rank the rest on the validation cases, evaluate the winner once on
     the test cases. Start it on several machines with one --storage to share the search; run the same
     command again to resume it."""
@@ -614,6 +620,7 @@ def tune(
         data=data,
         runs=output,
         budget_seconds=parse_duration(budget),
+        task=task,
         trial_seconds=parse_duration(trial_budget, "--trial-budget") if trial_budget else None,
         overrides=tuple(set_ or []),
         config=TrainConfig(seed=seed, device=device, workers=workers),
@@ -628,7 +635,8 @@ def tune(
     out.print(f"{len(board['candidates'])} candidates: {len(done)} completed, {len(pruned)} stopped early")
     winner = board.get("winner")
     if winner:
-        out.print(f"winner: {output / winner['run']} (validation mean Dice {winner['score']:.3f}; {winner['why']})")
+        score = f"validation {board['metric']} {winner['score']:.3f}"
+        out.print(f"winner: {output / winner['run']} ({score}; {winner['why']})")
     if board.get("note"):
         out.print(board["note"])
     out.print(f"leaderboard: {output / 'leaderboard.html'}", highlight=False)

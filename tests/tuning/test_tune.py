@@ -12,10 +12,10 @@ import pytest
 
 from medmap.data.dataset import Case
 from medmap.training.trainer import TrainConfig
-from medmap.tuning import search
+from medmap.tuning import scoring, search
 from medmap.tuning.leaderboard import paired_difference
 from medmap.tuning.search import SearchRequest, tune
-from tests.builders import kidneys_export
+from tests.builders import kidneys_export, lesion_manifest, write_blobs
 from tests.helpers import assert_one_line_error, medmap_cli
 
 pytestmark = pytest.mark.xdist_group("tune")  # the module's searches share one export, on one worker
@@ -138,6 +138,43 @@ def test_a_budget_too_small_for_a_candidate_says_what_it_needs(export, tmp_path)
 def test_case_scores_leave_unannotated_classes_out(tmp_path):
     metrics = {"cases": {"a": {"classes": {"x": {"dice": 0.8}, "y": {"dice": float("nan")}}},
                          "b": {"classes": {"x": {"dice": 0.4}, "y": {"dice": 0.6}}}}}  # fmt: skip
-    (tmp_path / "m.json").write_text(json.dumps(metrics))
-    scores = search.case_scores(tmp_path / "m.json")
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    scores = scoring.dice_cases(tmp_path)
     assert scores["a"] == pytest.approx(0.8) and scores["b"] == pytest.approx(np.mean([0.4, 0.6]))
+
+
+def test_a_classifier_is_ranked_by_auc_with_a_paired_interval_over_resampled_cases():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    good = {f"c{i}": [float(y), 1 - (p := 0.2 + 0.6 * y), p] for i, y in enumerate(labels)}
+    noise = rng.random(60)
+    poor = {f"c{i}": [float(y), 1 - noise[i], noise[i]] for i, y in enumerate(labels)}
+    assert scoring.auc(list(good.values())) == 1.0
+    result = paired_difference(good, poor, statistic=scoring.auc)
+    assert result["mean"] == pytest.approx(1.0 - scoring.auc(list(poor.values())))
+    assert result["ci"][0] > 0  # a perfect ranking is ahead of noise on 60 cases, and the interval says so
+    tie = paired_difference(poor, poor, statistic=scoring.auc)
+    assert tie["mean"] == 0 and tie["ci"] == [0.0, 0.0]
+    assert np.isnan(scoring.auc([[0.0, 0.9, 0.1], [0.0, 0.2, 0.8]]))  # one class only: no AUC, not 0.5
+
+
+def test_a_classification_search_ranks_candidates_by_validation_auc(tmp_path):
+    write_blobs(tmp_path)
+    runs = tmp_path / "runs"
+    request = SearchRequest(tmp_path / "blobs.npz", runs, budget_seconds=30, trial_seconds=8,
+                            overrides=("network_width=8",), config=TrainConfig(workers=0))  # fmt: skip
+    board = tune(request)
+    assert board["metric"] == "AUC" and board["candidates"][0]["default"]
+    default = board["candidates"][0]
+    assert default["params"]["network"] and "label_smoothing" in default["params"]
+    assert len(default["val_cases"]) == 15 and all(len(v) == 3 for v in default["val_cases"].values())
+    assert default["score"] == pytest.approx(scoring.auc(list(default["val_cases"].values())))
+    winner = runs / board["winner"]["run"]
+    assert json.loads((winner / "metrics.json").read_text())["split"] == "test"
+    assert "validation AUC" in (runs / "leaderboard.html").read_text()
+
+
+def test_detection_is_refused_with_the_reason(tmp_path):
+    table = lesion_manifest(tmp_path, [("ct", 0.0, "benign"), ("ct", 5.0, "malignant")])
+    result = medmap_cli("tune", table, "--task", "detection", "-o", tmp_path / "runs", "--budget", "30s")
+    assert_one_line_error(result, "detection is not searched yet")

@@ -1,8 +1,9 @@
 """The search's ranking and its page: every candidate with its configuration, validation curve, score
 with interval, time spent and why it stopped; the winner and what it bought over the default plan.
 
-Ranking is on the validation cases only: each completed candidate's per-case mean Dice, a bootstrap
-interval over cases, and the paired interval of its difference from the leader on the same cases. A
+Ranking is on the validation cases only: each completed candidate's score over them (the task's
+`medmap.tuning.scoring`: mean Dice, or AUC), a bootstrap interval over cases, and the paired interval of
+its difference from the leader (both scored on the same resampled cases). A
 candidate whose paired interval holds zero is tied with the leader; among the tied, the cheaper model
 (fewer parameters) wins. With fewer than `MIN_CASES_FOR_INTERVAL` validation cases there is no interval
 worth the name: the leader by mean wins, and the page says so.
@@ -13,36 +14,46 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from medmap.tuning.scoring import Scoring, mean
 
 MIN_CASES_FOR_INTERVAL = 5
 N_BOOT = 2000
 
 
-def paired_difference(a: dict[str, float], b: dict[str, float], seed: int = 0) -> dict:
-    """Mean of ``a - b`` over their common cases and its percentile bootstrap 95 % interval."""
+def paired_difference(a: dict, b: dict, seed: int = 0, statistic: Callable[[list], float] = mean) -> dict:
+    """``statistic(a) - statistic(b)`` over their common cases and its percentile bootstrap 95 % interval
+    (each resample of cases scored for both; resamples where the statistic is undefined left out)."""
     common = sorted(set(a) & set(b))
-    diff = np.array([a[c] - b[c] for c in common])
-    if not len(diff):
+    if not common:
         return {"mean": None, "ci": None, "n": 0}
+    first, second = [a[c] for c in common], [b[c] for c in common]
     rng = np.random.default_rng(seed)
-    boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(N_BOOT)]
+    boots = []
+    for _ in range(N_BOOT):
+        pick = rng.integers(0, len(common), len(common))
+        boots.append(statistic([first[i] for i in pick]) - statistic([second[i] for i in pick]))
+    boots = np.array(boots)
+    boots = boots[~np.isnan(boots)]
     return {
-        "mean": float(diff.mean()),
-        "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
-        "n": len(diff),
+        "mean": float(statistic(first) - statistic(second)),
+        "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None,
+        "n": len(common),
     }
 
 
-def _interval(scores: dict[str, float], seed: int) -> list[float] | None:
-    values = np.array(list(scores.values()))
+def _interval(scores: dict, seed: int, statistic: Callable[[list], float]) -> list[float] | None:
+    values = list(scores.values())
     if len(values) < 2:
         return None
     rng = np.random.default_rng(seed)
-    boots = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(N_BOOT)]
-    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+    boots = np.array([statistic([values[i] for i in rng.integers(0, len(values), len(values))]) for _ in range(N_BOOT)])
+    boots = boots[~np.isnan(boots)]
+    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
 
 
 def _parameters(run: Path) -> int | None:
@@ -57,9 +68,9 @@ def _parameters(run: Path) -> int | None:
     return int(sum(p.numel() for p in network.parameters()))
 
 
-def rank(study, request) -> dict:
+def rank(study, request, scoring: Scoring) -> dict:
     """The leaderboard as data (written as leaderboard.json; the page shows the same)."""
-    seed = request.config.seed
+    seed, statistic = request.config.seed, scoring.statistic
     candidates = []
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "FAIL" and "resumed by a later trial" in t.user_attrs.get("stopped", ""):
@@ -71,6 +82,7 @@ def rank(study, request) -> dict:
             "state": t.state.name.lower(),
             "default": bool(t.user_attrs.get("default")),
             "params": t.params,
+            "settings": t.user_attrs.get("settings", {}),
             "budget_seconds": t.user_attrs.get("budget_seconds"),
             "trained_seconds": t.user_attrs.get("trained_seconds"),
             "stopped": t.user_attrs.get("stopped", "running" if t.state.name == "RUNNING" else ""),
@@ -79,12 +91,17 @@ def rank(study, request) -> dict:
             "val_cases": scores,
         }
         if scores and t.state.name == "COMPLETE":
-            entry["score"] = float(np.mean(list(scores.values())))
-            entry["ci"] = _interval(scores, seed)
+            entry["score"] = statistic(list(scores.values()))
+            entry["ci"] = _interval(scores, seed, statistic)
             entry["parameters"] = _parameters(request.runs / entry["run"])
         candidates.append(entry)
-    scored = [c for c in candidates if "score" in c]
-    board = {"study": request.study, "budget_seconds": request.budget_seconds, "candidates": candidates}
+    scored = [c for c in candidates if "score" in c and not np.isnan(c["score"])]
+    board = {
+        "study": request.study,
+        "metric": scoring.metric,
+        "budget_seconds": request.budget_seconds,
+        "candidates": candidates,
+    }
     if not scored:
         board["winner"] = None
         return board
@@ -92,14 +109,14 @@ def rank(study, request) -> dict:
     n_cases = len(leader["val_cases"])
     board["intervals"] = n_cases >= MIN_CASES_FOR_INTERVAL
     for c in scored:
-        c["vs_leader"] = paired_difference(c["val_cases"], leader["val_cases"], seed)
+        c["vs_leader"] = paired_difference(c["val_cases"], leader["val_cases"], seed, statistic)
         ci = c["vs_leader"]["ci"]
         c["tied_with_leader"] = c is leader or (board["intervals"] and ci is not None and ci[0] <= 0 <= ci[1])
     tied = [c for c in scored if c["tied_with_leader"]]
     winner = min(tied, key=lambda c: (c["parameters"] or 0, -c["score"])) if board["intervals"] else leader
     board["winner"] = {k: winner[k] for k in ("number", "run", "params", "score", "ci", "parameters")}
     board["winner"]["why"] = (
-        "the highest validation mean Dice"
+        f"the highest validation {scoring.metric}"
         if winner is leader
         else f"tied with the leader (trial {leader['number']}) within the paired interval, and smaller"
     )
@@ -110,7 +127,7 @@ def rank(study, request) -> dict:
         )
     default = next((c for c in scored if c["default"]), None)
     if default is not None:
-        board["over_default"] = paired_difference(winner["val_cases"], default["val_cases"], seed)
+        board["over_default"] = paired_difference(winner["val_cases"], default["val_cases"], seed, statistic)
         board["over_default"]["default_trial"] = default["number"]
     return board
 
@@ -120,14 +137,14 @@ def write_leaderboard(runs: Path, board: dict) -> Path:
     from medmap.evaluation.optional import optional
 
     (runs / "leaderboard.json").write_text(json.dumps(board, indent=1, default=str))
-    figure = optional("the leaderboard's curves", curves_png, board["candidates"])
+    figure = optional("the leaderboard's curves", curves_png, board["candidates"], board.get("metric", ""))
     page = runs / "leaderboard.html"
     page.write_text(_page(board, figure))
     return page
 
 
-def curves_png(candidates: list[dict]) -> bytes:
-    """Validation Dice against training time, one line per candidate (stopped ones dashed)."""
+def curves_png(candidates: list[dict], metric: str) -> bytes:
+    """The validation metric against training time, one line per candidate (stopped ones dashed)."""
     from medmap.evaluation.plots import _figure, _png
 
     fig, ax = _figure(6.4, 3.8)
@@ -140,7 +157,7 @@ def curves_png(candidates: list[dict]) -> bytes:
         label = f"{c['number']}{' (default)' if c['default'] else ''}"
         ax.plot(seconds, values, style, marker=".", label=label)
     ax.set_xlabel("training time (s)")
-    ax.set_ylabel("validation Dice (patches)")
+    ax.set_ylabel(f"validation {metric.removeprefix('mean ')} (per epoch)")
     ax.legend(fontsize=7, ncol=2, title="trial", title_fontsize=7)
     return _png(fig)
 
@@ -180,7 +197,7 @@ def _page(board: dict, figure: bytes | None) -> str:
     lines = []
     if winner:
         lines.append(
-            f"Winner: trial {winner['number']} ({html.escape(winner['run'])}), validation mean Dice "
+            f"Winner: trial {winner['number']} ({html.escape(winner['run'])}), validation {board['metric']} "
             f"{winner['score']:.3f}: {html.escape(winner['why'])}."
         )
         over = board.get("over_default")
@@ -204,7 +221,8 @@ def _page(board: dict, figure: bytes | None) -> str:
     )
     head = "".join(
         f"<th>{h}</th>"
-        for h in ("trial", "state", "configuration", "val Dice [95% CI]", "vs leader (paired)", "trained s",
+        for h in ("trial", "state", "configuration", f"val {board['metric']} [95% CI]", "vs leader (paired)",
+                  "trained s",
                   "parameters", "why it stopped")
     )  # fmt: skip
     return (

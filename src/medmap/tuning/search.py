@@ -26,6 +26,7 @@ from pathlib import Path
 
 from medmap.errors import ConfigError, MedmapError
 from medmap.training.trainer import TrainConfig
+from medmap.tuning.scoring import Scoring, scoring_for
 from medmap.tuning.space import default_params, searchable, suggest
 
 STUDY = "medmap"
@@ -41,6 +42,7 @@ class SearchRequest:
     data: Path
     runs: Path
     budget_seconds: float
+    task: str | None = None  # as `medmap train --task`: otherwise the layout says the task
     trial_seconds: float | None = None  # one candidate's training budget (default a quarter of the budget)
     overrides: tuple[str, ...] = ()  # plan values every candidate keeps (``--set``)
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -98,7 +100,10 @@ def tune(request: SearchRequest) -> dict:
         raise ConfigError(
             f"--trial-budget {request.candidate_seconds:.0f} s is more than the --budget {request.budget_seconds:.0f} s"
         )
-    dataset = read_dataset(request.data, "segmentation")
+    if request.task is not None:
+        searchable(request.task)
+    dataset = read_dataset(request.data, request.task)
+    searchable(dataset.task)
     task = task_for(dataset.task)
     splits = task.split(dataset.cases, request.config.seed)  # the split every candidate trains on
     plan = prepare_plan(
@@ -108,14 +113,13 @@ def tune(request: SearchRequest) -> dict:
         progress=request.progress,
         cases=splits["train"] + splits["val"],
     )
-    searchable(plan)
-    default_lr = request.config.learning_rate or task.learning_rate
+    scoring = scoring_for(plan.task)
     partial = any(n.startswith("partial_annotation:") for n in plan.notes)
     request.runs.mkdir(parents=True, exist_ok=True)
     with run_lock(request.runs, shared=True):  # workers starting together: one enqueues the default
         study = open_study(request)
         if not study.trials:
-            study.enqueue_trial(default_params(plan, default_lr), user_attrs={"default": True})
+            study.enqueue_trial(default_params(plan, request.config), user_attrs={"default": True})
         _hand_over_lost_trials(study)
     reserve = _evaluation_seconds(study)
     while True:
@@ -124,7 +128,7 @@ def tune(request: SearchRequest) -> dict:
         if left - reserve < (minimum or 0.0) or left <= 0:
             break
         trial = study.ask()
-        outcome = _train_candidate(trial, study, request, plan, default_lr, partial, left - reserve)
+        outcome = _train_candidate(trial, request, plan, task, scoring, partial, left - reserve)
         if outcome.state == "complete":
             study.tell(trial, outcome.score)
         else:
@@ -135,7 +139,7 @@ def tune(request: SearchRequest) -> dict:
         reserve = _evaluation_seconds(study)
     from medmap.tuning.leaderboard import rank, write_leaderboard
 
-    board = rank(study, request)
+    board = rank(study, request, scoring)
     write_leaderboard(request.runs, board)
     others = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"]
     if others:
@@ -154,7 +158,7 @@ class Outcome:
     error: Exception | None = None
 
 
-def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, partial, seconds_left) -> Outcome:
+def _train_candidate(trial, request: SearchRequest, plan, task, scoring: Scoring, partial, seconds_left) -> Outcome:
     """Train one candidate into its run folder (resuming a lost trial's folder), with pruning checks after
     each epoch, then score it on the validation cases."""
     from medmap.tuning.space import Candidate
@@ -164,10 +168,11 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
     trial.set_user_attr("run", folder_name)
     trial.set_user_attr("worker", _worker())
     trial.set_user_attr("alive", time.time())
-    candidate: Candidate = suggest(trial, plan, default_lr, partial)
+    candidate: Candidate = suggest(trial, plan, task, request.config, partial)
+    trial.set_user_attr("settings", candidate.settings)
     budget = min(request.candidate_seconds, seconds_left)
     trial.set_user_attr("budget_seconds", round(budget, 1))
-    config = replace(request.config, learning_rate=candidate.learning_rate, budget_seconds=budget)
+    config = replace(candidate.config(request.config), budget_seconds=budget)
     unit = request.candidate_seconds / RUNGS
     why: dict = {}
 
@@ -186,7 +191,7 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
                     f"{3 * need:.0f} s for three candidates (given {request.budget_seconds:.0f} s)"
                 )
                 return True
-        value = history[-1]["val"].get("dice")
+        value = history[-1]["val"].get(scoring.monitor)
         step = int(elapsed // unit)
         if value is not None and value == value and step not in trial.user_attrs.get("_steps", []):
             trial.report(float(value), step)
@@ -206,7 +211,7 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
         train_run(
             request.data,
             folder,
-            task="segmentation",
+            task=plan.task,
             overrides=[*request.overrides, *candidate.overrides],
             config=config,
             resume=resume,
@@ -217,7 +222,7 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
             evaluate=None,
         )
         history = json.loads((folder / "history.json").read_text())
-        trial.set_user_attr("history", [[round(h["seconds"], 2), h["val"].get("dice")] for h in history])
+        trial.set_user_attr("history", [[round(h["seconds"], 2), h["val"].get(scoring.monitor)] for h in history])
         trained = sum(h["seconds"] for h in history)
         trial.set_user_attr("trained_seconds", round(trained, 1))
         trial.set_user_attr("overhead_seconds", round(max(time.monotonic() - t0 - trained, 0.0), 1))
@@ -230,26 +235,13 @@ def _train_candidate(trial, study, request: SearchRequest, plan, default_lr, par
         t0 = time.monotonic()
         evaluate_run(folder, request.data, split="val", cache_root=request.cache, progress=request.progress)
         trial.set_user_attr("evaluation_seconds", round(time.monotonic() - t0, 1))
-        scores = case_scores(folder / "evaluation-val" / "metrics.json")
+        scores = scoring.read(folder / "evaluation-val")
         trial.set_user_attr("val_cases", scores)
         trial.set_user_attr("stopped", "trained to its budget or early stopping")
-        return Outcome("complete", score=sum(scores.values()) / len(scores) if scores else float("nan"))
+        return Outcome("complete", score=scoring.statistic(list(scores.values())))
     except MedmapError as exc:
         trial.set_user_attr("stopped", f"failed: {exc}")
         return Outcome("failed")
-
-
-def case_scores(metrics_file: Path) -> dict[str, float]:
-    """Each case's mean foreground Dice (classes it did not annotate left out) from an evaluation."""
-    import math
-
-    cases = json.loads(metrics_file.read_text())["cases"]
-    out = {}
-    for case_id, scored in cases.items():
-        values = [c["dice"] for c in scored["classes"].values() if c["dice"] is not None and not math.isnan(c["dice"])]
-        if values:
-            out[case_id] = sum(values) / len(values)
-    return out
 
 
 def _minimum_seconds(study) -> float | None:

@@ -1,0 +1,231 @@
+"""Does the search buy anything? `medmap tune` against `medmap train` (the default plan) at the same budget.
+
+    python benchmarks/tune_vs_train.py --datasets liver nodules chase pneumonia --seeds 0 1 2 --budget 240
+    python benchmarks/tune_vs_train.py --quick        # one seed of a 16x16 classification set (the suite)
+
+Each arm is run as a user runs it, from the command line, on the same dataset with the same ``--seed``
+(so the same patient split): ``medmap train DATA -o RUN --budget B --seed S`` and ``medmap tune DATA -o
+RUNS --budget B --seed S``. The budgets are not quite equal in the search's favour: tune's budget covers
+everything (planning, caching, scoring candidates on the validation cases), train's covers training
+alone; both wall-clocks are in the table. Both are scored on the test cases afterwards with the task's
+search statistic (`medmap.tuning.scoring`: mean Dice per case, or AUC), the default run's test evaluation
+and the search winner's, each made once. The difference is paired by case within a seed; across seeds
+it is the mean of the per-seed differences, with a bootstrap that resamples the cases within each seed.
+
+Datasets: ``liver`` and ``nodules`` are the demo's (``medmap demo-data``, seed 0, generated into
+``--work``); ``chase`` is CHASE_DB1's 28 fundus photographs with the first observer's vessel masks (a
+CSV manifest written into ``--work``; the two eyes of a child share a patient id); ``pneumonia`` is
+PneumoniaMNIST's npz with its own split. The real ones are read from ``--data`` (../shared/data/real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+N_BOOT = 2000
+
+
+def prepare(name: str, data: Path, work: Path) -> tuple[Path, str]:
+    """The dataset path a user would hand to medmap, and its task."""
+    if name == "quick":
+        from tests.builders import write_blobs
+
+        (work / "blobs").mkdir(parents=True, exist_ok=True)
+        write_blobs(work / "blobs")
+        return work / "blobs" / "blobs.npz", "classification"
+    if name in ("liver", "nodules"):
+        demo = work / "demo"
+        if not (demo / "nodules.csv").is_file():
+            subprocess.run([sys.executable, "-m", "medmap.cli", "demo-data", str(demo)], check=True)
+        return (demo / "liver", "segmentation") if name == "liver" else (demo / "nodules.csv", "classification")
+    if name == "chase":
+        folder = data / "chase_db1"
+        table = work / "chase" / "vessels.csv"
+        table.parent.mkdir(parents=True, exist_ok=True)
+        with open(table, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "mask", "patient_id", "case_id"])
+            for image in sorted(folder.glob("Image_*.jpg")):
+                case = image.stem.removeprefix("Image_")
+                writer.writerow([image, folder / f"{image.stem}_1stHO.png", f"child{case[:2]}", case])
+        (table.parent / "labels.json").write_text(json.dumps({"0": "background", "1": "vessel"}))
+        return table, "segmentation"
+    if name == "pneumonia":
+        return data / "pneumoniamnist" / "pneumoniamnist.npz", "classification"
+    raise SystemExit(f"unknown dataset {name!r}")
+
+
+def medmap(*args) -> float:
+    """Run the CLI as a user does; its wall-clock seconds."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "medmap.cli", *map(str, args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"medmap {' '.join(map(str, args[:2]))} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return time.monotonic() - started
+
+
+def across_seeds(pairs: list[tuple[dict, dict]], statistic, seed: int = 0) -> dict:
+    """Mean over seeds of statistic(tuned) - statistic(default) on each seed's common test cases, and its
+    bootstrap 95 % interval resampling the cases within each seed."""
+    prepared = []
+    for tuned, default in pairs:
+        common = sorted(set(tuned) & set(default))
+        prepared.append(([tuned[c] for c in common], [default[c] for c in common]))
+
+    def difference(picks) -> float:
+        per_seed = [
+            statistic([a[i] for i in p]) - statistic([b[i] for i in p])
+            for (a, b), p in zip(prepared, picks, strict=True)
+        ]
+        return float(np.mean(per_seed))
+
+    rng = np.random.default_rng(seed)
+    point = difference([range(len(a)) for a, _ in prepared])
+    boots = np.array([difference([rng.integers(0, len(a), len(a)) for a, _ in prepared]) for _ in range(N_BOOT)])
+    boots = boots[~np.isnan(boots)]
+    ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
+    return {"mean": point, "ci": ci, "n_cases": [len(a) for a, _ in prepared]}
+
+
+def run_pair(name: str, path: Path, task: str, seed: int, budget: float, trial_budget: float | None, work: Path):
+    from medmap.tuning.leaderboard import paired_difference
+    from medmap.tuning.scoring import scoring_for
+
+    scoring = scoring_for(task)
+    default_run, search = work / "runs" / f"{name}-s{seed}-train", work / "runs" / f"{name}-s{seed}-tune"
+    common = ["--seed", seed, "--budget", f"{budget:.0f}s"]
+    task_option = ["--task", task]
+    for folder in (default_run, search):  # the benchmark's own folders: a fresh run and a fresh study
+        shutil.rmtree(folder, ignore_errors=True)
+    default_wall = medmap("train", path, "-o", default_run, *task_option, *common)
+    trial = ["--trial-budget", f"{trial_budget:.0f}s"] if trial_budget else []
+    tune_wall = medmap("tune", path, "-o", search, *task_option, *common, *trial)
+    board = json.loads((search / "leaderboard.json").read_text())
+    winner = search / board["winner"]["run"]
+    tuned, default = scoring.read(winner, "test"), scoring.read(default_run, "test")
+    return {
+        "dataset": name,
+        "seed": seed,
+        "metric": scoring.metric,
+        "default": {"test": scoring.statistic(list(default.values())), "wall_seconds": round(default_wall, 1)},
+        "tuned": {
+            "test": scoring.statistic(list(tuned.values())),
+            "wall_seconds": round(tune_wall, 1),
+            "winner": board["winner"],
+            "winner_is_default_plan": board["winner"]["number"] == 0,
+            "candidates": len(board["candidates"]),
+            "completed": sum(c["state"] == "complete" for c in board["candidates"]),
+            "pruned": sum(c["state"] == "pruned" for c in board["candidates"]),
+            "val_over_default": board.get("over_default"),
+        },
+        "test_difference": paired_difference(tuned, default, seed, scoring.statistic),
+        "values": {"tuned": tuned, "default": default},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["liver", "nodules", "chase", "pneumonia"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=240.0, help="seconds, each arm")
+    parser.add_argument("--trial-budget", type=float, default=None, help="seconds, one candidate [budget / 4]")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
+    parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "tune_vs_train")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--quick", action="store_true", help="one seed, a 16x16 classification set, 30 s arms")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.seeds, args.budget, args.trial_budget = ["quick"], [0], 30.0, 8.0
+        args.work = args.out / "tune_vs_train-work"
+    from medmap.tuning.scoring import scoring_for
+
+    rows, summary = [], []
+    for name in args.datasets:
+        path, task = prepare(name, args.data, args.work)
+        pairs = []
+        for seed in args.seeds:
+            row = run_pair(name, path, task, seed, args.budget, args.trial_budget, args.work)
+            rows.append(row)
+            pairs.append((row["values"]["tuned"], row["values"]["default"]))
+            d = row["test_difference"]
+            ci = f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "(no interval)"
+            print(
+                f"{name} seed {seed}: default {row['default']['test']:.3f}, tuned {row['tuned']['test']:.3f} "
+                f"({row['tuned']['candidates']} candidates, winner trial {row['tuned']['winner']['number']}): "
+                f"{d['mean']:+.3f} {ci} on {d['n']} test cases",
+                flush=True,
+            )
+        scoring = scoring_for(task)
+        overall = across_seeds(pairs, scoring.statistic)
+        seeds = [r for r in rows if r["dataset"] == name]
+        summary.append(
+            {
+                "dataset": name,
+                "task": task,
+                "metric": scoring.metric,
+                "seeds": args.seeds,
+                "budget_seconds": args.budget,
+                "default_test_mean": float(np.mean([r["default"]["test"] for r in seeds])),
+                "tuned_test_mean": float(np.mean([r["tuned"]["test"] for r in seeds])),
+                "difference": overall,
+                "verdict": verdict(overall),
+                "default_plan_won_search": sum(r["tuned"]["winner_is_default_plan"] for r in seeds),
+                "candidates_mean": float(np.mean([r["tuned"]["candidates"] for r in seeds])),
+                "wall_seconds": {
+                    "train": float(np.mean([r["default"]["wall_seconds"] for r in seeds])),
+                    "tune": float(np.mean([r["tuned"]["wall_seconds"] for r in seeds])),
+                },
+            }
+        )
+    print()
+    print(f"{'dataset':<10} {'metric':<9} {'default':>8} {'tuned':>8} {'tuned - default [95% CI]':>28}  verdict")
+    for s in summary:
+        d = s["difference"]
+        ci = f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else ""
+        print(
+            f"{s['dataset']:<10} {s['metric']:<9} {s['default_test_mean']:>8.3f} {s['tuned_test_mean']:>8.3f} "
+            f"{d['mean']:>+8.3f} {ci:>19}  {s['verdict']}"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
+        "quick": args.quick,
+        "summary": summary,
+        "runs": rows,
+    }
+    (args.out / "tune_vs_train.json").write_text(json.dumps(payload, indent=1, default=str))
+    print(f"wrote {args.out / 'tune_vs_train.json'}")
+
+
+def verdict(difference: dict) -> str:
+    ci = difference["ci"]
+    if not ci:
+        return "no interval"
+    if ci[0] > 0:
+        return "tuned ahead"
+    if ci[1] < 0:
+        return "default ahead"
+    return "tie"
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return done.stdout.strip()
+
+
+if __name__ == "__main__":
+    main()
