@@ -105,6 +105,23 @@ def test_png_grey_and_rgb(tmp_path):
     assert d.array.dtype == np.uint16 and np.array_equal(d.array[0], deep)
 
 
+def test_a_bit_map_png_holds_zero_and_one_as_its_labels_json_names_them(tmp_path):
+    """CHASE_DB1's vessel masks are 1-bit PNGs: their values are 0 and 1 (Pillow's "L" conversion made 255,
+    so a labels.json of {"0", "1"} was refused)."""
+    from medmap.data.layouts import read_dataset
+
+    bits = np.zeros((6, 8), bool)
+    bits[2:4, 3:6] = True
+    PILImage.fromarray(bits).convert("1").save(tmp_path / "m.png")
+    PILImage.fromarray((bits * 200).astype(np.uint8)).save(tmp_path / "i.png")
+    mask = medmap.load(tmp_path / "m.png")
+    assert mask.array.dtype == np.uint8 and np.array_equal(mask.array[0], bits.astype(np.uint8))
+    (tmp_path / "t.csv").write_text("image,mask\ni.png,m.png\n")
+    (tmp_path / "labels.json").write_text('{"0": "background", "1": "vessel"}')
+    (case,) = read_dataset(tmp_path / "t.csv").cases
+    assert np.array_equal(case.load_mask().array, bits[None].astype(np.uint8))
+
+
 def test_corrupt_and_unknown_files_name_the_file(tmp_path):
     (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(CorruptFileError, match=r"bad\.nii\.gz"):

@@ -178,8 +178,8 @@ def _picture_pixels(path: Path) -> np.ndarray:
             pic = pic.convert("L")
         if pic.mode in ("RGBA", "CMYK", "YCbCr", "HSV", "LAB"):
             pic = pic.convert("RGB")
-        if pic.mode == "1":
-            pic = pic.convert("L")
+        if pic.mode == "1":  # a bit map: its values are 0 and 1, as a mask's labels.json names them (not 0/255)
+            return np.asarray(pic, dtype=np.uint8)
         return np.asarray(pic)
 
 
