@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=240.0, help="seconds, each arm")
     parser.add_argument("--trial-budget", type=float, default=None, help="seconds, one candidate [budget / 4]")
+    parser.add_argument("--budget-for", nargs="*", default=[], metavar="NAME=SECONDS[/TRIAL]",
+                        help="a dataset's own budget (and candidate budget), e.g. chase=330/115")  # fmt: skip
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "tune_vs_train")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -155,10 +157,12 @@ def main() -> None:
     rows, summary = [], []
     for name in args.datasets:
         path, task = prepare(name, args.data, args.work)
+        budget, trial_budget = budgets(args, name)
         pairs = []
         for seed in args.seeds:
-            row = run_pair(name, path, task, seed, args.budget, args.trial_budget, args.work)
+            row = run_pair(name, path, task, seed, budget, trial_budget, args.work)
             rows.append(row)
+            save(args, {"partial": True, "summary": summary, "runs": rows})  # a long campaign keeps what it has
             pairs.append((row["values"]["tuned"], row["values"]["default"]))
             d = row["test_difference"]
             ci = f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "(no interval)"
@@ -177,7 +181,8 @@ def main() -> None:
                 "task": task,
                 "metric": scoring.metric,
                 "seeds": args.seeds,
-                "budget_seconds": args.budget,
+                "budget_seconds": budget,
+                "trial_budget_seconds": trial_budget or budget / 4,
                 "default_test_mean": float(np.mean([r["default"]["test"] for r in seeds])),
                 "tuned_test_mean": float(np.mean([r["tuned"]["test"] for r in seeds])),
                 "difference": overall,
@@ -199,16 +204,25 @@ def main() -> None:
             f"{s['dataset']:<10} {s['metric']:<9} {s['default_test_mean']:>8.3f} {s['tuned_test_mean']:>8.3f} "
             f"{d['mean']:>+8.3f} {ci:>19}  {s['verdict']}"
         )
+    print(f"wrote {save(args, {'summary': summary, 'runs': rows})}")
+
+
+def save(args, results: dict) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit(),
-        "quick": args.quick,
-        "summary": summary,
-        "runs": rows,
-    }
-    (args.out / "tune_vs_train.json").write_text(json.dumps(payload, indent=1, default=str))
-    print(f"wrote {args.out / 'tune_vs_train.json'}")
+    payload = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "quick": args.quick, **results}
+    path = args.out / "tune_vs_train.json"
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
+def budgets(args, name: str) -> tuple[float, float | None]:
+    """The budget of each arm and of one candidate for a dataset (``--budget-for`` over the defaults)."""
+    for item in args.budget_for:
+        key, _, value = item.partition("=")
+        if key == name:
+            budget, _, trial = value.partition("/")
+            return float(budget), float(trial) if trial else None
+    return args.budget, args.trial_budget
 
 
 def verdict(difference: dict) -> str:

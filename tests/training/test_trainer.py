@@ -24,6 +24,24 @@ def test_loss_falls_and_validation_auc_rises(blobs, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 
 
+def test_a_budgeted_run_with_a_minimum_of_epochs_shortens_them_instead(blobs, tmp_path):
+    """A search's candidate: a budget too short for the plan's epochs still gives three validated epochs."""
+    from medmap.data.loader import PatchDataset
+
+    plan = blobs_plan()
+    train, val = cached(blobs, plan, tmp_path, "train"), cached(blobs, plan, tmp_path, "val")
+
+    def planned(minimum: int, budget: float) -> dict:
+        trainer = Trainer(task_for(plan), plan, TrainConfig(workers=0, budget_seconds=budget, min_epochs=minimum),
+                          tmp_path / f"min{minimum}")  # fmt: skip
+        model, loss = trainer.task.build_network(plan, None), trainer.task.build_loss(plan, train, 0.0)
+        return trainer.plan_epochs(model, loss, train, PatchDataset(val, plan, trainer.task, train=False))
+
+    single, three = planned(1, 0.01), planned(3, 0.01)  # less than the timing itself takes
+    assert single["epochs"] == 1 and three["epochs"] == 3
+    assert three["steps_per_epoch"] < three["planned_steps_per_epoch"]  # epochs shortened, not the budget exceeded
+
+
 def test_resume_reproduces_an_uninterrupted_run(blobs, tmp_path):
     plan = blobs_plan()
     train, val = cached(blobs, plan, tmp_path, "train"), cached(blobs, plan, tmp_path, "val")

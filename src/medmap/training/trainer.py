@@ -48,6 +48,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # or "sgd": nnU-Net's SGD, Nesterov momentum 0.99
     schedule: str = "cosine"  # or "poly": (1 - step/steps) ** 0.9, nnU-Net's
     budget_seconds: float | None = None  # training wall-clock budget: epochs are planned to fit it
+    min_epochs: int = 1  # a budgeted run's epochs are shortened to give at least this many validations
     dropout: float | None = None  # None: the task's default (classification 0.2, segmentation none, as nnU-Net)
     label_smoothing: float = 0.05
     balanced_sampling: bool = True
@@ -76,6 +77,7 @@ class TrainConfig:
             (self.budget_seconds is not None and not self.budget_seconds > 0, "budget: must be > 0"),
             (self.workers < 0, f"workers {self.workers}: must be >= 0"),
             (self.freeze_encoder_epochs < 0, "freeze-encoder epochs: must be >= 0"),
+            (self.min_epochs < 1, f"minimum epochs {self.min_epochs}: at least 1"),
         ]
         for failed, message in problems:
             if failed:
@@ -226,7 +228,7 @@ class Trainer:
         nominal = len(loader)  # the plan's epoch; stretched or shrunk so that whole epochs fill the budget
         spent = time.perf_counter() - started
         available = max(cfg.budget_seconds - spent, 0.0)
-        epochs = int(max(1, round(available / (nominal * step + validation))))
+        epochs = int(max(cfg.min_epochs, round(available / (nominal * step + validation))))
         steps = int(max(1, (available / epochs - validation) // step))
         return self.ranks.agree(
             {

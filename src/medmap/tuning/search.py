@@ -33,7 +33,8 @@ STUDY = "medmap"
 JOURNAL = "study.journal"
 BEST = "best.json"
 RUNGS = 9  # a candidate's budget in rung units: successive halving at 1/9 and 1/3 of it (reduction 3)
-MIN_EPOCHS = 3  # a candidate trains at least this many epochs, or the search says what budget it needs
+MIN_EPOCHS = 3  # a candidate's budget is cut into at least this many epochs (validated: its curve is pruned on);
+# together they must hold one epoch of the default plan's steps, or the search says what budget it needs
 STALE_AFTER_S = 600  # a RUNNING trial of another machine whose heartbeat is this old (beyond its budget) is lost
 
 
@@ -172,7 +173,7 @@ def _train_candidate(trial, request: SearchRequest, plan, task, scoring: Scoring
     trial.set_user_attr("settings", candidate.settings)
     budget = min(request.candidate_seconds, seconds_left)
     trial.set_user_attr("budget_seconds", round(budget, 1))
-    config = replace(candidate.config(request.config), budget_seconds=budget)
+    config = replace(candidate.config(request.config), budget_seconds=budget, min_epochs=MIN_EPOCHS)
     unit = request.candidate_seconds / RUNGS
     why: dict = {}
 
@@ -181,14 +182,16 @@ def _train_candidate(trial, request: SearchRequest, plan, task, scoring: Scoring
         elapsed = sum(h["seconds"] for h in history)
         if trial.user_attrs.get("default") and len(history) == 1:
             timed = json.loads((folder / "budget.json").read_text()) if (folder / "budget.json").is_file() else {}
-            planned = timed.get("planned_steps_per_epoch", 0) * timed.get("seconds_per_step", 0.0)
-            epoch = max(history[0]["seconds"], planned + timed.get("seconds_per_validation", 0.0))
-            need = MIN_EPOCHS * epoch  # the plan's own epoch, not one the budget shrank
+            steps, step = timed.get("planned_steps_per_epoch", 0), timed.get("seconds_per_step", 0.0)
+            validation, timing = timed.get("seconds_per_validation", 0.0), timed.get("measured_in_seconds", 0.0)
+            need = steps * step + MIN_EPOCHS * validation + timing  # one plan epoch of steps, never fewer
+            trial.set_user_attr("minimum_seconds", round(need, 1))
             if need > request.candidate_seconds:
                 why["error"] = ConfigError(
-                    f"a candidate needs at least {MIN_EPOCHS} epochs of {epoch:.0f} s (the default "
-                    f"plan's first epoch): --trial-budget of {need:.0f} s or more, and a --budget of at least "
-                    f"{3 * need:.0f} s for three candidates (given {request.budget_seconds:.0f} s)"
+                    f"a candidate needs at least {MIN_EPOCHS} epochs holding one epoch of the default plan's "
+                    f"steps ({steps} of {step:.2f} s) and their validations ({validation:.1f} s each), after "
+                    f"{timing:.0f} s of timing: --trial-budget of {need:.0f} s or more, and a --budget of at "
+                    f"least {3 * need:.0f} s for three candidates (given {request.budget_seconds:.0f} s)"
                 )
                 return True
         value = history[-1]["val"].get(scoring.monitor)
@@ -245,11 +248,10 @@ def _train_candidate(trial, request: SearchRequest, plan, task, scoring: Scoring
 
 
 def _minimum_seconds(study) -> float | None:
-    """A candidate's minimum (MIN_EPOCHS epochs of the default plan), once the default plan has run one."""
+    """A candidate's minimum (see MIN_EPOCHS), once the default plan has trained its first epoch."""
     for t in study.get_trials(deepcopy=False):
-        history = t.user_attrs.get("history")
-        if t.user_attrs.get("default") and history:
-            return MIN_EPOCHS * history[0][0]
+        if t.user_attrs.get("default") and "minimum_seconds" in t.user_attrs:
+            return t.user_attrs["minimum_seconds"]
     return None
 
 
