@@ -73,7 +73,7 @@ def medmap(*args) -> float:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "medmap.cli", *map(str, args)], capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"medmap {' '.join(map(str, args[:2]))} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"medmap {' '.join(map(str, args[:2]))} failed: {done.stderr.strip()[-1500:]}")
     return time.monotonic() - started
 
 
@@ -154,15 +154,21 @@ def main() -> None:
         args.work = args.out / "tune_vs_train-work"
     from medmap.tuning.scoring import scoring_for
 
-    rows, summary = [], []
+    rows, summary, failures = [], [], []
     for name in args.datasets:
         path, task = prepare(name, args.data, args.work)
         budget, trial_budget = budgets(args, name)
         pairs = []
         for seed in args.seeds:
-            row = run_pair(name, path, task, seed, budget, trial_budget, args.work)
+            try:
+                row = run_pair(name, path, task, seed, budget, trial_budget, args.work)
+            except RuntimeError as exc:  # one failed arm is reported, the campaign goes on
+                failures.append({"dataset": name, "seed": seed, "error": str(exc)})
+                print(f"{name} seed {seed}: {exc}", flush=True)
+                save(args, {"partial": True, "summary": summary, "runs": rows, "failures": failures})
+                continue
             rows.append(row)
-            save(args, {"partial": True, "summary": summary, "runs": rows})  # a long campaign keeps what it has
+            save(args, {"partial": True, "summary": summary, "runs": rows, "failures": failures})  # kept as measured
             pairs.append((row["values"]["tuned"], row["values"]["default"]))
             d = row["test_difference"]
             ci = f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "(no interval)"
@@ -172,6 +178,8 @@ def main() -> None:
                 f"{d['mean']:+.3f} {ci} on {d['n']} test cases",
                 flush=True,
             )
+        if not pairs:
+            continue
         scoring = scoring_for(task)
         overall = across_seeds(pairs, scoring.statistic)
         seeds = [r for r in rows if r["dataset"] == name]
@@ -204,7 +212,9 @@ def main() -> None:
             f"{s['dataset']:<10} {s['metric']:<9} {s['default_test_mean']:>8.3f} {s['tuned_test_mean']:>8.3f} "
             f"{d['mean']:>+8.3f} {ci:>19}  {s['verdict']}"
         )
-    print(f"wrote {save(args, {'summary': summary, 'runs': rows})}")
+    print(f"wrote {save(args, {'summary': summary, 'runs': rows, 'failures': failures})}")
+    if failures:
+        raise SystemExit(f"{len(failures)} arm(s) failed (in the JSON): {failures[0]['error'][:300]}")
 
 
 def save(args, results: dict) -> Path:

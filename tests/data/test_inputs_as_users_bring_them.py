@@ -52,7 +52,8 @@ def _write_fundus_table(folder, n=10, bits="1", labels=None):
 @pytest.mark.parametrize("bits", ["1", "L"])
 def test_masks_without_labels_json_take_their_values_in_order(tmp_path, bits):
     table = _write_fundus_table(tmp_path / bits, bits=bits)
-    with pytest.warns(Warning, match=r"no labels.json.*values \[0, 255\].*labels.json to name them"):
+    stored = "0, 1" if bits == "1" else "0, 255"  # a bit map holds bits; an 8-bit mask its bytes
+    with pytest.warns(Warning, match=rf"no labels.json.*values \[{stored}\].*labels.json to name them"):
         dataset = read_dataset(table)
     assert dataset.labels == {0: "background", 1: "foreground"}
     mask = dataset.cases[0].load_mask()
