@@ -100,13 +100,13 @@ def across_seeds(pairs: list[tuple[dict, dict]], statistic, seed: int = 0) -> di
     return {"mean": point, "ci": ci, "n_cases": [len(a) for a, _ in prepared]}
 
 
-def run_pair(name: str, path: Path, task: str, seed: int, budget: float, trial_budget: float | None, work: Path):
+def run_pair(name, path: Path, task: str, seed: int, budget: float, trial_budget: float | None, work: Path, sets=()):
     from medmap.tuning.leaderboard import paired_difference
     from medmap.tuning.scoring import scoring_for
 
     scoring = scoring_for(task)
     default_run, search = work / "runs" / f"{name}-s{seed}-train", work / "runs" / f"{name}-s{seed}-tune"
-    common = ["--seed", seed, "--budget", f"{budget:.0f}s"]
+    common = ["--seed", seed, "--budget", f"{budget:.0f}s", *(a for s in sets for a in ("--set", s))]
     task_option = ["--task", task]
     for folder in (default_run, search):  # the benchmark's own folders: a fresh run and a fresh study
         shutil.rmtree(folder, ignore_errors=True)
@@ -147,10 +147,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "real")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "tune_vs_train")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--quick", action="store_true", help="one seed, a 16x16 classification set, 30 s arms")
+    parser.add_argument("--set", action="append", default=[], help="a plan value both arms keep (key=value)")
+    parser.add_argument("--quick", action="store_true", help="one seed, a 16x16 classification set, 40 s arms")
     args = parser.parse_args()
     if args.quick:
-        args.datasets, args.seeds, args.budget, args.trial_budget = ["quick"], [0], 30.0, 8.0
+        args.datasets, args.seeds, args.budget, args.trial_budget = ["quick"], [0], 40.0, 10.0
+        args.set = ["batch_size=16", "iterations_per_epoch=4"]  # short epochs: three fit a candidate on a busy CI
         args.work = args.out / "tune_vs_train-work"
     from medmap.tuning.scoring import scoring_for
 
@@ -161,7 +163,7 @@ def main() -> None:
         pairs = []
         for seed in args.seeds:
             try:
-                row = run_pair(name, path, task, seed, budget, trial_budget, args.work)
+                row = run_pair(name, path, task, seed, budget, trial_budget, args.work, args.set)
             except RuntimeError as exc:  # one failed arm is reported, the campaign goes on
                 failures.append({"dataset": name, "seed": seed, "error": str(exc)})
                 print(f"{name} seed {seed}: {exc}", flush=True)

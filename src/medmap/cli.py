@@ -637,6 +637,8 @@ def tune(
     if winner:
         score = f"validation {board['metric']} {winner['score']:.3f}"
         out.print(f"winner: {output / winner['run']} ({score}; {winner['why']})")
+    if board.get("undertrained"):
+        out.print(f"warning: {board['undertrained']}", highlight=False)
     if board.get("note"):
         out.print(board["note"])
     out.print(f"leaderboard: {output / 'leaderboard.html'}", highlight=False)

@@ -13,7 +13,7 @@ import pytest
 from medmap.data.dataset import Case
 from medmap.training.trainer import TrainConfig
 from medmap.tuning import scoring, search
-from medmap.tuning.leaderboard import paired_difference
+from medmap.tuning.leaderboard import paired_difference, still_rising
 from medmap.tuning.search import SearchRequest, tune
 from tests.builders import kidneys_export, lesion_manifest, write_blobs
 from tests.helpers import assert_one_line_error, medmap_cli
@@ -161,8 +161,9 @@ def test_a_classifier_is_ranked_by_auc_with_a_paired_interval_over_resampled_cas
 def test_a_classification_search_ranks_candidates_by_validation_auc(tmp_path):
     write_blobs(tmp_path)
     runs = tmp_path / "runs"
-    request = SearchRequest(tmp_path / "blobs.npz", runs, budget_seconds=30, trial_seconds=8,
-                            overrides=("network_width=8",), config=TrainConfig(workers=0))  # fmt: skip
+    small = ("network_width=8", "batch_size=16", "iterations_per_epoch=4")  # minimum: ~4 s on a loaded CI machine
+    request = SearchRequest(tmp_path / "blobs.npz", runs, budget_seconds=36, trial_seconds=10, overrides=small,
+                            config=TrainConfig(workers=0))  # fmt: skip
     board = tune(request)
     assert board["metric"] == "AUC" and board["candidates"][0]["default"]
     default = board["candidates"][0]
@@ -178,3 +179,11 @@ def test_detection_is_refused_with_the_reason(tmp_path):
     table = lesion_manifest(tmp_path, [("ct", 0.0, "benign"), ("ct", 5.0, "malignant")])
     result = medmap_cli("tune", table, "--task", "detection", "-o", tmp_path / "runs", "--budget", "30s")
     assert_one_line_error(result, "detection is not searched yet")
+
+
+def test_a_default_plan_still_rising_at_the_end_of_its_budget_is_called_undertrained():
+    rising = [[10.0, 0.2], [10.0, 0.4], [10.0, 0.55], [10.0, 0.7]]
+    assert still_rising(rising) == (0.4, 0.7)  # the best of the first 26.7 s, and the best after
+    levelled = [[10.0, 0.2], [10.0, 0.69], [10.0, 0.695], [10.0, 0.698]]
+    assert still_rising(levelled) is None
+    assert still_rising([[10.0, 0.1], [10.0, 0.9]]) is None  # two epochs: no curve to judge

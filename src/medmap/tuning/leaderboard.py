@@ -23,6 +23,7 @@ from medmap.tuning.scoring import Scoring, mean
 
 MIN_CASES_FOR_INTERVAL = 5
 N_BOOT = 2000
+STILL_RISING = 0.01  # the default plan's validation metric gained more than this over its last third of training
 
 
 def paired_difference(a: dict, b: dict, seed: int = 0, statistic: Callable[[list], float] = mean) -> dict:
@@ -129,7 +130,31 @@ def rank(study, request, scoring: Scoring) -> dict:
     if default is not None:
         board["over_default"] = paired_difference(winner["val_cases"], default["val_cases"], seed, statistic)
         board["over_default"]["default_trial"] = default["number"]
+        rising = still_rising(default["history"])
+        if rising is not None:
+            before, best = rising
+            board["undertrained"] = (
+                f"the default plan's validation {scoring.metric} was still rising at the end of its "
+                f"{default['trained_seconds'] or 0:.0f} s of training ({before:.3f} -> {best:.3f} over its last "
+                "third): candidates this short are undertrained, so the winner is likely to trail one medmap "
+                "train run given the whole budget; search with a --trial-budget several times longer, or train"
+            )
     return board
+
+
+def still_rising(history: list) -> tuple[float, float] | None:
+    """(best before the last third of training time, best overall) of a ``[[seconds, value], ...]`` curve
+    when the last third gained more than STILL_RISING; None when it had levelled off (or is too short)."""
+    values = [(s, v) for s, v in history if v is not None and v == v]
+    if len(values) < 3:
+        return None
+    elapsed = np.cumsum([s for s, _ in values])
+    cut = elapsed[-1] * 2 / 3
+    before = max((v for (_, v), t in zip(values, elapsed, strict=True) if t <= cut), default=None)
+    best = max(v for _, v in values)
+    if before is None or best - before <= STILL_RISING:
+        return None
+    return float(before), float(best)
 
 
 def write_leaderboard(runs: Path, board: dict) -> Path:
@@ -212,6 +237,8 @@ def _page(board: dict, figure: bytes | None) -> str:
         lines.append("No candidate has completed yet.")
     if board.get("test"):
         lines.append(f"The winner's test evaluation (run once, after the search): {html.escape(str(board['test']))}")
+    if board.get("undertrained"):
+        lines.append("<strong>Warning:</strong> " + html.escape(board["undertrained"]) + ".")
     if board.get("note"):
         lines.append(html.escape(board["note"]))
     image = (
