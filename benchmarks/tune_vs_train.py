@@ -80,6 +80,8 @@ def medmap(*args) -> float:
 def across_seeds(pairs: list[tuple[dict, dict]], statistic, seed: int = 0) -> dict:
     """Mean over seeds of statistic(tuned) - statistic(default) on each seed's common test cases, and its
     bootstrap 95 % interval resampling the cases within each seed."""
+    from medmap.tuning.leaderboard import percentile_interval
+
     prepared = []
     for tuned, default in pairs:
         common = sorted(set(tuned) & set(default))
@@ -94,10 +96,8 @@ def across_seeds(pairs: list[tuple[dict, dict]], statistic, seed: int = 0) -> di
 
     rng = np.random.default_rng(seed)
     point = difference([range(len(a)) for a, _ in prepared])
-    boots = np.array([difference([rng.integers(0, len(a), len(a)) for a, _ in prepared]) for _ in range(N_BOOT)])
-    boots = boots[~np.isnan(boots)]
-    ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
-    return {"mean": point, "ci": ci, "n_cases": [len(a) for a, _ in prepared]}
+    boots = [difference([rng.integers(0, len(a), len(a)) for a, _ in prepared]) for _ in range(N_BOOT)]
+    return {"mean": point, "ci": percentile_interval(boots), "n_cases": [len(a) for a, _ in prepared]}
 
 
 def run_pair(name, path: Path, task: str, seed: int, budget: float, trial_budget: float | None, work: Path, sets=()):

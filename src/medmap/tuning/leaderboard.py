@@ -38,13 +38,14 @@ def paired_difference(a: dict, b: dict, seed: int = 0, statistic: Callable[[list
     for _ in range(N_BOOT):
         pick = rng.integers(0, len(common), len(common))
         boots.append(statistic([first[i] for i in pick]) - statistic([second[i] for i in pick]))
-    boots = np.array(boots)
+    return {"mean": float(statistic(first) - statistic(second)), "ci": percentile_interval(boots), "n": len(common)}
+
+
+def percentile_interval(boots) -> list[float] | None:
+    """The percentile 95 % interval of bootstrap values, leaving out resamples with no value (NaN)."""
+    boots = np.asarray(boots, dtype=float)
     boots = boots[~np.isnan(boots)]
-    return {
-        "mean": float(statistic(first) - statistic(second)),
-        "ci": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None,
-        "n": len(common),
-    }
+    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
 
 
 def _interval(scores: dict, seed: int, statistic: Callable[[list], float]) -> list[float] | None:
@@ -52,9 +53,9 @@ def _interval(scores: dict, seed: int, statistic: Callable[[list], float]) -> li
     if len(values) < 2:
         return None
     rng = np.random.default_rng(seed)
-    boots = np.array([statistic([values[i] for i in rng.integers(0, len(values), len(values))]) for _ in range(N_BOOT)])
-    boots = boots[~np.isnan(boots)]
-    return [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
+    return percentile_interval(
+        [statistic([values[i] for i in rng.integers(0, len(values), len(values))]) for _ in range(N_BOOT)]
+    )
 
 
 def _parameters(run: Path) -> int | None:

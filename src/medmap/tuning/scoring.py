@@ -30,14 +30,16 @@ def auc(values: list) -> float:
     """AUC of the cases' probabilities against their labels (NaN when a class is missing from them)."""
     from sklearn.metrics import roc_auc_score
 
+    from medmap.evaluation.metrics import binary_auc
+
     rows = np.asarray(values, dtype=float)
     if rows.ndim != 2 or len(rows) < 2:
         return float("nan")
     labels, probabilities = rows[:, 0].astype(int), rows[:, 1:]
     if len(np.unique(labels)) < probabilities.shape[1]:
         return float("nan")  # a resample without every class has no AUC
-    if probabilities.shape[1] == 2:
-        return float(roc_auc_score(labels, probabilities[:, 1]))
+    if probabilities.shape[1] == 2:  # the Mann-Whitney form: bootstraps call this thousands of times
+        return binary_auc(labels, probabilities[:, 1])
     probabilities = probabilities / np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
     return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
 

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medmap.errors import ConfigError, MedmapError
+from medmap.run_folder import BUDGET as BUDGET_FILE
+from medmap.run_folder import HISTORY as HISTORY_FILE
+from medmap.run_folder import RunFolder
 from medmap.training.trainer import TrainConfig
 from medmap.tuning.scoring import Scoring, scoring_for
 from medmap.tuning.space import default_params, searchable, suggest
@@ -181,7 +184,7 @@ def _train_candidate(trial, request: SearchRequest, plan, task, scoring: Scoring
         trial.set_user_attr("alive", time.time())
         elapsed = sum(h["seconds"] for h in history)
         if trial.user_attrs.get("default") and len(history) == 1:
-            timed = json.loads((folder / "budget.json").read_text()) if (folder / "budget.json").is_file() else {}
+            timed = RunFolder(folder).read(BUDGET_FILE) or {}
             steps, step = timed.get("planned_steps_per_epoch", 0), timed.get("seconds_per_step", 0.0)
             validation, timing = timed.get("seconds_per_validation", 0.0), timed.get("measured_in_seconds", 0.0)
             need = steps * step + MIN_EPOCHS * validation + timing  # one plan epoch of steps, never fewer
@@ -224,7 +227,7 @@ def _train_candidate(trial, request: SearchRequest, plan, task, scoring: Scoring
             stop_after=stop_after,
             evaluate=None,
         )
-        history = json.loads((folder / "history.json").read_text())
+        history = RunFolder(folder).read(HISTORY_FILE)
         trial.set_user_attr("history", [[round(h["seconds"], 2), h["val"].get(scoring.monitor)] for h in history])
         trained = sum(h["seconds"] for h in history)
         trial.set_user_attr("trained_seconds", round(trained, 1))
