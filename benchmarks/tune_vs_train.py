@@ -12,92 +12,22 @@ search statistic (`medmap.tuning.scoring`: mean Dice per case, or AUC), the defa
 and the search winner's, each made once. The difference is paired by case within a seed; across seeds
 it is the mean of the per-seed differences, with a bootstrap that resamples the cases within each seed.
 
-Datasets: ``liver`` and ``nodules`` are the demo's (``medmap demo-data``, seed 0, generated into
-``--work``); ``chase`` is CHASE_DB1's 28 fundus photographs with the first observer's vessel masks (a
-CSV manifest written into ``--work``; the two eyes of a child share a patient id); ``pneumonia`` is
-PneumoniaMNIST's npz with its own split. The real ones are read from ``--data`` (../shared/data/real).
+Datasets (``liver``, ``nodules``, ``chase``, ``pneumonia``, ``isic``): as `campaign.prepare` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-N_BOOT = 2000
-
-
-def prepare(name: str, data: Path, work: Path) -> tuple[Path, str]:
-    """The dataset path a user would hand to medmap, and its task."""
-    if name == "quick":
-        from tests.builders import write_blobs
-
-        (work / "blobs").mkdir(parents=True, exist_ok=True)
-        write_blobs(work / "blobs")
-        return work / "blobs" / "blobs.npz", "classification"
-    if name in ("liver", "nodules"):
-        demo = work / "demo"
-        if not (demo / "nodules.csv").is_file():
-            subprocess.run([sys.executable, "-m", "medmap.cli", "demo-data", str(demo)], check=True)
-        return (demo / "liver", "segmentation") if name == "liver" else (demo / "nodules.csv", "classification")
-    if name == "chase":
-        folder = data / "chase_db1"
-        table = work / "chase" / "vessels.csv"
-        table.parent.mkdir(parents=True, exist_ok=True)
-        with open(table, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image", "mask", "patient_id", "case_id"])
-            for image in sorted(folder.glob("Image_*.jpg")):
-                case = image.stem.removeprefix("Image_")
-                writer.writerow([image, folder / f"{image.stem}_1stHO.png", f"child{case[:2]}", case])
-        (table.parent / "labels.json").write_text(json.dumps({"0": "background", "1": "vessel"}))
-        return table, "segmentation"
-    if name == "pneumonia":
-        return data / "pneumoniamnist" / "pneumoniamnist.npz", "classification"
-    raise SystemExit(f"unknown dataset {name!r}")
-
-
-def medmap(*args) -> float:
-    """Run the CLI as a user does; its wall-clock seconds."""
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "medmap.cli", *map(str, args)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"medmap {' '.join(map(str, args[:2]))} failed: {done.stderr.strip()[-1500:]}")
-    return time.monotonic() - started
-
-
-def across_seeds(pairs: list[tuple[dict, dict]], statistic, seed: int = 0) -> dict:
-    """Mean over seeds of statistic(tuned) - statistic(default) on each seed's common test cases, and its
-    bootstrap 95 % interval resampling the cases within each seed."""
-    from medmap.tuning.leaderboard import percentile_interval
-
-    prepared = []
-    for tuned, default in pairs:
-        common = sorted(set(tuned) & set(default))
-        prepared.append(([tuned[c] for c in common], [default[c] for c in common]))
-
-    def difference(picks) -> float:
-        per_seed = [
-            statistic([a[i] for i in p]) - statistic([b[i] for i in p])
-            for (a, b), p in zip(prepared, picks, strict=True)
-        ]
-        return float(np.mean(per_seed))
-
-    rng = np.random.default_rng(seed)
-    point = difference([range(len(a)) for a, _ in prepared])
-    boots = [difference([rng.integers(0, len(a), len(a)) for a, _ in prepared]) for _ in range(N_BOOT)]
-    return {"mean": point, "ci": percentile_interval(boots), "n_cases": [len(a) for a, _ in prepared]}
+sys.path.insert(0, str(Path(__file__).parent))
+from campaign import ROOT, across_seeds, medmap, prepare, verdict
+from campaign import save as save_campaign
 
 
 def run_pair(name, path: Path, task: str, seed: int, budget: float, trial_budget: float | None, work: Path, sets=()):
@@ -196,7 +126,7 @@ def main() -> None:
                 "default_test_mean": float(np.mean([r["default"]["test"] for r in seeds])),
                 "tuned_test_mean": float(np.mean([r["tuned"]["test"] for r in seeds])),
                 "difference": overall,
-                "verdict": verdict(overall),
+                "verdict": verdict(overall, "tuned", "default"),
                 "default_plan_won_search": sum(r["tuned"]["winner_is_default_plan"] for r in seeds),
                 "candidates_mean": float(np.mean([r["tuned"]["candidates"] for r in seeds])),
                 "wall_seconds": {
@@ -220,11 +150,7 @@ def main() -> None:
 
 
 def save(args, results: dict) -> Path:
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"date": time.strftime("%Y-%m-%d"), "commit": commit(), "quick": args.quick, **results}
-    path = args.out / "tune_vs_train.json"
-    path.write_text(json.dumps(payload, indent=1, default=str))
-    return path
+    return save_campaign(args.out, "tune_vs_train", args.quick, results)
 
 
 def budgets(args, name: str) -> tuple[float, float | None]:
@@ -235,22 +161,6 @@ def budgets(args, name: str) -> tuple[float, float | None]:
             budget, _, trial = value.partition("/")
             return float(budget), float(trial) if trial else None
     return args.budget, args.trial_budget
-
-
-def verdict(difference: dict) -> str:
-    ci = difference["ci"]
-    if not ci:
-        return "no interval"
-    if ci[0] > 0:
-        return "tuned ahead"
-    if ci[1] < 0:
-        return "default ahead"
-    return "tie"
-
-
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return done.stdout.strip()
 
 
 if __name__ == "__main__":

@@ -354,3 +354,18 @@ def kidneys_export(
         contours[name] = [image.index_to_world(r) for r in rings]
     (folder / "rt").mkdir()
     return write_rtstruct(paths, contours, folder / "rt" / "rtstruct.dcm")
+
+
+def fundus_photo(seed: int, shape=(64, 80)) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB photograph holding dark thin 'vessels' (2 px lines) on a reddish disc, and its vessel mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    vessels = np.zeros(shape, bool)
+    for _ in range(4):
+        angle, offset = rng.uniform(0, np.pi), rng.uniform(-20, 20)
+        distance = np.abs((xx - shape[1] / 2) * np.sin(angle) - (yy - shape[0] / 2) * np.cos(angle) - offset)
+        vessels |= distance < 1.0
+    rgb = np.stack([np.full(shape, 170.0), np.full(shape, 80.0), np.full(shape, 40.0)], -1)
+    rgb[vessels] *= 0.45
+    rgb += rng.normal(0, 6, rgb.shape)
+    return np.clip(rgb, 0, 255).astype(np.uint8), vessels

@@ -254,3 +254,22 @@ def test_tune_vs_train(tmp_path):
     assert row["metric"] == "AUC" and row["test_difference"]["n"] == 15
     assert set(row["values"]["tuned"]) == set(row["values"]["default"])  # the same split: the same test cases
     assert row["tuned"]["candidates"] >= 1 and payload["summary"][0]["verdict"] in out
+
+
+def test_real_data(tmp_path):
+    """Every arm scored on the same test cases as medmap, each difference paired with an interval, on the
+    generated stand-ins (a CHASE_DB1-like vessel set with two observers, and a small classification set)."""
+    out = bench("real_data", "--out", tmp_path).stdout
+    payload = json.loads((tmp_path / "real_data.json").read_text())
+    vessels, blobs = payload["summary"]
+    segmenters = {"medmap", "MONAI UNet, tutorial loop", "classical floor (top-hat)", "second observer"}
+    assert set(vessels["arms"]) == segmenters
+    assert set(blobs["arms"]) == {"medmap", "MONAI DenseNet-121, tutorial loop", "logistic regression (pixels)"}
+    for run in payload["runs"]:
+        cases = set(run["arms"]["medmap"]["values"])
+        assert cases and all(set(arm["values"]) == cases for arm in run["arms"].values())
+    observer = vessels["arms"]["second observer"]
+    assert 0.5 < observer["test_mean"] < 1.0  # the second observer draws a pixel wider: not the first's mask
+    assert observer["medmap_minus_arm"]["ci"] and observer["verdict"] in out
+    tried = payload["runs"][1]["arms"]["MONAI DenseNet-121, tutorial loop"]["tried"]
+    assert [t["learning_rate"] for t in tried] == [1e-5, 1e-3]  # the peer's rate chosen on validation

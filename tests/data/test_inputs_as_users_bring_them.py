@@ -14,28 +14,14 @@ from medmap.data.layouts import read_dataset
 from medmap.errors import ConfigError, DatasetError
 from medmap.io.image import Image
 from medmap.io.load import save
-
-
-def _fundus(seed: int, shape=(64, 80)):
-    """An RGB photograph holding dark thin 'vessels' (2 px lines) on a reddish disc, and its vessel mask."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    vessels = np.zeros(shape, bool)
-    for _ in range(4):
-        angle, offset = rng.uniform(0, np.pi), rng.uniform(-20, 20)
-        distance = np.abs((xx - shape[1] / 2) * np.sin(angle) - (yy - shape[0] / 2) * np.cos(angle) - offset)
-        vessels |= distance < 1.0
-    rgb = np.stack([np.full(shape, 170.0), np.full(shape, 80.0), np.full(shape, 40.0)], -1)
-    rgb[vessels] *= 0.45
-    rgb += rng.normal(0, 6, rgb.shape)
-    return np.clip(rgb, 0, 255).astype(np.uint8), vessels
+from tests.builders import fundus_photo
 
 
 def _write_fundus_table(folder, n=10, bits="1", labels=None):
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        rgb, vessels = _fundus(i)
+        rgb, vessels = fundus_photo(i)
         PILImage.fromarray(rgb).save(folder / f"eye_{i:02d}.jpg", quality=95)
         mask = PILImage.fromarray(vessels) if bits == "1" else PILImage.fromarray(vessels.astype(np.uint8) * 255)
         mask.save(folder / f"eye_{i:02d}_mask.png")
