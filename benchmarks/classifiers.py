@@ -39,8 +39,8 @@ from medmap.plan import Plan
 from medmap.run_folder import RunFolder
 from medmap.tasks import task_for
 from medmap.tasks.classification.inputs import classifier_input
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 
 
 def arrays(run: Path, data: Path, split: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -38,8 +38,8 @@ from medmap.inference.bundle import create_bundle, load_bundle
 from medmap.inference.predictor import InputCase, Predictor
 from medmap.io.dicom.writer import SeriesInfo, write_series
 from medmap.io.load import load, save
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 
 
 def decide(predictor: Predictor, case: InputCase, out: Path) -> list[bool]:

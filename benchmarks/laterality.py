@@ -77,8 +77,8 @@ def paired_interval(differences: list[float], n_boot: int = 2000, seed: int = 0)
 def main(argv: list[str] | None = None) -> int:
     from medmap.data.layouts import read_dataset
     from medmap.evaluation.wording import margin_verdict
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

@@ -9,8 +9,8 @@ from medmap.data.demo import write_demo_data
 from medmap.data.layouts import write_msd
 from medmap.device import usable_cores
 from medmap.inference.bundle import create_bundle
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 from tests.builders import ball_case, tiny_demo_size, write_blobs
 
 

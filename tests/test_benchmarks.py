@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from medmap.data.demo import DemoSize, write_demo_data
 from medmap.inference.bundle import create_bundle
 from medmap.io.load import save
 from tests.builders import ball_case
@@ -68,11 +67,14 @@ def test_engines(quick_bundle, tmp_path):
 
 
 def test_transfer_learning(tmp_path):
-    # Enough patients that validation and test each get some (the session's tiny demo has two).
-    size = DemoSize(chest_patients=8, nodules_per_patient=(2, 3), liver_train=2, liver_test=1, radiograph_patients=2)
-    write_demo_data(tmp_path / "data", seed=3, size=size)
-    bench("transfer_learning", "--data", tmp_path / "data" / "nodules.csv", "--out", tmp_path)
-    assert json.loads((tmp_path / "transfer_learning.json").read_text())
+    """Scratch and both SimCLR starts on the same test cases, each start paired against scratch."""
+    out = bench("transfer_learning", "--out", tmp_path).stdout
+    payload = json.loads((tmp_path / "transfer_learning.json").read_text())
+    assert [s["arm"] for s in payload["summary"]] == ["scratch", "SimCLR, strong views", "SimCLR, geometric views"]
+    cases = {tuple(sorted(r["values"])) for r in payload["rows"]}
+    assert len(cases) == 1 and len(next(iter(cases))) == 15  # every arm scored on the same test cases
+    for pretrained in payload["summary"][1:]:
+        assert pretrained["minus_scratch"]["n_cases"] == [15] and pretrained["verdict"] in out
 
 
 def test_fuzz(tmp_path):

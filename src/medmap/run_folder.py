@@ -17,6 +17,7 @@ This module sits below training and inference (it imports neither), so both can 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,9 @@ from medmap.plan import Plan
 from medmap.provenance import FILE as PROVENANCE
 
 __all__ = [
-    "BEST", "BUDGET", "CHECKPOINTS", "CONFIG", "FOLDS", "HISTORY", "INTENDED_USE", "LAST", "METRICS", "PLAN",
-    "POSTPROCESSING", "PROVENANCE", "SPLIT", "THRESHOLD", "RunFolder", "load_network",
+    "BEST", "BUDGET", "CHECKPOINTS", "CONFIG", "FINISHED", "FOLDS", "HISTORY", "INTENDED_USE", "LAST", "LOCK",
+    "METRICS", "PLAN", "POSTPROCESSING", "PRETRAINED", "PROVENANCE", "SPLIT", "THRESHOLD", "RunFolder",
+    "load_network", "run_lock",
 ]  # fmt: skip
 
 PLAN = "plan.json"
@@ -43,6 +45,9 @@ METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best.pt"
 LAST = "last.pt"
+PRETRAINED = "pretrained.json"  # what a --pretrained start loaded (`medmap.models.pretrained.LoadReport`)
+LOCK = ".lock"  # taken by the processes that create or join one run (`run_lock`)
+FINISHED = "finished.json"  # in a fold's folder: its training is complete (a gathering run reads, not trains, it)
 
 
 @dataclass(frozen=True)
@@ -135,3 +140,21 @@ def load_network(plan: Plan, weights: Path, dropout: float | None = None, device
     except Exception as exc:  # torch raises many types for damaged or foreign files
         raise ConfigError(f"{weights}: cannot be loaded as this model's weights ({type(exc).__name__})") from None
     return network.to(device).eval()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, *, shared: bool):
+    """Processes training folds of one run at once (``--fold i``) take turns creating or joining it: the
+    first plans and caches, the others then find the plan. A plain run needs no lock."""
+    if not shared:
+        yield
+        return
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -93,8 +93,8 @@ def test_photographs_with_thin_structures_train_and_predict_from_the_csv(tmp_pat
     would, the vessels are found, and predict refuses the run folder with the command that makes a bundle."""
     from medmap.inference.bundle import create_bundle, load_bundle
     from medmap.io.load import load
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
     from tests.helpers import medmap_cli
 
     table = _write_fundus_table(tmp_path / "eyes", n=12)

@@ -119,8 +119,8 @@ def test_a_trained_pair_of_organs_is_never_named_on_the_wrong_side(tmp_path):
     """Train as a user would (the planner's augmentation untouched); on the evaluated cases, no voxel that
     both truth and prediction call an organ carries the other side's label."""
     from medmap.io.load import load
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     root, dataset, _ = _paired_dataset(tmp_path, {1: "Parotid_L", 2: "Parotid_R"}, n=16)
     config = TrainConfig(epochs=3, samples_per_epoch=160, workers=0, learning_rate=3e-3, warmup_epochs=1)

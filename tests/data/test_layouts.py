@@ -247,3 +247,15 @@ def test_the_detector_holds_out_the_patients_the_classifier_of_the_same_table_ho
         for name in ("train", "val", "test"):
             assert {c.patient_id for c in by_scan[name]} - {"N0"} == {c.patient_id for c in by_class[name]}
         assert sum("N0" in {c.patient_id for c in by_scan[n]} for n in by_scan) == 1  # the negative scan kept
+
+
+def test_a_task_medmap_does_not_have_is_refused_before_reading(tmp_path):
+    """The name is checked first (nothing at the path is read) and by the same rule as the task lookup."""
+    from medmap.errors import ConfigError
+    from medmap.tasks import task_for
+
+    message = r"task 'registration': medmap trains classification, segmentation and detection"
+    with pytest.raises(ConfigError, match=message):
+        read_dataset(tmp_path / "does-not-exist", task="registration")
+    with pytest.raises(ConfigError, match=message):
+        task_for("registration")

@@ -112,3 +112,16 @@ def test_a_detectors_findings_are_listed_and_pictured_one_by_one():
     assert crops[0].centre == (24.0, 24.0)  # in the middle, also where the crop reaches past the image's edge
     assert crops[0].picture[24, 24] == image.array[10, 30, 20]
     assert finding_gallery(crops, "2 findings").startswith(b"\x89PNG")
+
+
+def test_an_old_job_is_found_however_many_came_after(node):
+    """A job is looked up by its id, not among the latest ones (it answered 404 behind 10,000 newer jobs)."""
+    import sqlite3
+
+    receive = "INSERT INTO jobs (series_uid, folder, state, first_received, last_received) VALUES (?, '', 'done', 0, 0)"
+    with sqlite3.connect(node.store.path) as db:  # 10,001 finished series, as a busy node's database holds
+        db.executemany(receive, [(f"1.2.{i}",) for i in range(10_001)])
+    client = TestClient(create_app(node))
+    first = client.get("/v1/jobs/1")
+    assert first.status_code == 200 and first.json()["series_uid"] == "1.2.0"
+    assert client.get("/v1/jobs/10002").status_code == 404

@@ -280,3 +280,16 @@ def test_a_folder_of_series_is_scanned_once(ball_bundle, ball_dicom, tmp_path, m
     assert [r.ok for r in results] == [True, True], [r.error for r in results]
     instances = sorted(p for p in studies.rglob("*") if p.is_file())
     assert sorted(parsed) == instances
+
+
+@pytest.mark.parametrize("engine", ["onnx", "torchscript"])
+def test_engines_leave_the_bundle_as_it_was(ball_bundle, tmp_path, engine):
+    """Without a current export the networks are exported outside the bundle: its files and their SHA-256s
+    do not change by predicting (and a read-only bundle can be predicted from)."""
+    copy = copy_bundle(ball_bundle, tmp_path)
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    bundle = load_bundle(copy)
+    (run,) = load_engines(bundle, engine)
+    with torch.no_grad():
+        assert run(example_input(bundle, batch=2)).shape[0] == 2
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

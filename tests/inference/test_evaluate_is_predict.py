@@ -12,8 +12,8 @@ from medmap.data.layouts import read_dataset
 from medmap.inference.bundle import create_bundle
 from medmap.inference.predictor import predict
 from medmap.io.load import load
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 from tests.builders import lesion_manifest
 
 pytestmark = pytest.mark.xdist_group("evaluate_is_predict")  # its fixtures train once, on one worker

@@ -135,8 +135,8 @@ def test_the_cohort_arrives_de_identified_with_each_rtstruct_on_its_series(pacs,
 
 
 def test_training_runs_on_the_pulled_cohort(pulled, tmp_path):
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     out, _ = pulled
     config = TrainConfig(epochs=1, samples_per_epoch=8, workers=0)

@@ -61,8 +61,8 @@ def _table(tmp_path, n=6, labels=True):
 
 
 def test_a_table_of_rtstructs_trains_with_no_conversion_step(tmp_path):
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     table = _table(tmp_path)
     dataset = read_dataset(table)
@@ -87,8 +87,8 @@ def test_a_folder_of_dicom_studies_with_rtstructs_trains_as_it_is(tmp_path):
     """Exports as they arrive: patient folders holding the CT series and its RTSTRUCT, one labels.json."""
     from medmap.data.check import check_dataset
     from medmap.tasks import task_for
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     root = tmp_path / "export"
     for i in range(6):

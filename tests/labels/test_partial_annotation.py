@@ -122,8 +122,8 @@ PARTIAL = ("PATIENT-1-1", "PATIENT-4-1")
 
 
 def test_partially_annotated_rtstructs_train_and_are_scored_on_what_they_annotate(tmp_path):
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     root = _export(tmp_path / "export", partial=(1, 4))  # seed 0 trains on PATIENT-1 and tests on PATIENT-4
     config = TrainConfig(epochs=2, samples_per_epoch=16, workers=0)

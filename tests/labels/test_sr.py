@@ -114,8 +114,8 @@ def test_a_mark_without_a_size_is_refused_for_detection(tmp_path):
 
 
 def test_a_folder_of_cts_with_their_reports_is_the_lesion_tables_dataset_and_trains(tmp_path):
+    from medmap.training.config import TrainConfig
     from medmap.training.run import train_run
-    from medmap.training.trainer import TrainConfig
 
     table = write_table(tmp_path)
     from_table = read_dataset(table, task="detection")

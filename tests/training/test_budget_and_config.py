@@ -10,7 +10,9 @@ from medmap.cli import parse_duration
 from medmap.data.layouts import read_dataset, write_msd
 from medmap.errors import ConfigError
 from medmap.tasks import task_for
-from medmap.training.trainer import TrainConfig, Trainer, _schedule
+from medmap.training.config import TrainConfig
+from medmap.training.optimisation import learning_rate_schedule
+from medmap.training.trainer import Trainer
 from tests.builders import ball_case, blobs_plan, cached, split_of
 from tests.helpers import medmap_cli
 
@@ -58,7 +60,7 @@ def test_durations():
 @pytest.mark.parametrize("schedule", ["cosine", "poly"])
 def test_schedule_warms_up_then_decays_to_zero_per_step(schedule):
     config = TrainConfig(epochs=10, warmup_epochs=2, schedule=schedule)
-    factor = _schedule(config, steps_per_epoch=20, epochs=10)
+    factor = learning_rate_schedule(config, steps_per_epoch=20, epochs=10)
     values = [factor(step) for step in range(200)]
     warmup = int(0.05 * 200)  # capped at 5 % of the steps although 2 epochs were asked for
     assert values[0] < values[warmup - 1] < 1.0 and values[warmup] == pytest.approx(1.0)

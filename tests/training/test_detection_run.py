@@ -13,8 +13,8 @@ from medmap.errors import DatasetError
 from medmap.inference.bundle import create_bundle
 from medmap.inference.predictor import predict
 from medmap.io.dicom.writer import SeriesInfo, write_series
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 
 pytestmark = pytest.mark.xdist_group("detection")  # its fixtures train once, on one worker
 

@@ -8,8 +8,9 @@ from medmap.data.cache import PreprocessedCache
 from medmap.models.pretrained import load_pretrained
 from medmap.models.registry import build_classifier
 from medmap.tasks import task_for
+from medmap.training.config import TrainConfig
 from medmap.training.pretrain import nt_xent, pretrain
-from medmap.training.trainer import TrainConfig, Trainer
+from medmap.training.trainer import Trainer
 from tests.builders import blobs_plan
 
 
@@ -36,3 +37,25 @@ def test_pretrained_encoder_loads_into_the_classifier_and_training(blobs, tmp_pa
     config = TrainConfig(epochs=1, workers=0, samples_per_epoch=16, pretrained=str(tmp_path / "simclr.pt"))
     Trainer(task_for(plan), plan, config, tmp_path / "run").fit(unlabelled, val)
     assert (tmp_path / "run" / "pretrained.json").is_file()
+
+
+def test_geometric_views_keep_size_and_brightness():
+    """The geometric views only flip and rotate: a view of a patch keeps its intensities' distribution (the
+    strong views change brightness and scale, the cues that separate nodules and lesions)."""
+    import pytest
+
+    from medmap.data.augment import BatchAugmenter
+    from medmap.errors import ConfigError
+    from medmap.training.pretrain import view_augmentation
+
+    plan = blobs_plan()
+    x = torch.rand(16, 1, *plan.patch_size[1:])
+    spread = {}
+    for views in ("strong", "geometric"):
+        augmenter = BatchAugmenter(view_augmentation(plan, views), plan.target_spacing, seed=0)
+        first, _ = augmenter(x.clone())
+        spread[views] = float((first.flatten(1).sort(1).values - x.flatten(1).sort(1).values).abs().mean())
+    # rotation interpolates (and pads corners) a little; intensity transforms move the values much more
+    assert spread["geometric"] < 0.5 * spread["strong"], spread
+    with pytest.raises(ConfigError, match="views 'soft'"):
+        view_augmentation(plan, "soft")

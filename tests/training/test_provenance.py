@@ -40,8 +40,8 @@ def test_digest_follows_content_not_place(tmp_path):
 
 
 def test_resume_adds_an_entry(balls_run, tmp_path):
-    from medmap.training.run import write_provenance
-    from medmap.training.trainer import TrainConfig
+    from medmap.training.config import TrainConfig
+    from medmap.training.records import write_provenance
 
     run, _ = balls_run
     copy = tmp_path / "run"

@@ -10,8 +10,8 @@ from medmap.data.layouts import read_dataset, write_msd
 from medmap.errors import DatasetError
 from medmap.io.image import Image
 from medmap.io.load import load
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 from tests.builders import ball_case
 from tests.helpers import medmap_cli
 
@@ -126,3 +126,18 @@ def test_evaluate_in_bfloat16_measures_what_predict_would_do(balls, balls_run):
     assert metrics["precision"] == "bfloat16"
     dice = summary["metrics"]["classes"]["ball"]["dice"]["mean"]
     assert metrics["metrics"]["classes"]["ball"]["dice"]["mean"] == pytest.approx(dice, abs=0.02)
+
+
+def test_the_per_case_csv_spells_its_metrics_as_metrics_json(balls_run):
+    """Each metric column of ``cases_<split>.csv`` is a key of the case's classes in metrics.json, with its
+    value (the surface Dice column was headed ``surface_dice`` over the key ``nsd``)."""
+    import csv
+
+    run, summary = balls_run
+    cases = json.loads((run / "metrics.json").read_text())["cases"]
+    with open(run / f"cases_{summary['split']}.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        scored = cases[row["case_id"]]["classes"][row["class"]]
+        for key in ("dice", "iou", "sensitivity", "precision", "hd95_mm", "msd_mm", "nsd"):
+            assert float(row[key]) == pytest.approx(scored[key], abs=1e-4, nan_ok=True), key

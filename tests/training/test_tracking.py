@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from medmap.training.run import track_run
-from medmap.training.tracking import default_uri, log_run
+from medmap.training.tracking import default_uri, log_run, track_run
 
 
 def test_run_is_in_mlflow_as_its_folder_says(balls_run, tmp_path):

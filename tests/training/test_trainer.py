@@ -7,8 +7,9 @@ import torch
 
 from medmap.data.dataset import Case
 from medmap.tasks import task_for
+from medmap.training.config import TrainConfig
 from medmap.training.run import evaluate_run, train_run
-from medmap.training.trainer import TrainConfig, Trainer
+from medmap.training.trainer import Trainer
 from tests.builders import blobs_plan, cached, lesion_manifest
 
 

@@ -10,8 +10,8 @@ import pytest
 from medmap.data.layouts import write_msd
 from medmap.errors import MedmapWarning
 from medmap.io.image import Image
+from medmap.training.config import TrainConfig
 from medmap.training.run import train_run
-from medmap.training.trainer import TrainConfig
 from tests.builders import ball_case
 
 

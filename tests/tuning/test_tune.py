@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medmap.data.dataset import Case
-from medmap.training.trainer import TrainConfig
+from medmap.training.config import TrainConfig
 from medmap.tuning import scoring, search
 from medmap.tuning.leaderboard import paired_difference, still_rising
 from medmap.tuning.search import SearchRequest, tune

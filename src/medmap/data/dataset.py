@@ -9,14 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
-from medmap.errors import DatasetError
+from medmap.errors import ConfigError, DatasetError
 from medmap.io.image import Image, ImageMeta
 
 Task = Literal["classification", "segmentation", "detection"]
+TASKS: tuple[str, ...] = get_args(Task)
+
+
+def check_task_name(name: str) -> None:
+    """Refuse a task medmap does not have (before anything is read or planned for it)."""
+    if name not in TASKS:
+        raise ConfigError(f"task {name!r}: medmap trains {', '.join(TASKS[:-1])} and {TASKS[-1]}")
 
 
 @dataclass(frozen=True)

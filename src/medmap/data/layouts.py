@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot
+from medmap.data.dataset import Case, Dataset, Lesion, NpzSlot, check_task_name
 from medmap.data.dicom_folder import is_dicom_label_folder, read_dicom_folder
 from medmap.data.mask_labels import mask_labels, mask_of, structure_labels
 from medmap.data.sr_folder import holds_reports, read_sr_folder
@@ -57,9 +57,7 @@ def read_dataset(path: str | Path, task: str | None = None) -> Dataset:
     its findings; otherwise the layout says the task."""
     path = Path(path)
     if task is not None:
-        from medmap.tasks import task_for
-
-        task_for(task)  # an unknown name is refused by the one mapping of names to tasks
+        check_task_name(task)
     with reading(path, "not a readable dataset"):
         if task == "detection" and path.is_dir():
             return read_sr_folder(path)

@@ -41,7 +41,7 @@ def create_app(node, token: str | None = None) -> FastAPI:
     guard = [Depends(authorised)]
 
     def job_or_404(job_id: int):
-        job = next((j for j in node.store.jobs(10_000) if j.id == job_id), None)
+        job = node.store.job(job_id)
         if job is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
         return job

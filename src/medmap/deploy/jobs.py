@@ -41,8 +41,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 STATES = ("receiving", "queued", "running", "sending", "done", "failed", "ignored", "refused")
-FINISHED = ("done", "failed", "ignored", "refused")
-FINISHED_SQL = ", ".join(f"'{state}'" for state in FINISHED)  # for SQL's IN (...)
+FINISHED_STATES = ("done", "failed", "ignored", "refused")
+FINISHED_STATES_SQL = ", ".join(f"'{state}'" for state in FINISHED_STATES)  # for SQL's IN (...)
 # Columns added after the first release: a node's existing database gains them on start.
 ADDED_JOB_COLUMNS = {"accession": "TEXT DEFAULT ''", "patient_ref": "TEXT DEFAULT ''"}
 
@@ -122,7 +122,7 @@ class JobStore:
                     " state, first_received, last_received, accession, patient_ref)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?, ?, ?)"
                     " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received,"
-                    f" state = CASE WHEN jobs.state IN ({FINISHED_SQL})"
+                    f" state = CASE WHEN jobs.state IN ({FINISHED_STATES_SQL})"
                     " AND NOT EXISTS (SELECT 1 FROM instances WHERE sop_uid = ?) THEN 'receiving'"
                     " ELSE jobs.state END",
                     (
@@ -168,7 +168,7 @@ class JobStore:
         return Job(*rows[0]) if rows else None
 
     def set_state(self, job_id: int, state: str, *, error: str = "", bundle: str | None = None) -> None:
-        finished = time.time() if state in FINISHED else None
+        finished = time.time() if state in FINISHED_STATES else None
         self._run(
             "UPDATE jobs SET state = ?, error = ?, bundle = COALESCE(?, bundle), finished = COALESCE(?, finished)"
             " WHERE id = ?",
@@ -226,6 +226,11 @@ class JobStore:
 
     def jobs(self, limit: int = 100) -> list[Job]:
         return [Job(*row) for row in self._run("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def job(self, job_id: int) -> Job | None:
+        """One job by its id, however old."""
+        rows = self._run("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job(*rows[0]) if rows else None
 
     def counts(self) -> dict[str, int]:
         rows = self._run("SELECT state, COUNT(*) FROM jobs GROUP BY state")

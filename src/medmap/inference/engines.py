@@ -10,11 +10,15 @@ torch eager, TorchScript and ONNX Runtime are interchangeable without a second p
 
 `export` writes the files (``medmap export``); exports are derived files, so each carries the SHA-256 of
 the weights it came from (``export/exports.json``) and a stale export is re-made rather than trusted.
+Predicting never writes into the bundle (it may be read-only, and its files do not change after their
+SHA-256s were written): without a current export, the networks are exported into a temporary folder
+that lives as long as loading them.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,13 +48,14 @@ def _record(bundle: Bundle) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def export(bundle: Bundle, fmt: str, *, progress: bool = False) -> list[Path]:
-    """Write the bundle's networks in ``fmt`` (``onnx`` or ``torchscript``) under ``BUNDLE/export/``."""
+def export(bundle: Bundle, fmt: str, *, progress: bool = False, folder: Path | None = None) -> list[Path]:
+    """Write the bundle's networks in ``fmt`` (``onnx`` or ``torchscript``) under ``BUNDLE/export/``, or
+    under ``folder`` (with its own ``exports.json``)."""
     if fmt not in SUFFIX:
         raise ConfigError(f"--format {fmt}: choose onnx or torchscript")
-    out = _export_dir(bundle)
+    out = folder or _export_dir(bundle)
     out.mkdir(exist_ok=True)
-    record = _record(bundle)
+    record = _record(bundle) if folder is None else {}
     paths = []
     from medmap.progress import track
 
@@ -116,7 +121,14 @@ def load_engines(
         return [with_precision(network, precision, device) for network in bundle.networks(device)]
     if precision != "float32":
         raise ConfigError(f"--precision {precision} runs on the torch engine, not --engine {engine}")
-    paths = _fresh(bundle, engine) or export(bundle, engine)
+    paths = _fresh(bundle, engine)
+    if paths:
+        return _engines(paths, engine, device)
+    with tempfile.TemporaryDirectory(prefix="medmap-export-") as folder:  # read into memory, then removed
+        return _engines(export(bundle, engine, folder=Path(folder)), engine, device)
+
+
+def _engines(paths: list[Path], engine: str, device: str) -> list[Engine]:
     if engine == "torchscript":
         return [torch.jit.load(str(p), map_location=device).eval() for p in paths]
     return [_onnx_engine(p, device) for p in paths]

@@ -38,8 +38,8 @@ from medmap.inference.precision import resolve_precision
 from medmap.inference.segment import check_input
 from medmap.intended_use import OutOfUseError
 from medmap.io.dicom import Series, load_series, scan
-from medmap.io.dicom.files import ScanResult
 from medmap.io.dicom.reader import check_neighbours
+from medmap.io.dicom.series import ScanResult
 from medmap.io.image import Image
 from medmap.io.load import is_image_file, load
 from medmap.progress import track

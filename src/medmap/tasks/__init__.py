@@ -6,7 +6,7 @@ from __future__ import annotations
 
 def task_for(plan_or_name):
     """The `Task` object of a plan's task (or of a task's name): the one mapping from name to task."""
-    from medmap.errors import ConfigError
+    from medmap.data.dataset import check_task_name
 
     name = plan_or_name if isinstance(plan_or_name, str) else plan_or_name.task
     if name == "classification":
@@ -21,4 +21,5 @@ def task_for(plan_or_name):
         from medmap.tasks.detection import DetectionTask
 
         return DetectionTask()
-    raise ConfigError(f"task {name!r}: medmap trains classification, segmentation and detection")
+    check_task_name(name)  # refuses the name: every task medmap has is one of the branches above
+    raise AssertionError(f"task {name!r} is named in medmap.data.dataset.TASKS but has no package here")

@@ -2,7 +2,10 @@
 
 Why SimCLR: it is simple, proven on medical images, and needs nothing medmap does not already have:
 two random augmentations of the same patch (`BatchAugmenter`, stronger than for supervised training)
-must map to nearby embeddings and away from the other patches of the batch (NT-Xent loss). The
+must map to nearby embeddings and away from the other patches of the batch (NT-Xent loss). The views
+teach the encoder what to ignore: ``views="strong"`` (the plan's augmentation at 1.5x strength) makes
+it blind to size and brightness; ``views="geometric"`` (flips and rotations only) keeps those cues,
+for classes that differ by size or density (nodules, lesions). The
 encoder is exactly the classifier that training builds, with its head replaced by a small projection
 MLP during pretraining; the saved file holds the encoder in medmap's own tensor names, so
 ``medmap train --pretrained FILE`` loads every tensor but the classification head.
@@ -57,11 +60,26 @@ class ContrastiveModel(nn.Module):
         return self.project(self.encoder(x).flatten(1))
 
 
+VIEWS = ("strong", "geometric")
+
+
+def view_augmentation(plan: Plan, views: str):
+    """The augmentation that makes the two views of a patch: the plan's, 1.5x as strong and applied more
+    often; ``geometric`` leaves scale, gamma, contrast and noise out (only flips and rotations)."""
+    if views not in VIEWS:
+        raise ConfigError(f"views {views!r}: one of {', '.join(VIEWS)}")
+    update = {"strength": min(2.0, plan.augmentation.strength * 1.5), "probability": 0.8}
+    if views == "geometric":
+        update |= {"scale": (1.0, 1.0), "gamma": (1.0, 1.0), "contrast": (1.0, 1.0), "noise_std": 0.0}
+    return plan.augmentation.model_copy(update=update)
+
+
 def pretrain(
     cases: list[CachedCase],
     plan: Plan,
     output: str | Path,
     *,
+    views: str = "strong",
     epochs: int = 20,
     learning_rate: float = 1e-3,
     temperature: float = 0.2,
@@ -76,9 +94,7 @@ def pretrain(
     seed_everything(seed)
     model = ContrastiveModel(plan)
     batch = max(4, min(plan.batch_size, len(cases)))
-    strong = plan.augmentation.model_copy(
-        update={"strength": min(2.0, plan.augmentation.strength * 1.5), "probability": 0.8}
-    )
+    strong = view_augmentation(plan, views)
     dataset = PatchDataset(
         cases,
         plan.model_copy(update={"augmentation": strong}),
@@ -120,6 +136,7 @@ def pretrain(
         json.dumps(
             {
                 "method": "SimCLR (NT-Xent)",
+                "views": views,
                 "temperature": temperature,
                 "cases": len(cases),
                 "plan": plan.model_dump(mode="json"),

@@ -9,33 +9,30 @@ digest: `medmap.provenance`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from medmap import provenance
 from medmap import run_folder as runs
 from medmap.data.cache import CachedCase, PreprocessedCache
 from medmap.data.dataset import Case, Dataset
-from medmap.data.demo import is_synthetic
 from medmap.data.fingerprint import compute_fingerprint
 from medmap.data.layouts import read_dataset
 from medmap.device import check_device
 from medmap.errors import ConfigError, DatasetError, MedmapError, OutputError
-from medmap.evaluation.optional import optional
 from medmap.inference.precision import resolve_precision
-from medmap.intended_use import FILE as INTENDED_USE
-from medmap.intended_use import fit_intended_use
 from medmap.plan import Plan
 from medmap.provenance import FILE as PROVENANCE
-from medmap.run_folder import RunFolder
+from medmap.run_folder import RunFolder, run_lock
 from medmap.tasks import task_for
 from medmap.tasks.base import EvaluationJob
+from medmap.training.config import TrainConfig
 from medmap.training.distributed import LostRankError, Ranks
 from medmap.training.planner import plan_dataset
-from medmap.training.trainer import TrainConfig, Trainer
+from medmap.training.records import split_note, write_intended_use, write_provenance
+from medmap.training.tracking import track_run
+from medmap.training.trainer import Trainer
 
 
 def prepare_plan(
@@ -46,63 +43,6 @@ def prepare_plan(
     fingerprint = compute_fingerprint(dataset, progress=progress, cases=cases)
     plan = plan_dataset(dataset, fingerprint, device=device)
     return plan.with_overrides(overrides) if overrides else plan
-
-
-def split_note(splits: dict[str, list[Case]]) -> str:
-    counts = {name: len(cases) for name, cases in splits.items() if cases}
-    held = "; ".join(f"{n} {name}" for name, n in counts.items() if name not in ("train", "val"))
-    return (
-        f"cases: {counts.get('train', 0)} trained on, {counts.get('val', 0)} for validation"
-        + (f", {held}" if held else "")
-        + " (split by patient; planned from the training and validation cases only)"
-    )
-
-
-def write_intended_use(run_dir: Path, plan: Plan, records: dict[str, list[dict]]) -> None:
-    """``intended_use.json``: what the model will accept, fitted on the training cases and calibrated on
-    the validation cases (`medmap.intended_use`); kept as it is when a run is resumed."""
-    if not (run_dir / INTENDED_USE).is_file():
-        fit_intended_use(plan.modality, records["train"], records["val"]).save(run_dir / INTENDED_USE)
-
-
-def write_provenance(
-    run_dir: Path,
-    data: str | Path,
-    splits: dict[str, list[Case]],
-    records: dict[str, list[dict]],
-    config: TrainConfig,
-    command: list[str] | None,
-    labels: dict[int, str] | None = None,
-    processes: int = 1,
-) -> None:
-    """``provenance.json`` (`medmap.provenance`): versions, commit, command, seed, hardware, and a digest of
-    the data (case ids, labels and lesions per split, the training and validation images' features). A
-    resumed run adds an entry under ``resumed``."""
-    path = run_dir / PROVENANCE
-    record = provenance.collect(seed=config.seed, command=command)
-    record["hardware"]["training_processes"] = processes
-    if path.is_file():
-        first = json.loads(path.read_text())
-        first.setdefault("resumed", []).append({k: record[k] for k in ("started", "command", "source", "versions")})
-        path.write_text(json.dumps(first, indent=1))
-        return
-    cases = {
-        name: [[c.case_id, c.patient_id, c.label, c.lesion.position if c.lesion else None] for c in split]
-        for name, split in splits.items()
-    }
-    record["data"] = {
-        "path": str(Path(data).resolve()),
-        "digest": provenance.data_digest({"cases": cases, "images": records}),
-        "cases": {name: len(split) for name, split in splits.items() if split},
-        "synthetic": is_synthetic(data),
-    }
-    if labels and any(c.label is not None for split in splits.values() for c in split):
-        record["data"]["classes"] = {
-            name: {labels.get(k, str(k)): sum(c.label == k for c in split) for k in sorted(labels)}
-            for name, split in splits.items()
-            if split
-        }
-    path.write_text(json.dumps(record, indent=1))
 
 
 @dataclass(frozen=True)
@@ -263,20 +203,20 @@ def _train_one_model(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dic
     return {**summary, **trained}
 
 
-FINISHED = "finished.json"  # in a fold's folder: its training is complete (a gathering run reads, not trains, it)
 
 
 def _prepare_run(request: RunRequest) -> PreparedRun:
     """Rank 0's part: create the run (or reload it: --resume, or joining a run planned for --folds K),
     split, plan, cache, and write intended use and provenance."""
     data, run_dir, folds, config = request.data, request.run_dir, request.folds, request.config
+    folder = RunFolder(run_dir)
     joining = folds > 1 and (run_dir / runs.FOLDS).is_file()
     reloading = (request.resume or joining) and (run_dir / runs.PLAN).is_file()
     planned_task = Plan.load(run_dir / runs.PLAN).task if reloading else None
     dataset = read_dataset(data, request.task or planned_task)  # refuses a --task the layout contradicts
     task = task_for(dataset.task)
     if joining:
-        planned = json.loads((run_dir / runs.FOLDS).read_text())["folds"]
+        planned = folder.read(runs.FOLDS)["folds"]
         if planned != folds:
             raise ConfigError(f"{run_dir}: planned for --folds {planned}, not {folds}")
     if request.resume or joining:
@@ -284,14 +224,14 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
             raise OutputError(f"{run_dir}: nothing to resume (no plan.json)")
         plan = Plan.load(run_dir / runs.PLAN)
         config = TrainConfig.from_file(run_dir / runs.CONFIG)
-        split_ids = json.loads((run_dir / runs.SPLIT).read_text())
+        split_ids = folder.split_ids
         by_id = {c.case_id: c for c in dataset.cases}
         missing = [i for ids in split_ids.values() for i in ids if i not in by_id]
         if missing:
             raise DatasetError(f"{data}: case {missing[0]} of the run's split is not in this dataset")
         splits = {name: [by_id[i] for i in ids] for name, ids in split_ids.items()}
     else:
-        if run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != runs.LOCK for p in run_dir.iterdir()):
             raise OutputError(f"{run_dir}: exists and is not empty; use --resume to continue it, or a new folder")
         splits = task.split(dataset.cases, config.seed)
         for name in ("train", "val"):
@@ -309,10 +249,10 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
         )
         plan = plan.model_copy(update={"notes": [split_note(splits), *plan.notes]})
         plan.save(run_dir / runs.PLAN)
-        (run_dir / runs.CONFIG).write_text(json.dumps(asdict(config), indent=2))
-        (run_dir / runs.SPLIT).write_text(json.dumps({k: [c.case_id for c in v] for k, v in splits.items()}, indent=1))
+        folder.write(runs.CONFIG, asdict(config))
+        folder.write(runs.SPLIT, {k: [c.case_id for c in v] for k, v in splits.items()})
         if folds > 1:
-            (run_dir / runs.FOLDS).write_text(json.dumps({"folds": folds}))
+            folder.write(runs.FOLDS, {"folds": folds})
     for name, cases in splits.items():
         task.check_targets(cases, name)
     cache = PreprocessedCache(request.cache, plan, task)
@@ -328,27 +268,6 @@ def _prepare_run(request: RunRequest) -> PreparedRun:
     if not joining or not (run_dir / PROVENANCE).is_file():
         write_provenance(run_dir, data, splits, records, config, request.command, plan.labels, request.processes)
     return PreparedRun(plan, config, splits, cached)
-
-
-LOCK = ".lock"
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, *, shared: bool):
-    """Processes training folds of one run at once (``--fold i``) take turns creating or joining it: the
-    first plans and caches, the others then find the plan. A plain run needs no lock."""
-    if not shared:
-        yield
-        return
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _train_one_fold(request: RunRequest, run: PreparedRun, ranks: Ranks) -> dict:
@@ -383,10 +302,10 @@ def _fit_fold(run_dir: Path, plan, task, config, cached, fold, progress, ranks=N
             json.dumps({"train": [c.case_id for c in fold.train], "val": [c.case_id for c in fold.val]}, indent=1)
         )
     trainer = Trainer(task, plan, config, fold_dir, progress=progress, ranks=ranks)
-    finished = fold_dir / FINISHED
+    folder = RunFolder(fold_dir)
     with run_lock(fold_dir, shared=ranks.is_main):
-        if ranks.agree(finished.is_file() if ranks.is_main else None):
-            return {**json.loads(finished.read_text()), "history": RunFolder(fold_dir).history} if ranks.is_main else {}
+        if ranks.agree(folder.file(runs.FINISHED).is_file() if ranks.is_main else None):
+            return {**folder.read(runs.FINISHED), "history": folder.history} if ranks.is_main else {}
         started = ranks.agree((trainer.checkpoints / runs.LAST).is_file() if ranks.is_main else None)
         result = trainer.fit(
             [cached_by_id[c.case_id] for c in fold.train],
@@ -394,30 +313,8 @@ def _fit_fold(run_dir: Path, plan, task, config, cached, fold, progress, ranks=N
             resume=started,
         )
         if ranks.is_main:
-            finished.write_text(json.dumps({k: result[k] for k in ("best", "best_epoch", "epochs_run")}))
+            folder.write(runs.FINISHED, {k: result[k] for k in ("best", "best_epoch", "epochs_run")})
     return result
-
-
-def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
-    """Log the finished run to the experiment tracker (`medmap.training.tracking`); a side step: a failure
-    or a missing MLflow is one warning, the run is complete without it. Returns the store's URI."""
-    if track == "off":
-        return None
-    import importlib.util
-    import warnings
-
-    from medmap.errors import MedmapWarning
-
-    if importlib.util.find_spec("mlflow") is None:
-        warnings.warn(
-            MedmapWarning("experiment tracking off: MLflow is not installed (pip install 'medmap[tracking]')"),
-            stacklevel=2,
-        )
-        return None
-    from medmap.training import tracking
-
-    uri = uri or tracking.default_uri(run_dir)
-    return uri if optional("logging the run to MLflow", tracking.log_run, run_dir, uri) else None
 
 
 def _train_folds(request: RunRequest, run: PreparedRun) -> dict:

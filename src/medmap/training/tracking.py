@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from medmap import run_folder as runs
+from medmap.evaluation.optional import optional
 from medmap.run_folder import RunFolder
 
 ARTIFACTS = ("report.html", runs.METRICS, runs.PLAN, runs.CONFIG, runs.PROVENANCE, runs.INTENDED_USE)
@@ -113,3 +114,23 @@ def log_run(run_dir: str | Path, uri: str | None = None) -> str:
     client.log_batch(run_id, tags=[RunTag("medmap.logged", "complete")])
     client.set_terminated(run_id)
     return run_id
+
+
+def track_run(run_dir: Path, track: str, uri: str | None) -> str | None:
+    """Log the finished run to the experiment tracker (`medmap.training.tracking`); a side step: a failure
+    or a missing MLflow is one warning, the run is complete without it. Returns the store's URI."""
+    if track == "off":
+        return None
+    import importlib.util
+    import warnings
+
+    from medmap.errors import MedmapWarning
+
+    if importlib.util.find_spec("mlflow") is None:
+        warnings.warn(
+            MedmapWarning("experiment tracking off: MLflow is not installed (pip install 'medmap[tracking]')"),
+            stacklevel=2,
+        )
+        return None
+    uri = uri or default_uri(run_dir)
+    return uri if optional("logging the run to MLflow", log_run, run_dir, uri) else None

@@ -2,7 +2,7 @@
 
 An epoch is a number of optimiser steps (the plan's ``iterations_per_epoch``), not a pass over the
 cases: what a run buys is steps, and a budget (``TrainConfig.budget_seconds``) is turned into epochs
-by timing a few real steps first (`measure_step`). AdamW (decoupled weight decay) or nnU-Net's SGD
+by timing a few real steps first (`Trainer.plan_epochs`). AdamW (decoupled weight decay) or nnU-Net's SGD
 (Nesterov momentum 0.99), with the learning rate set every step: linear warm-up, then cosine or
 polynomial decay to zero. Early stopping on the task's validation metric, a checkpoint after every
 epoch and ``resume`` that continues exactly: model, optimiser, scheduler, RNG and augmentation
@@ -12,16 +12,16 @@ used on CUDA only; 3-D networks run channels-last (measured 8 % faster steps on 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from medmap import run_folder as runs
 from medmap.data.cache import CachedCase
@@ -30,65 +30,10 @@ from medmap.device import check_device
 from medmap.errors import ConfigError
 from medmap.inference.precision import autocast, resolve_precision
 from medmap.plan import Plan
+from medmap.run_folder import RunFolder
+from medmap.training.config import TrainConfig
 from medmap.training.distributed import LostRankError, Ranks, bare, wrap
-
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "poly")
-WARMUP_CAP = 0.05  # warm-up never takes more than this share of the steps (short budgets)
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    learning_rate: float | None = None  # None: SGD 1e-2 (nnU-Net); AdamW the task's own (Task.learning_rate)
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 2  # linear warm-up, capped at WARMUP_CAP of all steps
-    patience: int = 10  # epochs without a better validation metric before stopping
-    samples_per_epoch: int | None = None  # default: the plan's iterations_per_epoch x batch size
-    optimizer: str = "adamw"  # or "sgd": nnU-Net's SGD, Nesterov momentum 0.99
-    schedule: str = "cosine"  # or "poly": (1 - step/steps) ** 0.9, nnU-Net's
-    budget_seconds: float | None = None  # training wall-clock budget: epochs are planned to fit it
-    min_epochs: int = 1  # a budgeted run's epochs are shortened to give at least this many validations
-    dropout: float | None = None  # None: the task's default (classification 0.2, segmentation none, as nnU-Net)
-    label_smoothing: float = 0.05
-    balanced_sampling: bool = True
-    workers: int = 2
-    seed: int = 0
-    device: str = "cpu"
-    pretrained: str | None = None  # local weights file (see medmap.models.pretrained)
-    freeze_encoder_epochs: int = 0  # train only the head for this many epochs, then everything
-    backbone_lr_factor: float = 0.1  # learning rate of pretrained layers relative to the head's
-    # precision of validation and evaluation passes (medmap.inference.precision); float32 by default so
-    # a run's metrics do not depend on the machine; `medmap evaluate --precision bfloat16` checks bfloat16
-    evaluation_precision: str = "float32"
-
-    def __post_init__(self) -> None:
-        problems = [
-            (self.epochs < 1, f"epochs {self.epochs}: at least 1"),
-            (
-                self.learning_rate is not None and not self.learning_rate > 0,
-                f"learning rate {self.learning_rate}: must be > 0",
-            ),
-            (not self.weight_decay >= 0, f"weight decay {self.weight_decay}: must be >= 0"),
-            (self.patience < 1, f"patience {self.patience}: at least 1"),
-            (self.samples_per_epoch is not None and self.samples_per_epoch < 1, "samples per epoch: at least 1"),
-            (self.optimizer not in OPTIMIZERS, f"optimizer {self.optimizer!r}: one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule not in SCHEDULES, f"schedule {self.schedule!r}: one of {', '.join(SCHEDULES)}"),
-            (self.budget_seconds is not None and not self.budget_seconds > 0, "budget: must be > 0"),
-            (self.workers < 0, f"workers {self.workers}: must be >= 0"),
-            (self.freeze_encoder_epochs < 0, "freeze-encoder epochs: must be >= 0"),
-            (self.min_epochs < 1, f"minimum epochs {self.min_epochs}: at least 1"),
-        ]
-        for failed, message in problems:
-            if failed:
-                raise ConfigError(message)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> TrainConfig:
-        """A run's saved config; settings this version no longer has are dropped (older runs still resume)."""
-        data = json.loads(Path(path).read_text())
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+from medmap.training.optimisation import build_optimizer, learning_rate_schedule, peak_learning_rate, split_parameters
 
 
 @dataclass
@@ -106,33 +51,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _schedule(config: TrainConfig, steps_per_epoch: int, epochs: int):
-    """Learning-rate factor per optimiser step: linear warm-up, then cosine or poly decay to zero."""
-    total = max(epochs * steps_per_epoch, 1)
-    warmup = min(config.warmup_epochs * steps_per_epoch, int(WARMUP_CAP * total))
+@dataclass
+class _Parts:
+    """What one run trains with, built once by `Trainer._build` (the scheduler once the loader is sized)."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        if config.schedule == "poly":
-            return (1 - progress) ** 0.9
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    backbone: list
+    val_set: PatchDataset
+    scheduler: LambdaLR | None = None
 
 
-def peak_learning_rate(config: TrainConfig, task) -> float:
-    if config.learning_rate is not None:
-        return config.learning_rate
-    return 1e-2 if config.optimizer == "sgd" else task.learning_rate
+@dataclass
+class _Progress:
+    """Where a run stands: its epochs (a budget corrects them once), history and best epoch so far."""
 
+    epochs: int
+    budget: dict
+    planning_started: float  # perf_counter() before the budget was timed: the budget counts from there
+    history: list[dict] = field(default_factory=list)
+    best: float = -math.inf
+    best_epoch: int = -1
+    start: int = 0
 
-def build_optimizer(config: TrainConfig, head: list, backbone: list, lr: float, backbone_lr: float):
-    groups = [{"params": head, "lr": lr}, {"params": backbone, "lr": backbone_lr}]
-    if config.optimizer == "sgd":  # nnU-Net's: high momentum, Nesterov, small weight decay
-        return torch.optim.SGD(groups, momentum=0.99, nesterov=True, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    def epoch_numbers(self):
+        """The epochs still to run, reading ``epochs`` afresh after each (it may be corrected once)."""
+        epoch = self.start
+        while epoch < self.epochs:
+            yield epoch
+            epoch += 1
 
 
 class Trainer:
@@ -318,137 +267,175 @@ class Trainer:
         """Train (or resume) to the configured epochs. ``stop_after(history)`` (the epoch records so far)
         returning True ends the run after that epoch's checkpoint, as an interruption would: a later
         ``resume`` continues it exactly (`medmap tune` stops trailing candidates this way)."""
-        cfg, main = self.config, self.ranks.is_main
-        if main:
+        if self.ranks.is_main:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
-        seed_everything(cfg.seed)
+        seed_everything(self.config.seed)
+        parts = self._build(train, val, resume)
+        planning_started = time.perf_counter()
+        epochs, budget = self._budget(parts, train, resume)
+        loader = self._train_loader(train, steps=budget.get("steps_per_epoch"))  # once, sized by any budget
+        run = _Progress(epochs=epochs, budget=budget, planning_started=planning_started)
+        steps = len(loader)  # per epoch; the schedule reads run.epochs, which the budget may correct once
+        parts.scheduler = LambdaLR(
+            parts.optimizer, lambda step: learning_rate_schedule(self.config, steps, run.epochs)(step)
+        )
+        if resume:
+            self._resume(parts, loader, run)
+        parts.model = wrap(parts.model, self.ranks, self.device)  # after loading: every rank starts from rank 0's
+        from medmap.progress import track
+
+        training_started = time.perf_counter() - sum(h["seconds"] for h in run.history)
+        for epoch in track(run.epoch_numbers(), "training", enabled=self.progress, total=run.epochs - run.start):
+            if self._should_stop(epoch, run, training_started):
+                break
+            record = self._train_epoch(epoch, parts, loader)
+            run.history.append(asdict(record))
+            self._correct_budget(epoch, record, run, steps)
+            self._keep_best(epoch, record, run, parts)
+            self._checkpoint(epoch, run, parts, loader)
+            if stop_after is not None and stop_after(run.history):
+                break
+        if run.best_epoch < 0 and self.ranks.is_main:  # validation metric never defined (one class): last weights
+            torch.save(bare(parts.model).state_dict(), self.checkpoints / runs.BEST)
+        return {"best": run.best, "best_epoch": run.best_epoch, "epochs_run": len(run.history), "history": run.history}
+
+    # --- the steps of `fit` -------------------------------------------------------------------------
+    def _build(self, train: list[CachedCase], val: list[CachedCase], resume: bool) -> _Parts:
+        """Network (with any pretrained start), loss, optimiser and scaler, and the validation patches."""
+        cfg = self.config
         model = self._place(self.task.build_network(self.plan, cfg.dropout))
         loss_fn = self.task.build_loss(self.plan, train, cfg.label_smoothing).to(self.device)
         if cfg.pretrained and not resume:
             from medmap.models.pretrained import load_pretrained
 
             report = load_pretrained(model, cfg.pretrained)
-            if main:
-                (self.run_dir / "pretrained.json").write_text(json.dumps(asdict(report), indent=1))
+            if self.ranks.is_main:
+                RunFolder(self.run_dir).write(runs.PRETRAINED, asdict(report))
             self._say(report.summary())
-        head, backbone = _split_parameters(model)
+        head, backbone = split_parameters(model)
         lr = peak_learning_rate(cfg, self.task)
         optimizer = build_optimizer(cfg, head, backbone, lr, lr * (cfg.backbone_lr_factor if cfg.pretrained else 1.0))
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         val_set = PatchDataset(val, self.plan, self.task, train=False)
-        epochs = cfg.epochs
-        budget_file = self.run_dir / runs.BUDGET
-        budget: dict = {}
-        planning_started = time.perf_counter()
-        if cfg.budget_seconds:
-            saved = self.ranks.agree(json.loads(budget_file.read_text()) if main and budget_file.is_file() else None)
-            if resume and saved:
-                budget = saved
-            else:
-                budget = self.plan_epochs(model, loss_fn, train, val_set)
-                if main:
-                    budget_file.write_text(json.dumps(budget, indent=1))
-            epochs = budget["epochs"]
-            self._say(
-                f"budget {_duration(cfg.budget_seconds)}: {budget['seconds_per_step']:.2f} s per step of "
-                f"{budget['batch_size']} -> {epochs} epochs of {budget['steps_per_epoch']} steps "
-                f"({budget['samples']} samples)"
-            )
-        loader = self._train_loader(train, steps=budget.get("steps_per_epoch"))  # once, sized by any budget
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, len(loader), epochs))
-        history: list[dict] = []
-        best, best_epoch, start = -math.inf, -1, 0
-        state = self._last_state() if resume else None
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            own = state["ranks"][self.ranks.rank] if "ranks" in state else state
-            torch.set_rng_state(own["torch_rng"])
-            if loader.augmenter is not None:
-                loader.augmenter.generator.set_state(own["augment_rng"])
-            history, best, best_epoch, start = state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
-        model = wrap(model, self.ranks, self.device)  # after loading: DDP starts every rank from rank 0's weights
-        from medmap.progress import track
+        return _Parts(model, loss_fn, optimizer, scaler, backbone, val_set)
 
-        training_started = time.perf_counter() - sum(h["seconds"] for h in history)
+    def _budget(self, parts: _Parts, train: list[CachedCase], resume: bool) -> tuple[int, dict]:
+        """The epochs to run, and the budget that decided them (``{}`` without a budget): timed now, or the
+        saved one when resuming (the same epochs and steps as before the interruption)."""
+        cfg, folder = self.config, RunFolder(self.run_dir)
+        if not cfg.budget_seconds:
+            return cfg.epochs, {}
+        saved = self.ranks.agree(folder.read(runs.BUDGET) if self.ranks.is_main else None)
+        if resume and saved:
+            budget = saved
+        else:
+            budget = self.plan_epochs(parts.model, parts.loss_fn, train, parts.val_set)
+            if self.ranks.is_main:
+                folder.write(runs.BUDGET, budget)
+        self._say(
+            f"budget {_duration(cfg.budget_seconds)}: {budget['seconds_per_step']:.2f} s per step of "
+            f"{budget['batch_size']} -> {budget['epochs']} epochs of {budget['steps_per_epoch']} steps "
+            f"({budget['samples']} samples)"
+        )
+        return budget["epochs"], budget
 
-        def epoch_numbers():  # the count may be corrected once, after the first epoch of a budgeted run
-            epoch = start
-            while epoch < epochs:
-                yield epoch
-                epoch += 1
+    def _resume(self, parts: _Parts, loader: AugmentingLoader, run: _Progress) -> None:
+        """Model, optimiser, scheduler, scaler, random states and the progress of the last checkpoint."""
+        state = self._last_state()
+        if state is None:
+            return
+        parts.model.load_state_dict(state["model"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        parts.scaler.load_state_dict(state["scaler"])
+        own = state["ranks"][self.ranks.rank] if "ranks" in state else state
+        torch.set_rng_state(own["torch_rng"])
+        if loader.augmenter is not None:
+            loader.augmenter.generator.set_state(own["augment_rng"])
+        run.history, run.best, run.best_epoch, run.start = (
+            state["history"], state["best"], state["best_epoch"], state["epoch"] + 1
+        )  # fmt: skip
 
-        for epoch in track(epoch_numbers(), "training", enabled=self.progress, total=epochs - start):
-            if epoch - best_epoch > cfg.patience and best_epoch >= 0:
-                break
-            overrun = bool(cfg.budget_seconds) and time.perf_counter() - training_started > 1.25 * cfg.budget_seconds
-            if self.ranks.agree(overrun, "checking the budget"):
-                self._say(f"warning: budget overrun (the machine became slower): stopped after {epoch} epochs")
-                break
-            t0 = time.perf_counter()
-            frozen = epoch < cfg.freeze_encoder_epochs
-            for p in backbone:
-                p.requires_grad_(not frozen)
-            model.train()
-            loader.dataset.set_epoch(epoch)
-            losses = []
-            lr = optimizer.param_groups[0]["lr"]
-            with self.ranks.guard(f"training epoch {epoch + 1}"):  # DDP's gradient all-reduce
-                for batch in loader:
-                    losses.append(self._step(model, loss_fn, optimizer, scaler, batch))
-                    scheduler.step()
-            predictions, targets, val_loss = self.evaluate_batches(model, val_set, loss_fn=loss_fn)
-            metrics = {**self.task.validation_metrics(predictions, targets), "loss": val_loss}
-            mean_loss = self.ranks.total(float(np.mean(losses))) / self.ranks.world_size  # the global batch's
-            record = EpochRecord(epoch, mean_loss, lr, time.perf_counter() - t0, metrics)
-            history.append(asdict(record))
-            if budget and not budget.get("corrected_after_epoch_1"):
-                # the probe's few steps misjudge a real epoch by 10-25 %: the first epoch corrects the count
-                remaining = cfg.budget_seconds - (time.perf_counter() - planning_started)
-                epochs = max(epoch + 1, epoch + 1 + round(remaining / record.seconds))  # <= half an epoch over
-                epochs = self.ranks.agree(epochs, "agreeing on the epochs")
-                budget.update(corrected_after_epoch_1=True, first_epoch_seconds=round(record.seconds, 2))
-                budget.update(epochs=epochs, samples=epochs * len(loader) * self.plan.batch_size)
-                if main:
-                    budget_file.write_text(json.dumps(budget, indent=1))
-                scheduler.lr_lambdas = [_schedule(cfg, len(loader), epochs)] * len(optimizer.param_groups)
-            score = metrics.get(self.task.monitor, float("nan"))  # the same on every rank: gathered outputs
-            if not math.isnan(score) and score > best:
-                best, best_epoch = score, epoch
-                if main:
-                    torch.save(bare(model).state_dict(), self.checkpoints / runs.BEST)
-            self._say(
-                f"epoch {epoch + 1}/{epochs}  loss {record.loss:.4f}  val {self.task.monitor} "
-                f"{score:.4f}  best {best:.4f} (epoch {best_epoch + 1})  {record.seconds:.1f}s"
-            )
-            own = {
-                "torch_rng": torch.get_rng_state(),
-                "augment_rng": loader.augmenter.generator.get_state() if loader.augmenter else None,
-            }
-            every_rank = self.ranks.gather_objects(own, "saving the checkpoint")  # each rank's random state
-            if main:
-                state = {
-                    "model": bare(model).state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    **own,
-                    "world_size": self.ranks.world_size,
-                    "ranks": every_rank,
-                    "history": history,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                    "epoch": epoch,
-                }
-                _save_atomically(state, self.checkpoints / runs.LAST)
-                (self.run_dir / runs.HISTORY).write_text(json.dumps(history, indent=1))
-            if stop_after is not None and stop_after(history):
-                break
-        if best_epoch < 0 and main:  # validation metric never defined (e.g. one class only): the last weights
-            torch.save(bare(model).state_dict(), self.checkpoints / runs.BEST)
-        return {"best": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history}
+    def _should_stop(self, epoch: int, run: _Progress, training_started: float) -> bool:
+        """Early stopping (patience) and a budget overrun (the machine became slower) end the run."""
+        cfg = self.config
+        if epoch - run.best_epoch > cfg.patience and run.best_epoch >= 0:
+            return True
+        overrun = bool(cfg.budget_seconds) and time.perf_counter() - training_started > 1.25 * cfg.budget_seconds
+        if self.ranks.agree(overrun, "checking the budget"):
+            self._say(f"warning: budget overrun (the machine became slower): stopped after {epoch} epochs")
+            return True
+        return False
+
+    def _train_epoch(self, epoch: int, parts: _Parts, loader: AugmentingLoader) -> EpochRecord:
+        """One epoch of steps (the backbone frozen for the first ``freeze_encoder_epochs``), then validation."""
+        t0 = time.perf_counter()
+        frozen = epoch < self.config.freeze_encoder_epochs
+        for p in parts.backbone:
+            p.requires_grad_(not frozen)
+        parts.model.train()
+        loader.dataset.set_epoch(epoch)
+        losses = []
+        lr = parts.optimizer.param_groups[0]["lr"]
+        with self.ranks.guard(f"training epoch {epoch + 1}"):  # DDP's gradient all-reduce
+            for batch in loader:
+                losses.append(self._step(parts.model, parts.loss_fn, parts.optimizer, parts.scaler, batch))
+                parts.scheduler.step()
+        predictions, targets, val_loss = self.evaluate_batches(parts.model, parts.val_set, loss_fn=parts.loss_fn)
+        metrics = {**self.task.validation_metrics(predictions, targets), "loss": val_loss}
+        mean_loss = self.ranks.total(float(np.mean(losses))) / self.ranks.world_size  # the global batch's
+        return EpochRecord(epoch, mean_loss, lr, time.perf_counter() - t0, metrics)
+
+    def _correct_budget(self, epoch: int, record: EpochRecord, run: _Progress, steps_per_epoch: int) -> None:
+        """The probe's few steps misjudge a real epoch by 10-25 %: the first epoch corrects the count (and,
+        through ``run.epochs``, the learning-rate schedule's length)."""
+        budget = run.budget
+        if not budget or budget.get("corrected_after_epoch_1"):
+            return
+        remaining = self.config.budget_seconds - (time.perf_counter() - run.planning_started)
+        epochs = max(epoch + 1, epoch + 1 + round(remaining / record.seconds))  # <= half an epoch over
+        run.epochs = self.ranks.agree(epochs, "agreeing on the epochs")
+        budget.update(corrected_after_epoch_1=True, first_epoch_seconds=round(record.seconds, 2))
+        budget.update(epochs=run.epochs, samples=run.epochs * steps_per_epoch * self.plan.batch_size)
+        if self.ranks.is_main:
+            RunFolder(self.run_dir).write(runs.BUDGET, budget)
+
+    def _keep_best(self, epoch: int, record: EpochRecord, run: _Progress, parts: _Parts) -> None:
+        score = record.val.get(self.task.monitor, float("nan"))  # the same on every rank: gathered outputs
+        if not math.isnan(score) and score > run.best:
+            run.best, run.best_epoch = score, epoch
+            if self.ranks.is_main:
+                torch.save(bare(parts.model).state_dict(), self.checkpoints / runs.BEST)
+        self._say(
+            f"epoch {epoch + 1}/{run.epochs}  loss {record.loss:.4f}  val {self.task.monitor} "
+            f"{score:.4f}  best {run.best:.4f} (epoch {run.best_epoch + 1})  {record.seconds:.1f}s"
+        )
+
+    def _checkpoint(self, epoch: int, run: _Progress, parts: _Parts, loader: AugmentingLoader) -> None:
+        """Everything `_resume` needs to continue exactly, every rank's random state included, and the
+        history; written atomically by rank 0."""
+        own = {
+            "torch_rng": torch.get_rng_state(),
+            "augment_rng": loader.augmenter.generator.get_state() if loader.augmenter else None,
+        }
+        every_rank = self.ranks.gather_objects(own, "saving the checkpoint")
+        if not self.ranks.is_main:
+            return
+        state = {
+            "model": bare(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            **own,
+            "world_size": self.ranks.world_size,
+            "ranks": every_rank,
+            "history": run.history,
+            "best": run.best,
+            "best_epoch": run.best_epoch,
+            "epoch": epoch,
+        }
+        _save_atomically(state, self.checkpoints / runs.LAST)
+        RunFolder(self.run_dir).write(runs.HISTORY, run.history)
 
     def _last_state(self) -> dict | None:
         """The checkpoint to resume from, read by rank 0 and handed to every rank (other machines need no
@@ -483,17 +470,3 @@ def _save_atomically(state: dict, path: Path) -> None:
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-HEAD_NAMES = ("fc", "head", "class_layers")  # classifier layers of medmap's / MONAI's networks
-
-
-def _split_parameters(model: torch.nn.Module) -> tuple[list, list]:
-    """(head parameters, backbone parameters): the head is what a pretrained file cannot provide."""
-    head, backbone = [], []
-    has_encoder = hasattr(model, "encoder")  # segmenters: the encoder is the pretrainable part, the rest is new
-    for name, p in model.named_parameters():
-        first = name.split(".")[0]
-        is_head = first != "encoder" if has_encoder else first in HEAD_NAMES
-        (head if is_head else backbone).append(p)
-    return head, backbone

@@ -11,13 +11,15 @@ intervals.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from medmap import run_folder as runs
+from medmap.run_folder import RunFolder
 
 Values = dict[str, object]  # case id -> a float (segmentation) or [label index, p_0, ..., p_k] (classification)
 
@@ -47,7 +49,7 @@ def auc(values: list) -> float:
 def dice_cases(evaluation: Path, split: str = "val") -> Values:
     """Each case's mean foreground Dice (classes it did not annotate left out) from an evaluation folder's
     ``metrics.json`` (the run folder itself for its test evaluation)."""
-    cases = json.loads((evaluation / "metrics.json").read_text())["cases"]
+    cases = RunFolder(evaluation).read(runs.METRICS)["cases"]
     out: Values = {}
     for case_id, scored in cases.items():
         values = [c["dice"] for c in scored["classes"].values() if c["dice"] is not None and not math.isnan(c["dice"])]

@@ -28,7 +28,7 @@ from medmap.errors import ConfigError, MedmapError
 from medmap.run_folder import BUDGET as BUDGET_FILE
 from medmap.run_folder import HISTORY as HISTORY_FILE
 from medmap.run_folder import RunFolder
-from medmap.training.trainer import TrainConfig
+from medmap.training.config import TrainConfig
 from medmap.tuning.scoring import Scoring, scoring_for
 from medmap.tuning.space import default_params, searchable, suggest
 
@@ -95,8 +95,9 @@ def tune(request: SearchRequest) -> dict:
     import optuna
 
     from medmap.data.layouts import read_dataset
+    from medmap.run_folder import run_lock
     from medmap.tasks import task_for
-    from medmap.training.run import prepare_plan, run_lock
+    from medmap.training.run import prepare_plan
 
     started = time.monotonic()
     deadline = started + request.budget_seconds

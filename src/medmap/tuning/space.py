@@ -16,7 +16,8 @@ from dataclasses import dataclass, field, replace
 
 from medmap.errors import ConfigError
 from medmap.plan import Plan
-from medmap.training.trainer import TrainConfig, peak_learning_rate
+from medmap.training.config import TrainConfig
+from medmap.training.optimisation import peak_learning_rate
 
 SEGMENTERS = ("unet", "resunet18", "resunet34", "deeplabv3plus")
 CLASSIFIERS = ("smallcnn", "resnet18", "resnet34", "densenet121")

@@ -9,7 +9,8 @@
 - ``writer``: write an `Image` as a DICOM series (the demo data and the tests use it).
 """
 
-from medmap.io.dicom.files import DicomFile, Series, read_header, scan
+from medmap.io.dicom.files import DicomFile, read_header
 from medmap.io.dicom.reader import load_dicom, load_series
+from medmap.io.dicom.series import Series, scan
 
 __all__ = ["DicomFile", "Series", "load_dicom", "load_series", "read_header", "scan"]

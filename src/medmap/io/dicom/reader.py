@@ -10,9 +10,10 @@ import numpy as np
 from pydicom.multival import MultiValue
 
 from medmap.errors import CorruptFileError, MedmapError, MedmapWarning, NotAnImageError, SeriesError
-from medmap.io.dicom.files import DicomFile, ScanResult, Series, header_value, read_header, reading, scan
+from medmap.io.dicom.files import DicomFile, header_value, read_header, reading
 from medmap.io.dicom.frames import Frame, Layout, frames_of, layout
 from medmap.io.dicom.pixels import DoesNotFit, fill, output_dtypes, stored_range
+from medmap.io.dicom.series import ScanResult, Series, scan
 from medmap.io.image import Image, ImageMeta, SliceRef
 
 

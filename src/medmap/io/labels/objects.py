@@ -22,7 +22,7 @@ from medmap.io.labels.seg import SegmentSet, is_seg, read_seg, seg_label_map
 def referenced_series(path: Path, series_uid: str) -> Path:
     """The folder (or file) of the image series ``series_uid`` that the object at ``path`` references,
     found beside it."""
-    from medmap.io.dicom.files import scan
+    from medmap.io.dicom.series import scan
 
     if not series_uid:
         raise DatasetError(f"{path}: references no image series; give the image (--image)")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from medmap.evaluation.optional import optional
 from medmap.evaluation.plots import training_curves
 from medmap.evaluation.report import classification_report
 from medmap.inference.models import Models
-from medmap.run_folder import load_network
+from medmap.run_folder import RunFolder, load_network
 from medmap.tasks.base import EvaluationJob
 from medmap.tasks.classification.inputs import classifier_input
 
@@ -105,7 +104,7 @@ def evaluate_run(job: EvaluationJob, task) -> dict:
         "baseline": baseline
         and {k: baseline[k] for k in ("name", "auc", "auc_ci", "n", "comparison") if k in baseline},
     }
-    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=2))  # before any figure or report
+    RunFolder(out_dir).write(runs.METRICS, payload)  # before any figure or report
     plots = optional("the evaluation plots", task.plots, metrics, plan.labels, baseline) or {}
     examples = PatchDataset(cached[evaluated], plan, task, train=False)
     network = load_network(plan, job.run.weights()[-1], job.dropout, job.device)  # Grad-CAM needs the module

@@ -39,6 +39,7 @@ from medmap.evaluation.plots import finding_gallery, froc_plot, training_curves
 from medmap.evaluation.report import write_page
 from medmap.inference.models import Models
 from medmap.progress import track
+from medmap.run_folder import RunFolder
 from medmap.tasks.base import EvaluationJob
 from medmap.tasks.detection.findings import MIN_MATCHED, diameter_scale, findings, operating_threshold, rescaled
 from medmap.tasks.detection.gallery import crops
@@ -159,7 +160,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
     if len(scans) < 20:
         metrics["sample_warning"] = f"{len(scans)} scans: fewer than 20, the intervals are wide"
     payload = {"split": evaluated, "precision": job.precision, "metrics": metrics}
-    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
+    RunFolder(out_dir).write(runs.METRICS, payload)  # before any figure or report
     curves = {"model": model, "blob baseline": baseline}
     plots = {"froc": optional("the FROC plot", froc_plot, curves)}
     window = (-600.0, 1500.0) if plan.modality == "CT" else None  # a lung window; others by percentiles

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from medmap.inference.models import Models
 from medmap.inference.postprocess import PostProcessing, choose_postprocessing
 from medmap.io.load import save
 from medmap.progress import track
+from medmap.run_folder import RunFolder
 from medmap.tasks.base import EvaluationJob
 
 TOLERANCE_MM = 2.0  # surface Dice tolerance (a voxel or two of typical abdominal CT)
@@ -72,13 +72,17 @@ def _validation_pairs(job: EvaluationJob, weights: list[Path]):
     return pairs
 
 
+# the per-case CSV's metric columns, spelled as metrics.json spells them (nsd: normalised surface Dice)
+CASE_METRICS = ("dice", "iou", "sensitivity", "precision", "hd95_mm", "msd_mm", "nsd")
+
+
 def _case_rows(case_id: str, metrics: dict) -> list[list]:
     rows = []
     for name, m in metrics["classes"].items():
         lesions = metrics["lesions"].get(name, {})
         rows.append(
             [case_id, name]
-            + [f"{m[k]:.4f}" for k in ("dice", "iou", "sensitivity", "precision", "hd95_mm", "msd_mm", "nsd")]
+            + [f"{m[k]:.4f}" for k in CASE_METRICS]
             + [f"{m['volume_ml_truth']:.2f}", f"{m['volume_ml_predicted']:.2f}", f"{metrics['pixel_accuracy']:.5f}"]
             + [lesions.get("lesions", ""), lesions.get("detected", ""), lesions.get("false_positives", "")]
         )
@@ -88,13 +92,7 @@ def _case_rows(case_id: str, metrics: dict) -> list[list]:
 CSV_HEADER = [
     "case_id",
     "class",
-    "dice",
-    "iou",
-    "sensitivity",
-    "precision",
-    "hd95_mm",
-    "msd_mm",
-    "surface_dice",
+    *CASE_METRICS,
     "volume_ml_truth",
     "volume_ml_predicted",
     "pixel_accuracy",
@@ -152,7 +150,7 @@ def evaluate_run(job: EvaluationJob) -> dict:
         "cases": per_case,
         "tolerance_mm": TOLERANCE_MM,
     }
-    (out_dir / runs.METRICS).write_text(json.dumps(payload, indent=1, allow_nan=True))  # before any figure
+    RunFolder(out_dir).write(runs.METRICS, payload)  # before any figure or report
     plots = {}
     if per_case:
         plots["dice"] = optional("the Dice plot", metric_boxplot, per_case, "dice", names)
