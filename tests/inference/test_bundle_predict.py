@@ -264,7 +264,7 @@ def test_predict_on_an_enhanced_mr_writes_seg_and_overlays_in_its_frame_order(ba
 def test_a_folder_of_series_is_scanned_once(ball_bundle, ball_dicom, tmp_path, monkeypatch):
     """Discovery keeps each series' parsed headers, so loading reads pixels only: every file's header is
     parsed once for two series (it was the whole tree again for each series)."""
-    import medmap.io.dicom.files as files
+    import medmap.io.dicom.series as series  # the scanner, where discovery reads each header
 
     folder, _ = ball_dicom
     studies = tmp_path / "studies"
@@ -274,8 +274,8 @@ def test_a_folder_of_series_is_scanned_once(ball_bundle, ball_dicom, tmp_path, m
         second.with_array(np.rint(second.array).astype(np.int16), modality="MR"), studies / "second", modality="MR"
     )
     parsed = []
-    real = files.read_header
-    monkeypatch.setattr(files, "read_header", lambda path: parsed.append(Path(path)) or real(path))
+    real = series.read_header
+    monkeypatch.setattr(series, "read_header", lambda path: parsed.append(Path(path)) or real(path))
     results = predict(ball_bundle, studies, tmp_path / "out", precision="float32")
     assert [r.ok for r in results] == [True, True], [r.error for r in results]
     instances = sorted(p for p in studies.rglob("*") if p.is_file())

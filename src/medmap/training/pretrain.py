@@ -104,7 +104,7 @@ def pretrain(
         seed=seed,
     )
     loader = AugmentingLoader(dataset, batch, workers=workers, seed=seed, augment=False)
-    views = BatchAugmenter(strong, plan.target_spacing, seed=seed + 1)
+    augmenter = BatchAugmenter(strong, plan.target_spacing, seed=seed + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     history = []
@@ -114,8 +114,8 @@ def pretrain(
         losses = []
         for item in loader:
             x = item["image"]
-            first, _ = views(x)
-            second, _ = views(x)
+            first, _ = augmenter(x)
+            second, _ = augmenter(x)
             loss = nt_xent(model(first), model(second), temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
