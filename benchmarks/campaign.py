@@ -52,11 +52,11 @@ def prepare(name: str, data: Path, work: Path) -> tuple[Path, str]:
     raise SystemExit(f"unknown dataset {name!r}")
 
 
-def second_observer(table: Path, case_id: str) -> Path:
-    """The second observer's mask of a vessel table's case (CHASE_DB1's naming)."""
+def second_observers(table: Path) -> dict[str, Path]:
+    """Each case's second-observer mask of a vessel table (CHASE_DB1's naming), the table read once."""
     with open(table, newline="") as fh:
-        image = next(Path(r["image"]) for r in csv.DictReader(fh) if r["case_id"] == case_id)
-    return image.with_name(f"{image.stem}_2ndHO.png")
+        images = {r["case_id"]: Path(r["image"]) for r in csv.DictReader(fh)}
+    return {case: image.with_name(f"{image.stem}_2ndHO.png") for case, image in images.items()}
 
 
 def _vessel_table(folder: Path, table: Path) -> Path:

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from campaign import ROOT, across_seeds, medmap, prepare, second_observer, verdict
+from campaign import ROOT, across_seeds, medmap, prepare, second_observers, verdict
 from campaign import save as save_campaign
 from classifiers import arrays, logistic_probabilities
 
@@ -192,10 +192,10 @@ def _top_hat(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ndimage.gaussian_filter(closed - green, 1.0), field
 
 
-def observer(table: Path, test) -> dict:
+def observer(masks: dict[str, Path], test) -> dict:
     from PIL import Image as PILImage
 
-    values = {cid: dice(np.asarray(PILImage.open(second_observer(table, cid))) > 0, mask[0]) for cid, _, mask in test}
+    values = {cid: dice(np.asarray(PILImage.open(masks[cid])) > 0, mask[0]) for cid, _, mask in test}
     return {"values": values, "train_seconds": 0.0}
 
 
@@ -204,8 +204,9 @@ def segmentation_peers(path: Path, run: Path, budget: float, seed: int) -> dict:
     train, val, test = (loaded(cases[s]) for s in ("train", "val", "test"))
     peers = {"MONAI UNet, tutorial loop": monai_unet(train, val, test, budget, seed)}
     peers["classical floor (top-hat)"] = top_hat_floor([*train, *val], test)
-    if all(second_observer(path, cid).is_file() for cid, _, _ in test):
-        peers["second observer"] = observer(path, test)
+    masks = second_observers(path)
+    if all(masks[cid].is_file() for cid, _, _ in test):
+        peers["second observer"] = observer(masks, test)
     return peers
 
 

@@ -155,8 +155,9 @@ def main() -> None:
             dataset = read_dataset(path)
             mine = []
             for seed in args.seeds:
-                mine += run_seed(dataset, seed, args.fractions, args.epochs, args.pretrain_epochs, work / name)
-                rows += mine[-len(args.fractions) * len(ARMS):]
+                seed_rows = run_seed(dataset, seed, args.fractions, args.epochs, args.pretrain_epochs, work / name)
+                mine += seed_rows
+                rows += seed_rows
                 save_campaign(args.out, "transfer_learning", args.quick, {"partial": True, "summary": summary,
                                                                             "rows": rows})  # fmt: skip
             summary += summarise(name, mine)
