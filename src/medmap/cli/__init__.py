@@ -6,7 +6,7 @@ problems that do not stop the work (`MedmapWarning`) as ``warning: ...``. No tra
 """
 
 # each module registers its commands on the app, and --help lists them in this order
-from medmap.cli import data, training, deploy  # noqa: F401, I001
+from medmap.cli import data, training, registration, deploy  # noqa: F401, I001
 from medmap.cli.app import app, main
 from medmap.cli.deploy import serve
 from medmap.cli.training import parse_duration
