@@ -159,3 +159,18 @@ def test_pictures_without_pixel_size_say_so_in_the_plan():
     note = next(n for n in plan.notes if n.startswith("pixel_size:"))
     assert "20 of 20 images" in note and "in pixels" in note
     assert not any(n.startswith("pixel_size:") for n in plan_dataset(dataset(), fingerprint()).notes)
+
+
+def test_large_two_d_images_train_in_small_patches_and_batches_on_a_cpu():
+    """Fundus photographs at 999 x 960: on a CPU 256 x 256 x 2 (more steps per hour), on a GPU whole."""
+    photos = dict(spacings=[(1.0, 1.0, 1.0)] * 20, shapes=[(1, 960, 999)] * 20, modality="")
+    cpu = plan_dataset(dataset(), fingerprint(**photos))
+    assert cpu.patch_size == (1, 256, 256) and cpu.batch_size == 2
+    assert any("more steps beat larger ones" in n for n in cpu.notes)
+    assert plan_dataset(dataset(), fingerprint(**photos), device="cuda").patch_size == (1, 512, 512)
+    slices = plan_dataset(dataset(), fingerprint(spacings=[(1.0, 1.0, 1.0)] * 20, shapes=[(1, 240, 192)] * 20))
+    assert slices.patch_size == (1, 240, 192) and slices.batch_size == 2
+    wide = plan_dataset(dataset(), fingerprint(spacings=[(1.0, 1.0, 1.0)] * 20, shapes=[(1, 200, 600)] * 20))
+    assert np.prod(wide.patch_size) <= 2**16 and wide.patch_size[2] > wide.patch_size[1]
+    pictures = plan_dataset(dataset("classification"), fingerprint(task="classification", **photos))
+    assert pictures.batch_size > 2  # whole pictures for a classifier are planned by their own rule

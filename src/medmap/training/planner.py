@@ -21,6 +21,13 @@ XRAY_MODALITIES = {"CR", "DX", "MG", "RF", "XA", "IO", "PX"}
 CPU_BUDGET_MB, GPU_BUDGET_MB = 2_000, 12_000
 # Compute caps on voxels per patch: memory is rarely the limit on a CPU, time is.
 MAX_PATCH_VOXELS = {"cpu": 2**18, "cuda": 2**22}
+# A 2-D step on a CPU holds at most 2^16 pixels a patch and 2^17 a batch (256 x 256 x 2): at CPU budgets
+# the number of optimiser steps decides, not the pixels each step sees. Chosen on validation cases only:
+# CHASE_DB1 fundus photographs (999 x 960), 4 minutes, 3 seeds: 512 x 512 x 2 (the earlier plan, ~80
+# steps) 0.537 validation Dice, 256 x 256 x 8 (~115 steps) 0.676, 256 x 256 x 2 (~500 steps) 0.756;
+# MNI152 slices (240 x 192), 205 s, 3 seeds: batch 11 (~140 steps) 0.905, batch 2 (~700 steps) 0.943,
+# ahead on every seed (docs/benchmarks.md, "Small 2-D steps on a CPU").
+CPU_2D_PATCH_PIXELS, CPU_2D_BATCH_PIXELS = 2**16, 2**17
 LIVE_MAPS = {"segmentation": 24, "detection": 24, "classification": 12}  # maps alive per voxel per base feature
 DENSE = ("segmentation", "detection")  # tasks that label voxels (a detector here is a voxel labeller + components)
 
@@ -116,8 +123,13 @@ def _multiple(value: float, step: int, low: int, high: int) -> int:
 def decide_patch_size(fp: Fingerprint, spacing, budget_mb: int, device: str) -> tuple[tuple[int, int, int], str]:
     if fp.is_2d:
         shape = np.asarray(fp.median_shape[1:]) * np.asarray(fp.median_spacing[1:]) / np.asarray(spacing[1:])
-        side = [_multiple(s, 16, 32, 512) for s in shape]
-        return (1, side[0], side[1]), "the median image at target spacing (multiple of 16)"
+        side = np.array([_multiple(s, 16, 32, 512) for s in shape])
+        why = "the median image at target spacing (multiple of 16)"
+        if device == "cpu" and fp.task in DENSE and side.prod() > CPU_2D_PATCH_PIXELS:
+            while side.prod() > CPU_2D_PATCH_PIXELS:
+                side[int(np.argmax(side))] -= 16
+            why += f", cut (longer side first) to {CPU_2D_PATCH_PIXELS} pixels: on a CPU more steps beat larger ones"
+        return (1, int(side[0]), int(side[1])), why
     if fp.lesion_cases:
         diameters = fp.lesion_diameters_mm or [10.0]
         extent_mm = 2.5 * float(np.percentile(diameters, 90))
@@ -166,12 +178,13 @@ def decide_batch_size(patch, width: int, budget_mb: int, task: str, device: str)
     per_sample_mb = sample_mb(patch, width, task)
     batch = int(min(64, max(2, budget_mb // max(per_sample_mb, 1e-3))))
     why = f"{budget_mb} MB budget / ~{per_sample_mb:.0f} MB per sample"
-    cap = max(2, CPU_BATCH_VOXELS // int(np.prod(patch)))
+    limit = CPU_2D_BATCH_PIXELS if patch[0] == 1 else CPU_BATCH_VOXELS
+    cap = max(2, limit // int(np.prod(patch)))
     if task in DENSE and device == "cpu" and batch > cap:
         # On a CPU memory is not the limit, time is, and past ~2^19 voxels a batch falls out of the caches:
         # seconds per sample measured 1.25 at 2 vs 1.9 at 5 (3-D 32x80x96), 0.14 at 8 vs 0.22 at 16
-        # (2-D 240x192). Smaller batches also mean more optimiser steps per hour.
-        return cap, why + f"; at most {CPU_BATCH_VOXELS} voxels per batch on a CPU (more samples per second)"
+        # (2-D 240x192). Smaller batches also mean more optimiser steps per hour (2-D: CPU_2D_BATCH_PIXELS).
+        return cap, why + f"; at most {limit} voxels per batch on a CPU (more optimiser steps per hour)"
     return batch, why
 
 
