@@ -42,6 +42,8 @@ def prepare(name: str, data: Path, work: Path) -> tuple[Path, str]:
         if not (demo / "nodules.csv").is_file():
             subprocess.run([sys.executable, "-m", "medmap.cli", "demo-data", str(demo)], check=True)
         return (demo / "liver", "segmentation") if name == "liver" else (demo / "nodules.csv", "classification")
+    if name in ("chase", "pneumonia", "isic") and not data.is_dir():
+        raise SystemExit(f"{data}: no such folder (the shared real data); give --data")
     if name in ("chase", "quick-vessels"):
         folder = data / "chase_db1" if name == "chase" else _stand_in_fundus(work / "fundus")
         return _vessel_table(folder, work / name / "vessels.csv"), "segmentation"

@@ -275,3 +275,17 @@ def test_real_data(tmp_path):
     assert observer["medmap_minus_arm"]["ci"] and observer["verdict"] in out
     tried = payload["runs"][1]["arms"]["MONAI DenseNet-121, tutorial loop"]["tried"]
     assert [t["learning_rate"] for t in tried] == [1e-5, 1e-3]  # the peer's rate chosen on validation
+
+
+def test_registration(tmp_path):
+    """Every method on the same small brain pairs through the CLI: labels closer after than before for the
+    linear methods, folding reported, each method against the affine with its paired interval."""
+    out = bench("registration", "--out", tmp_path).stdout
+    payload = json.loads((tmp_path / "registration.json").read_text())
+    methods = {s["method"]: s for s in payload["summary"]}
+    assert set(methods) == {"rigid", "affine", "bspline", "syn"}
+    assert {p["pair"] for p in payload["pairs"]} == {"brain_001->brain_000", "brain_002->brain_000"}
+    for name in ("rigid", "affine"):
+        assert methods[name]["dice_after"] > methods[name]["dice_before"] and methods[name]["folded_percent"] == 0
+    assert "minus_affine" not in methods["affine"] and methods["syn"]["minus_affine"]["ci"]
+    assert methods["syn"]["verdict"] in out and "s/pair" in out

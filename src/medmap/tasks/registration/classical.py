@@ -138,9 +138,10 @@ def _unwrapped(transform: sitk.Transform) -> sitk.Transform:
     return transform.Downcast()
 
 
-def control_mesh(fixed: sitk.Image, per_side: int = 8) -> list[int]:
-    """B-spline mesh cells per axis: control points an eighth of the largest extent apart, alike in mm on
-    every axis (SimpleITK's B-spline example's 8 cells)."""
+def control_mesh(fixed: sitk.Image, per_side: int = 4) -> list[int]:
+    """B-spline mesh cells per axis: control points a quarter of the largest extent apart, alike in mm on
+    every axis. On the benchmark's small brain pairs (4 mm) 8 cells and 100 iterations took 39 s for a
+    label Dice of 0.827, 4 cells and 30 iterations 8.9 s for 0.836 (the affine alone: 0.838)."""
     extent = np.asarray(fixed.GetSize()) * np.asarray(fixed.GetSpacing())
     step = float(extent.max()) / per_side
     return [max(1, round(e / step)) for e in extent]
@@ -157,9 +158,9 @@ def _bspline(
     # 48 x 48 x 40 test volume, for a worse fit
     reg.SetOptimizerAsLBFGSB(
         gradientConvergenceTolerance=1e-5,
-        numberOfIterations=100,
+        numberOfIterations=30,
         maximumNumberOfCorrections=5,
-        maximumNumberOfFunctionEvaluations=1000,
+        maximumNumberOfFunctionEvaluations=100,
         costFunctionConvergenceFactor=1e7,
     )
     reg.SetMovingInitialTransform(linear)

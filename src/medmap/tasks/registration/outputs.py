@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
+from medmap.dicomout.registration import MATRIX_TYPES, homogeneous, spatial_registration, write_spatial_registration
 from medmap.errors import OutputError
 from medmap.tasks.registration.classical import Registration
 from medmap.tasks.registration.evaluate import label_overlap, mean_dice, warp_image, warp_label
@@ -19,7 +21,7 @@ WARPED, DISPLACEMENT, TRANSFORM, FULL_TRANSFORM = (
     "transform.tfm",
     "transform.h5",
 )
-WARPED_LABEL, RECORD = "warped_label.nii.gz", "registration.json"
+WARPED_LABEL, RECORD, DICOM_REGISTRATION = "warped_label.nii.gz", "registration.json", "registration.dcm"
 
 
 def check_output_folder(out: Path, inputs: list[Path | None]) -> Path:
@@ -64,8 +66,38 @@ def write_result(pair: Pair, result: Registration, out: Path) -> dict:
         record["labels"] = {"before": unmoved, "after": after}
         record["mean_dice"] = {"before": mean_dice(unmoved), "after": mean_dice(after)}
         record["files"]["warped_label"] = WARPED_LABEL
+    dicom = _dicom_registration(pair, result, out / DICOM_REGISTRATION)
+    if dicom:
+        record["files"]["dicom_registration"] = DICOM_REGISTRATION
+    else:
+        record["notes"].append("no DICOM registration object: " + _why_no_dicom(pair, result))
     (out / RECORD).write_text(json.dumps(record, indent=2, allow_nan=True))
     return record
+
+
+def _why_no_dicom(pair: Pair, result: Registration) -> str:
+    if result.method not in MATRIX_TYPES:
+        return f"{result.method} is deformable (the Deformable Spatial Registration writer is not built yet)"
+    if pair.dimension != 3:
+        return "2-D images (a Spatial Registration relates volumes' frames of reference)"
+    return "both images must be DICOM series with a frame of reference"
+
+
+def _dicom_registration(pair: Pair, result: Registration, path: Path) -> Path | None:
+    """A Spatial Registration beside the files when both images are DICOM series and the result is linear."""
+    images = (pair.fixed_image, pair.moving_image)
+    if result.method not in MATRIX_TYPES or any(i is None or not i.meta.frame_of_reference_uid for i in images):
+        return None
+    if pair.dimension != 3:
+        return None
+    linear = result.linear
+    matrix = homogeneous(
+        np.asarray(linear.GetMatrix()).reshape(3, 3),
+        np.asarray(linear.GetTranslation()),
+        np.asarray(linear.GetCenter()),
+    )
+    ds = spatial_registration(pair.fixed_image, pair.moving_image, matrix, result.method)
+    return write_spatial_registration(ds, path)
 
 
 def _write(image: sitk.Image, path: Path) -> None:

@@ -27,6 +27,8 @@ class Pair:
     moving_name: str
     fixed_label: sitk.Image | None = None
     moving_label: sitk.Image | None = None
+    fixed_image: Image | None = None  # as read (its metadata: the DICOM series a registration object references)
+    moving_image: Image | None = None
 
     @property
     def dimension(self) -> int:
@@ -69,6 +71,8 @@ def read_pair(fixed: Path, moving: Path, *, fixed_label: Path | None = None, mov
         moving_name=str(moving),
         fixed_label=labels.get("fixed"),
         moving_label=labels.get("moving"),
+        fixed_image=images["fixed"],
+        moving_image=images["moving"],
     )
 
 
