@@ -227,3 +227,16 @@ def test_bad_pairs_and_folders_name_themselves(phantom_pair, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     with pytest.raises(RegistrationError, match="both"):
         read_pair(paths["fixed"], paths["moving"], fixed_label=paths["fixed_label"])
+
+
+def test_a_small_field_of_view_inside_a_large_one_is_a_pair_not_a_refusal(phantom_pair):
+    """An MR of one thigh onto a whole-body PET: the moving image covers a fraction of the fixed one."""
+    paths, _ = phantom_pair
+    fixed = sitk.ReadImage(str(paths["fixed"]))
+    part = fixed[12:36, 10:34, 6:22]  # the middle of the volume, its world position kept
+    result = register(Pair(fixed, part, "whole", "part"), "rigid", init="world", seed=0)
+    assert result.overlap > 0.9
+    far = sitk.Image(part)
+    far.SetOrigin(np.add(part.GetOrigin(), (400.0, 0, 0)).tolist())
+    with pytest.raises(RegistrationError, match="overlap"):
+        register(Pair(fixed, far, "whole", "far"), "rigid", init="world", seed=0)

@@ -42,7 +42,7 @@ def register(
     record = write_result(pair, result, folder)
     regularity = record["regularity"]
     line = (
-        f"{method}: {result.seconds:.1f} s, {result.overlap:.0%} of the fixed image covered, "
+        f"{method}: {result.seconds:.1f} s, fields of view {result.overlap:.0%} in common, "
         f"folded {regularity['folded_share']:.2%}"
     )
     if "mean_dice" in record:

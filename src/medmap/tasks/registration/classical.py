@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medmap.tasks.registration.pair import Pair, RegistrationError, overlap_share
+from medmap.tasks.registration.pair import Pair, RegistrationError, common_share
 
 METHODS = ("rigid", "affine", "bspline", "syn")
 INITS = ("auto", "world", "geometry", "moments")
@@ -34,7 +34,7 @@ class Registration:
     linear: sitk.Transform  # the rigid or affine part (transform.tfm); the whole transform for rigid / affine
     metric: float  # the final mutual information (negative: lower is better), as the optimiser saw it
     seconds: float
-    overlap: float  # share of the fixed image that falls inside the moving image
+    overlap: float  # share of the smaller field of view the two images have in common (pair.common_share)
     notes: list[str] = field(default_factory=list)
 
 
@@ -68,11 +68,11 @@ def register(pair: Pair, method: str = "affine", *, init: str = "auto", seed: in
         transform = linear
         if method == "bspline":
             transform, metric = _bspline(fixed, moving, linear, seed, notes)
-    overlap = overlap_share(fixed, moving, transform)
+    overlap = common_share(fixed, moving, linear)  # the linear part: invertible, and it places the images
     if overlap < MIN_OVERLAP:
         raise RegistrationError(
-            f"{pair.moving_name}: after {method} registration only {overlap:.0%} of {pair.fixed_name} lies inside "
-            "it: the two images share no field of view"
+            f"{pair.moving_name}: after {method} registration the two images share {overlap:.0%} of the smaller "
+            f"field of view ({pair.fixed_name}): no common field of view"
         )
     return Registration(transform, method, linear, metric, time.perf_counter() - start, overlap, notes)
 
@@ -80,7 +80,7 @@ def register(pair: Pair, method: str = "affine", *, init: str = "auto", seed: in
 def _initial(pair: Pair, init: str, notes: list[str]) -> sitk.Transform:
     """The starting rigid transform: the scanners' world coordinates, or centres aligned."""
     rigid = sitk.Euler2DTransform() if pair.dimension == 2 else sitk.Euler3DTransform()
-    world = overlap_share(pair.fixed, pair.moving, sitk.TranslationTransform(pair.dimension))
+    world = common_share(pair.fixed, pair.moving, sitk.TranslationTransform(pair.dimension))
     if init == "world" and world == 0:
         raise RegistrationError(
             f"{pair.moving_name} and {pair.fixed_name} do not overlap in world coordinates; use --init moments "
@@ -89,7 +89,9 @@ def _initial(pair: Pair, init: str, notes: list[str]) -> sitk.Transform:
     if init == "world" or (init == "auto" and world >= 0.5):
         centre = pair.fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in pair.fixed.GetSize()])
         rigid.SetCenter(centre)
-        notes.append(f"start: world coordinates as the scanners wrote them ({world:.0%} of the fixed image overlaps)")
+        notes.append(
+            f"start: world coordinates as the scanners wrote them ({world:.0%} of the smaller field of view shared)"
+        )
         return rigid
     chosen = "moments" if init == "auto" else init
     mode = (

@@ -90,3 +90,16 @@ def overlap_share(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transfo
     inside = inside + 1
     mapped = sitk.Resample(inside, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return float(sitk.GetArrayViewFromImage(mapped).mean())
+
+
+def common_share(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    """How much of the smaller field of view the two images share: the larger of (fixed inside moving) and
+    (moving inside fixed), so that an MR of one thigh inside a whole-body PET counts as overlapping."""
+    forward = overlap_share(fixed, moving, transform)
+    if forward >= 0.5:
+        return forward
+    try:
+        inverse = transform.GetInverse()
+    except RuntimeError:  # a B-spline or field has no closed-form inverse: the forward share is what there is
+        return forward
+    return max(forward, overlap_share(moving, fixed, inverse))
