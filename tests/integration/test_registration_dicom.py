@@ -68,6 +68,8 @@ def test_a_rigid_result_is_a_valid_spatial_registration_that_reads_back_to_the_a
         assert np.linalg.norm(on_moving - np.asarray(truth.TransformPoint(point.tolist()))) < 0.5
     record = json.loads((out / "registration.json").read_text())
     assert record["files"]["dicom_registration"] == "registration.dcm"
+    # two sessions, two frames of reference: their world coordinates are not compared (centres of mass start)
+    assert "different frames of reference" in record["notes"][0]
 
 
 def test_orthanc_files_the_registration_under_the_fixed_study(dicom_pair, tmp_path):

@@ -86,7 +86,12 @@ def _initial(pair: Pair, init: str, notes: list[str]) -> sitk.Transform:
             f"{pair.moving_name} and {pair.fixed_name} do not overlap in world coordinates; use --init moments "
             "or --init geometry to align their centres first"
         )
-    if init == "world" or (init == "auto" and world >= 0.5):
+    frames = {i.meta.frame_of_reference_uid for i in (pair.fixed_image, pair.moving_image) if i is not None}
+    frames.discard("")
+    # world coordinates compare only within one frame of reference (PS3.3 C.7.4.1): two DICOM series with
+    # different ones (another session, another scanner) are started from their centres of mass instead
+    comparable = len(frames) != 2
+    if init == "world" or (init == "auto" and world >= 0.5 and comparable):
         centre = pair.fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in pair.fixed.GetSize()])
         rigid.SetCenter(centre)
         notes.append(
@@ -101,7 +106,8 @@ def _initial(pair: Pair, init: str, notes: list[str]) -> sitk.Transform:
     )
     start = sitk.CenteredTransformInitializer(pair.fixed, pair.moving, rigid, mode)
     why = "centres of intensity mass aligned" if chosen == "moments" else "centres of the images aligned"
-    notes.append(f"start: {why} (world coordinates overlap {world:.0%})")
+    reason = "different frames of reference" if not comparable else f"world coordinates share {world:.0%}"
+    notes.append(f"start: {why} ({reason})")
     return start
 
 
