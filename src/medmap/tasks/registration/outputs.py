@@ -66,38 +66,37 @@ def write_result(pair: Pair, result: Registration, out: Path) -> dict:
         record["labels"] = {"before": unmoved, "after": after}
         record["mean_dice"] = {"before": mean_dice(unmoved), "after": mean_dice(after)}
         record["files"]["warped_label"] = WARPED_LABEL
-    dicom = _dicom_registration(pair, result, out / DICOM_REGISTRATION)
-    if dicom:
+    refusal = _no_dicom_because(pair, result)
+    if refusal is None:
+        _write_dicom_registration(pair, result, out / DICOM_REGISTRATION)
         record["files"]["dicom_registration"] = DICOM_REGISTRATION
     else:
-        record["notes"].append("no DICOM registration object: " + _why_no_dicom(pair, result))
+        record["notes"].append("no DICOM registration object: " + refusal)
     (out / RECORD).write_text(json.dumps(record, indent=2, allow_nan=True))
     return record
 
 
-def _why_no_dicom(pair: Pair, result: Registration) -> str:
+def _no_dicom_because(pair: Pair, result: Registration) -> str | None:
+    """Why this result gets no Spatial Registration, or None when it gets one."""
     if result.method not in MATRIX_TYPES:
         return f"{result.method} is deformable (the Deformable Spatial Registration writer is not built yet)"
     if pair.dimension != 3:
         return "2-D images (a Spatial Registration relates volumes' frames of reference)"
-    return "both images must be DICOM series with a frame of reference"
+    if any(i is None or not i.meta.frame_of_reference_uid for i in (pair.fixed_image, pair.moving_image)):
+        return "both images must be DICOM series with a frame of reference"
+    return None
 
 
-def _dicom_registration(pair: Pair, result: Registration, path: Path) -> Path | None:
-    """A Spatial Registration beside the files when both images are DICOM series and the result is linear."""
-    images = (pair.fixed_image, pair.moving_image)
-    if result.method not in MATRIX_TYPES or any(i is None or not i.meta.frame_of_reference_uid for i in images):
-        return None
-    if pair.dimension != 3:
-        return None
+def _write_dicom_registration(pair: Pair, result: Registration, path: Path) -> Path:
     linear = result.linear
     matrix = homogeneous(
         np.asarray(linear.GetMatrix()).reshape(3, 3),
         np.asarray(linear.GetTranslation()),
         np.asarray(linear.GetCenter()),
     )
-    ds = spatial_registration(pair.fixed_image, pair.moving_image, matrix, result.method)
-    return write_spatial_registration(ds, path)
+    return write_spatial_registration(
+        spatial_registration(pair.fixed_image, pair.moving_image, matrix, result.method), path
+    )
 
 
 def _write(image: sitk.Image, path: Path) -> None:

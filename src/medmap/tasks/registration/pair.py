@@ -76,13 +76,6 @@ def read_pair(fixed: Path, moving: Path, *, fixed_label: Path | None = None, mov
     )
 
 
-def world_corners(image: sitk.Image) -> np.ndarray:
-    """The world positions (mm) of the corners of an image's voxel grid."""
-    size = image.GetSize()
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in size], indexing="ij")).reshape(len(size), -1).T
-    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]) for corner in corners])
-
-
 def overlap_share(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
     """Share of the fixed image's voxels whose transformed position falls inside the moving image."""
     inside = sitk.Image(moving.GetSize(), sitk.sitkUInt8)
