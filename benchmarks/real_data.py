@@ -20,6 +20,16 @@ Arms, segmentation (mean foreground Dice per test image):
   num_res_units=2)``; ``DiceLoss(sigmoid=True)``; Adam 1e-3; batch 2 images; validation every 2 epochs
   by sliding-window Dice on the validation images, the best kept; test by sliding window (96x96, 4 a batch),
   sigmoid > 0.5. Only the input channels changed (3 for a colour photograph).
+- **nnU-Net v2, 2d** (where ``.bench/nnunet`` is installed: ``python benchmarks/vs_nnunet.py --setup``;
+  ``--no-nnunet`` leaves it out): the run's train and val cases written as nnU-Net raw pictures (RGB PNG,
+  0/1 labels; the test cases only in ``imagesTs``, so its fingerprint never sees them), planned and
+  preprocessed by ``nnUNetv2_plan_and_preprocess``, fold 0 of ``splits_final.json`` set to the run's own
+  train / val, trained by vs_nnunet's budget trainer for the same seconds, predicted with its default
+  test-time mirroring. Two configurations: its own plan (``2d``: 1024x1024 x 2 on CHASE_DB1) and one at
+  medmap's CPU step size (256x256 x 2, a plans entry inheriting from ``2d`` as nnU-Net's docs describe,
+  the U-Net cut to the stages its topology rule gives that patch). Not run: its cross-validated
+  post-processing (the budget trainer skips the validation it is chosen from). nnU-Net takes no seed.
+  ``--nnunet-onto JSON`` adds these arms to an earlier campaign's rows without training the rest again.
 - **classical floor**: a black top-hat of the green channel (vessels are dark there; disc radius
   width / 120), each image's top p % of its field of view called vessel, p chosen on the training images.
 - **second observer** (CHASE_DB1's ``*_2ndHO.png``): the human reference, scored against the first.
@@ -46,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shutil
 import sys
 import time
@@ -199,15 +210,127 @@ def observer(masks: dict[str, Path], test) -> dict:
     return {"values": values, "train_seconds": 0.0}
 
 
-def segmentation_peers(path: Path, run: Path, budget: float, seed: int) -> dict:
+def segmentation_peers(path: Path, run: Path, budget: float, seed: int, work: Path, with_nnunet: bool) -> dict:
     cases = split_cases(path, run)
     train, val, test = (loaded(cases[s]) for s in ("train", "val", "test"))
     peers = {"MONAI UNet, tutorial loop": monai_unet(train, val, test, budget, seed)}
+    if with_nnunet:
+        peers.update(nnunet_arms(cases, budget, seed, work))
     peers["classical floor (top-hat)"] = top_hat_floor([*train, *val], test)
     masks = second_observers(path)
     if all(masks[cid].is_file() for cid, _, _ in test):
         peers["second observer"] = observer(masks, test)
     return peers
+
+
+# --- nnU-Net v2 (its own environment, .bench/nnunet) -------------------------------------------------
+NNUNET_CPU_PATCH = (256, 256)  # medmap's 2-D step rule on a CPU (CPU_2D_PATCH_PIXELS), given to nnU-Net too
+NNUNET_CPU_BATCH = 2
+
+
+def nnunet_installed() -> bool:
+    from vs_nnunet import VENV
+
+    return (VENV / ".installed").is_file()
+
+
+def write_nnunet_pictures(cases: dict[str, list], raw: Path, dataset_id: int) -> Path:
+    """The run's train + val cases as nnU-Net raw 2-D pictures (RGB PNG ``_0000``, 0/1 PNG labels), its
+    test cases in ``imagesTs``; test cases never enter ``imagesTr``, so nnU-Net's fingerprint never sees them."""
+    import json
+
+    from PIL import Image as PILImage
+
+    root = raw / f"Dataset{dataset_id:03d}_Vessels"
+    shutil.rmtree(root, ignore_errors=True)
+    for split, folder in (("train", "Tr"), ("val", "Tr"), ("test", "Ts")):
+        (root / f"images{folder}").mkdir(parents=True, exist_ok=True)
+        (root / f"labels{folder}").mkdir(parents=True, exist_ok=True)
+        for case in cases[split]:
+            picture = PILImage.open(str(case.images[0])).convert("RGB")
+            picture.save(root / f"images{folder}" / f"{case.case_id}_0000.png")
+            mask = (np.asarray(PILImage.open(str(case.mask)).convert("L")) > 0).astype(np.uint8)
+            PILImage.fromarray(mask).save(root / f"labels{folder}" / f"{case.case_id}.png")
+    spec = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "vessel": 1},
+            "numTraining": len(cases["train"]) + len(cases["val"]), "file_ending": ".png",
+            "name": "Vessels"}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(spec, indent=1))
+    return root
+
+
+def add_cpu_configuration(plans_file: Path) -> str:
+    """A configuration in nnU-Net's plans file, written the way its docs describe (a new entry that
+    ``inherits_from`` the planned 2d): the planned pipeline at medmap's CPU step size, its U-Net cut to the
+    stages nnU-Net's own topology rule gives that patch (pooling while the bottleneck keeps 4 pixels a side)."""
+    import json
+
+    plans = json.loads(plans_file.read_text())
+    architecture = copy.deepcopy(plans["configurations"]["2d"]["architecture"])
+    kwargs = architecture["arch_kwargs"]
+    stages, size = 1, np.array(NNUNET_CPU_PATCH)
+    for stride in kwargs["strides"][1:]:
+        if (size // np.array(stride) < 4).any():
+            break
+        stages, size = stages + 1, size // np.array(stride)
+    for key in ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"):
+        kwargs[key] = kwargs[key][:stages]
+    kwargs["n_conv_per_stage_decoder"] = kwargs["n_conv_per_stage_decoder"][: stages - 1]
+    kwargs["n_stages"] = stages
+    plans["configurations"]["2d_cpu"] = {"inherits_from": "2d", "patch_size": list(NNUNET_CPU_PATCH),
+                                         "batch_size": NNUNET_CPU_BATCH, "architecture": architecture}  # fmt: skip
+    plans_file.write_text(json.dumps(plans, indent=1))
+    return "2d_cpu"
+
+
+def nnunet_arms(cases: dict[str, list], budget: float, seed: int, work: Path) -> dict:
+    """nnU-Net v2 trained on the run's own train / val cases (``splits_final.json`` fold 0 set to them) for
+    ``budget`` seconds, in its planned 2d configuration and at medmap's CPU step size; predicted with its
+    default test-time mirroring. nnU-Net takes no seed: its runs are not reproducible."""
+    import json
+    import os
+
+    from PIL import Image as PILImage
+
+    from vs_nnunet import STEPS_PER_EPOCH, TRAINER, checked, setup
+
+    bin_dir = setup()
+    dataset_id = 950 + seed
+    folder = work / "nnunet" / f"s{seed}"
+    root = write_nnunet_pictures(cases, folder / "raw", dataset_id)
+    env = {**os.environ, "nnUNet_raw": str(folder / "raw"), "nnUNet_preprocessed": str(folder / "preprocessed"),
+           "nnUNet_results": str(folder / "results"), "nnUNet_n_proc_DA": "1",
+           "MEDMAP_BUDGET_SECONDS": str(budget), "MEDMAP_STEPS_PER_EPOCH": str(STEPS_PER_EPOCH)}  # fmt: skip
+    shutil.rmtree(folder / "preprocessed", ignore_errors=True)
+    shutil.rmtree(folder / "results", ignore_errors=True)
+    checked([bin_dir / "nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", "2d", "-np", "2"], env=env)
+    preprocessed = folder / "preprocessed" / root.name
+    splits = [{"train": [c.case_id for c in cases["train"]], "val": [c.case_id for c in cases["val"]]}]
+    (preprocessed / "splits_final.json").write_text(json.dumps(splits))
+    configurations = ["2d", add_cpu_configuration(preprocessed / "nnUNetPlans.json")]
+    plans = json.loads((preprocessed / "nnUNetPlans.json").read_text())["configurations"]
+    arms = {}
+    for configuration in configurations:
+        started = time.perf_counter()
+        checked([bin_dir / "nnUNetv2_train", dataset_id, configuration, "0", "-tr", TRAINER, "-device", "cpu"],
+                env=env)  # fmt: skip
+        trained = time.perf_counter() - started
+        out = folder / f"predictions-{configuration}"
+        checked([bin_dir / "nnUNetv2_predict", "-i", root / "imagesTs", "-o", out, "-d", dataset_id, "-c",
+                 configuration, "-f", "0", "-tr", TRAINER, "-device", "cpu", "-chk", "checkpoint_final.pth",
+                 "-npp", "1", "-nps", "1"], env=env)  # fmt: skip
+        log = sorted((folder / "results").rglob(f"*__{configuration}/fold_0/training_log_*.txt"))
+        text = log[-1].read_text() if log else ""
+        steps = sum(int(n) for n in re.findall(r"medmap budget: (\d+) training steps", text))
+        values = {}
+        for case in cases["test"]:
+            predicted = np.asarray(PILImage.open(out / f"{case.case_id}.png")) > 0
+            values[case.case_id] = dice(predicted, np.asarray(PILImage.open(str(case.mask)).convert("L")) > 0)
+        settings = plans.get(configuration, {})
+        name = "nnU-Net 2d, its plan" if configuration == "2d" else "nnU-Net 2d, CPU step size"
+        arms[name] = {"values": values, "train_seconds": trained, "steps": steps or None,
+                      "patch_size": settings.get("patch_size", plans["2d"]["patch_size"]),
+                      "batch_size": settings.get("batch_size", plans["2d"]["batch_size"])}  # fmt: skip
+    return arms
 
 
 # --- classification peers ---------------------------------------------------------------------------
@@ -293,19 +416,42 @@ def classification_peers(path: Path, run: Path, budget: float, seed: int, work: 
 
 
 # --- the campaign -----------------------------------------------------------------------------------
-def run_seed(name: str, path: Path, task: str, seed: int, budget: float, work: Path, sets) -> dict:
+def run_seed(name: str, path: Path, task: str, seed: int, budget: float, work: Path, sets, with_nnunet) -> dict:
+    run, medmap_arm = run_medmap(name, path, task, seed, budget, work, sets)
+    if task == "segmentation":
+        peers = segmentation_peers(path, run, budget, seed, work, with_nnunet)
+    else:
+        peers = classification_peers(path, run, budget, seed, work)
+    arms = scored(task, {"medmap": medmap_arm, **peers})
+    return {"dataset": name, "seed": seed, "task": task, "budget_seconds": budget, "arms": arms}
+
+
+def scored(task: str, arms: dict) -> dict:
+    """Each arm with its test figure and the commit it was measured at."""
+    from campaign import commit
     from medmap.tuning.scoring import scoring_for
 
     statistic = scoring_for(task).statistic
-    run, medmap_arm = run_medmap(name, path, task, seed, budget, work, sets)
-    if task == "segmentation":
-        peers = segmentation_peers(path, run, budget, seed)
-    else:
-        peers = classification_peers(path, run, budget, seed, work)
-    arms = {"medmap": medmap_arm, **peers}
     for arm in arms.values():
         arm["test"] = statistic(list(arm["values"].values()))
-    return {"dataset": name, "seed": seed, "task": task, "budget_seconds": budget, "arms": arms}
+        arm.setdefault("measured", {"date": time.strftime("%Y-%m-%d"), "commit": commit()})
+    return arms
+
+
+def add_nnunet(row: dict, path: Path, work: Path) -> dict:
+    """nnU-Net's arms added to a row measured earlier, on that row's own split (its medmap run folder)."""
+    run = work / "runs" / f"{row['dataset']}-s{row['seed']}"
+    cases = split_cases(path, run)
+    if {c.case_id for c in cases["test"]} != set(row["arms"]["medmap"]["values"]):
+        raise SystemExit(f"{run}: its split is not the one of the {row['dataset']} seed {row['seed']} row")
+    added = scored(row["task"], nnunet_arms(cases, row["budget_seconds"], row["seed"], work))
+    return {**row, "arms": {**row["arms"], **added}}
+
+
+def measured(row: dict, arm: str) -> str:
+    """When and at which commit an arm of a row was measured (rows before 12-04 carry it for all arms)."""
+    stamp = row["arms"][arm].get("measured") or row.get("measured") or {}
+    return f"{stamp.get('date', '?')} {stamp.get('commit', '?')}"
 
 
 def summarise(name: str, task: str, rows: list[dict]) -> dict:
@@ -318,6 +464,7 @@ def summarise(name: str, task: str, rows: list[dict]) -> dict:
             "test_mean": float(np.mean([r["arms"][arm]["test"] for r in rows])),
             "per_seed": [r["arms"][arm]["test"] for r in rows],
             "train_seconds": float(np.mean([r["arms"][arm]["train_seconds"] for r in rows])),
+            "measured": sorted({measured(r, arm) for r in rows}),
         }
         if arm != "medmap":
             pairs = [(r["arms"]["medmap"]["values"], r["arms"][arm]["values"]) for r in rows]
@@ -327,6 +474,32 @@ def summarise(name: str, task: str, rows: list[dict]) -> dict:
     test_cases = [len(r["arms"]["medmap"]["values"]) for r in rows]
     return {"dataset": name, "task": task, "metric": scoring.metric, "seeds": [r["seed"] for r in rows],
             "budget_seconds": rows[0]["budget_seconds"], "test_cases": test_cases, "arms": arms}  # fmt: skip
+
+
+NNUNET_MISSING = "not installed (python benchmarks/vs_nnunet.py --setup installs it into .bench/nnunet)"
+
+
+def nnunet_onto(results: Path, datasets: list[str], data: Path, work: Path) -> tuple[list, list, list]:
+    """An earlier campaign's rows, nnU-Net's arms added to those of ``datasets``, and the summaries redone."""
+    import json
+
+    if not nnunet_installed():
+        raise SystemExit(f"nnU-Net {NNUNET_MISSING}")
+    earlier = json.loads(results.read_text())
+    rows = []
+    for row in earlier["runs"]:
+        if row["dataset"] in datasets and row["task"] == "segmentation":
+            path, _ = prepare(row["dataset"], data, work)
+            row = add_nnunet(row, path, work)
+            tests = ", ".join(f"{arm} {a['test']:.3f}" for arm, a in row["arms"].items() if arm.startswith("nnU"))
+            print(f"{row['dataset']} seed {row['seed']}: {tests}", flush=True)
+        rows.append(row)
+    names = list(dict.fromkeys(r["dataset"] for r in rows))
+    summary = []
+    for name in names:
+        mine = [r for r in rows if r["dataset"] == name]
+        summary.append(summarise(name, mine[0]["task"], mine))
+    return rows, summary, earlier.get("failures", [])
 
 
 def main() -> None:
@@ -339,6 +512,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "real_data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="generated stand-ins, one seed, seconds per arm")
+    parser.add_argument("--no-nnunet", action="store_true", help="leave nnU-Net out even where it is installed")
+    parser.add_argument("--nnunet-onto", type=Path, metavar="JSON",
+                        help="add nnU-Net's arms to the segmentation rows of an earlier campaign's JSON, on their "
+                        "own splits (their medmap runs kept in --work), and rewrite it")  # fmt: skip
     args = parser.parse_args()
     budgets = dict(BUDGETS) | {k: float(v) for k, _, v in (item.partition("=") for item in args.budget_for)}
     sets = []
@@ -349,13 +526,20 @@ def main() -> None:
     def save(results: dict) -> Path:
         return save_campaign(args.out, "real_data", args.quick, results)
 
-    rows, summary, failures = [], [], []
-    for name in args.datasets:
+    with_nnunet = nnunet_installed() and not args.no_nnunet
+    nnunet = "run" if with_nnunet else "not run: " + ("--no-nnunet" if args.no_nnunet else NNUNET_MISSING)
+    print(f"nnU-Net v2: {nnunet}", flush=True)
+    if args.nnunet_onto:
+        rows, summary, failures = nnunet_onto(args.nnunet_onto, args.datasets, args.data, args.work)
+        args.out = args.nnunet_onto.parent
+    else:
+        rows, summary, failures = [], [], []
+    for name in [] if args.nnunet_onto else args.datasets:
         path, task = prepare(name, args.data, args.work)
         done = []
         for seed in args.seeds:
             try:
-                row = run_seed(name, path, task, seed, budgets[name], args.work, sets)
+                row = run_seed(name, path, task, seed, budgets[name], args.work, sets, with_nnunet)
             except RuntimeError as exc:  # one failed run is reported, the campaign goes on
                 failures.append({"dataset": name, "seed": seed, "error": str(exc)})
                 print(f"{name} seed {seed}: {exc}", flush=True)
@@ -364,7 +548,7 @@ def main() -> None:
             done.append(row)
             tests = ", ".join(f"{arm} {a['test']:.3f}" for arm, a in row["arms"].items())
             print(f"{name} seed {seed}: {tests}", flush=True)
-            save({"partial": True, "summary": summary, "runs": rows, "failures": failures})
+            save({"partial": True, "nnunet": nnunet, "summary": summary, "runs": rows, "failures": failures})
         if done:
             summary.append(summarise(name, task, done))
     print("\nreal data, equal training budgets; medmap - arm paired by test case across seeds [95% CI]")
@@ -375,7 +559,7 @@ def main() -> None:
             ci = f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d and d["ci"] else ""
             print(f"{s['dataset']:<14} {s['metric']:<9} {arm:<34} {a['test_mean']:6.3f} {a['train_seconds']:8.0f} "
                   f"{ci:>24}  {a.get('verdict', '')}")  # fmt: skip
-    print(f"wrote {save({'summary': summary, 'runs': rows, 'failures': failures})}")
+    print(f"wrote {save({'nnunet': nnunet, 'summary': summary, 'runs': rows, 'failures': failures})}")
     if failures:
         raise SystemExit(f"{len(failures)} run(s) failed (in the JSON): {failures[0]['error'][:300]}")
 

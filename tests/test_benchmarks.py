@@ -265,7 +265,11 @@ def test_real_data(tmp_path):
     payload = json.loads((tmp_path / "real_data.json").read_text())
     vessels, blobs = payload["summary"]
     segmenters = {"medmap", "MONAI UNet, tutorial loop", "classical floor (top-hat)", "second observer"}
-    assert set(vessels["arms"]) == segmenters
+    with_nnunet = {"nnU-Net 2d, its plan", "nnU-Net 2d, CPU step size"}
+    if payload["nnunet"] == "run":  # where .bench/nnunet is installed; CI says why not, below
+        assert set(vessels["arms"]) == segmenters | with_nnunet
+    else:
+        assert set(vessels["arms"]) == segmenters and payload["nnunet"].startswith("not run: not installed")
     assert set(blobs["arms"]) == {"medmap", "MONAI DenseNet-121, tutorial loop", "logistic regression (pixels)"}
     for run in payload["runs"]:
         cases = set(run["arms"]["medmap"]["values"])
